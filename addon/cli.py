@@ -1,0 +1,137 @@
+"""`orchestrator` — the console script. Thin: parse options, call the library, print."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import click
+
+from addon import configload, dispatch
+from addon.errors import ConfigError
+
+DEFAULT_CONFIG = "orchestrator.yaml"
+ENTRY = Path(__file__).resolve().parent / "entry.py"
+
+
+def _load(config: str) -> configload.Config:
+    try:
+        return configload.load(config)
+    except ConfigError as e:
+        click.echo(f"error: invalid configuration\n{e}", err=True)
+        sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="local-ai-orchestrator")
+def main() -> None:
+    """Local AI Orchestrator: route OpenAI-compatible LLM calls by YAML policy."""
+
+
+config_option = click.option(
+    "-c", "--config", default=DEFAULT_CONFIG, show_default=True,
+    type=click.Path(dir_okay=False), help="Path of orchestrator.yaml.",
+)
+
+
+@main.command()
+@config_option
+@click.option("--port", type=int, help="Listen port (overrides `listen:` in the config).")
+@click.option("--host", help="Listen address (overrides `listen:` in the config).")
+@click.option("--confdir", type=click.Path(file_okay=False),
+              help="mitmproxy confdir holding this installation's CA [default: data/mitmproxy "
+                   "next to the config].")
+@click.option("--set", "extra", multiple=True, metavar="OPTION=VALUE",
+              help="Pass a mitmproxy option through (repeatable).")
+def run(config: str, port: int | None, host: str | None, confdir: str | None,
+        extra: tuple[str, ...]) -> None:
+    """Run the proxy (mitmdump with the orchestrator addon)."""
+    cfg = _load(config)
+    s = cfg.settings
+    conf = Path(confdir) if confdir else cfg.base_dir / "data" / "mitmproxy"
+    conf.mkdir(parents=True, exist_ok=True)
+    args = [
+        "--mode", s.mode,
+        "--listen-host", host or s.listen_host,
+        "--listen-port", str(port if port is not None else s.listen_port),
+        "-s", str(ENTRY),
+        "--set", f"orchestrator_config={cfg.path}",
+        "--set", f"confdir={conf.resolve()}",
+        "--set", "connection_strategy=lazy",
+        "--set", "flow_detail=0",
+    ]
+    for opt in extra:
+        args += ["--set", opt]
+    from mitmproxy.tools.main import mitmdump
+
+    mitmdump(args)
+
+
+@main.command()
+@config_option
+def check(config: str) -> None:
+    """Validate the configuration and rules; print what the router would use."""
+    cfg = _load(config)
+    env = dispatch.environ()
+    view = dispatch.build_view(cfg, env, {})
+    cat = view.catalog
+    s = cfg.settings
+    click.echo(f"config {cfg.path} (version {cfg.version}): OK")
+    click.echo(f"  listen {s.listen}, mode {s.mode}, default profile {s.default_profile}")
+    click.echo(f"  intercept: {', '.join(s.intercept)}")
+    per_provider = Counter(c.provider for c in cat.candidates)
+    click.echo("providers:")
+    for name, p in cat.providers.items():
+        key = ("not needed" if p.keyless else
+               f"${p.api_key_env} set" if p.has_env_key else
+               f"${p.api_key_env} NOT set (only the client's own key, for {p.host})")
+        click.echo(f"  {name:<12} {p.base_url:<40} key: {key}; {per_provider[name]} models")
+    click.echo("profiles:")
+    for name, prof in cfg.profiles.items():
+        w = prof.weights
+        extra = f", min_context {prof.min_context}" if prof.min_context else ""
+        click.echo(f"  {name:<12} quality {w.quality} latency {w.latency} cost {w.cost} "
+                   f"context {w.context}{extra}")
+    click.echo(f"policies: {len(cfg.policies)}")
+    for p in cfg.policies:
+        click.echo(f"  {p.name}: -> {p.profile or ('pin' if p.pin else 'constraints only')}")
+    click.echo(f"routes: {len(cfg.routes)}")
+    for model, chain in cfg.routes.items():
+        resolved = sum(1 for t in chain for c in cat.lookup(t.model)
+                       if t.provider is None or c.provider == t.provider)
+        click.echo(f"  {model}: {len(chain)} targets, {resolved} offerings in the catalog")
+    click.echo(f"catalog: {len(cat.candidates)} offerings from {cat.source} "
+               f"+ {len(cfg.models)} declared in rules/models.yaml")
+    for w in cat.warnings:
+        click.echo(f"warning: {w}")
+
+
+@main.command()
+@click.option("--from", "from_dir", type=click.Path(file_okay=False, exists=True),
+              help="Read saved source snapshots from DIR instead of the network.")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="DB to write [default: data.benchmarks from the config].")
+@config_option
+@click.option("--report", is_flag=True, help="List matched and unmatched names with scores.")
+def refresh(from_dir: str | None, out: str | None, config: str, report: bool) -> None:
+    """Rebuild the benchmark DB from the public sources (atomically)."""
+    from addon import refresh as refresh_mod
+
+    cfg = _load(config)
+    target = Path(out) if out else cfg.benchmarks_path
+    if from_dir is None:
+        click.echo("error: fetching from the network is not implemented yet; "
+                   "use --from DIR with saved snapshots", err=True)
+        sys.exit(2)
+    argv = ["--from", from_dir, "--out", str(target)]
+    aliases = cfg.rules_dir / "aliases.yaml"
+    if aliases.exists():
+        argv += ["--aliases", str(aliases)]
+    if report:
+        argv.append("--report")
+    sys.exit(refresh_mod.main(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,253 @@
+"""The pydantic schema of `orchestrator.yaml` and `rules/*.yaml`: the single source of truth
+for every key ops may write. Defaults live here. Loading (YAML, locations, cross-file
+checks) is in `addon.configload`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+LLM_PATHS = ("/chat/completions", "/completions", "/responses", "/embeddings")
+ROUTED_PATHS = ("/chat/completions", "/completions")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- orchestrator.yaml
+
+
+class DataPaths(Strict):
+    benchmarks: str = "data/benchmarks.db"
+    ledger: str = "data/ledger.db"
+
+
+class Provider(Strict):
+    base_url: str
+    api_key_env: str | None = None
+    catalog: str | None = Field(
+        default=None,
+        description="Which provider's offerings in the benchmark DB this provider serves "
+        "(defaults to the provider's own name).",
+    )
+    local: bool = False
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError(
+                f"{v!r} is not an http(s) URL; write it like https://api.openai.com/v1"
+            )
+        return v.rstrip("/")
+
+
+class Breaker(Strict):
+    failures: Annotated[int, Field(ge=1)] = 3
+    cooldown_s: Annotated[float, Field(gt=0)] = 60.0
+
+
+class Resilience(Strict):
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = 4
+    connect_timeout_ms: Annotated[int, Field(ge=1)] = 5000
+    first_token_timeout_ms: Annotated[int, Field(ge=1)] = 20000
+    stall_timeout_ms: Annotated[int, Field(ge=1)] = 30000
+    total_timeout_ms: Annotated[int, Field(ge=1)] = 600000
+    breaker: Breaker = Field(default_factory=Breaker)
+
+
+MODE_RE = re.compile(r"^(regular|transparent|local(:.*)?|reverse:https?://\S+)$")
+
+
+class Settings(Strict):
+    """`orchestrator.yaml`."""
+
+    listen: str = "127.0.0.1:8080"
+    mode: str = "regular"
+    intercept: list[str] = Field(
+        default_factory=lambda: ["api.openai.com", "openrouter.ai", "api.groq.com"]
+    )
+    default_profile: str = "balanced"
+    rules: str = "rules/"
+    data: DataPaths = Field(default_factory=DataPaths)
+    providers: dict[str, Provider] = Field(default_factory=dict)
+    resilience: Resilience = Field(default_factory=Resilience)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"{v!r} is not host:port; write it like 127.0.0.1:8080")
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            if host != "localhost":
+                raise ValueError(f"{host!r} is not an IP address; use 127.0.0.1") from None
+        return v
+
+    @field_validator("mode")
+    @classmethod
+    def _mode(cls, v: str) -> str:
+        if not MODE_RE.match(v):
+            raise ValueError(
+                f"{v!r} is not a mode; use regular, transparent, local or "
+                "reverse:https://api.openai.com"
+            )
+        return v
+
+    @property
+    def listen_host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def listen_port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+# --------------------------------------------------------------------------- rules/profiles.yaml
+
+
+class Weights(Strict):
+    quality: Annotated[float, Field(ge=0)] = 0.0
+    latency: Annotated[float, Field(ge=0)] = 0.0
+    cost: Annotated[float, Field(ge=0)] = 0.0
+    context: Annotated[float, Field(ge=0)] = 0.0
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> Weights:
+        if self.quality + self.latency + self.cost + self.context <= 0:
+            raise ValueError("all weights are 0; give at least one metric a positive weight")
+        return self
+
+
+class Profile(Strict):
+    description: str = ""
+    weights: Weights
+    min_context: Annotated[int, Field(ge=0)] = 0
+    complexity_adjust: bool = True
+
+
+class ProfilesFile(Strict):
+    profiles: dict[str, Profile]
+
+
+# --------------------------------------------------------------------------- rules/policies.yaml
+
+
+Task = Literal["chat", "code", "math", "creative", "extraction", "summarize", "embedding"]
+Complexity = Literal["simple", "medium", "complex"]
+
+
+class Match(Strict):
+    host: str | None = None
+    path: str | None = None
+    model: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    client: str | None = None
+    task: Task | None = None
+    complexity: Complexity | None = None
+
+    @field_validator("client")
+    @classmethod
+    def _client(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                ipaddress.ip_network(v, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{v!r} is not an IP address or network; write it like 10.0.0.0/8"
+                ) from None
+        return v
+
+
+class AllowDeny(Strict):
+    allow: list[str] = Field(default_factory=list)
+    deny: list[str] = Field(default_factory=list)
+
+
+class Constraints(Strict):
+    max_cost_usd: Annotated[float, Field(gt=0)] | None = None
+    min_quality: float | None = None
+    min_context: Annotated[int, Field(ge=0)] | None = None
+    providers: AllowDeny = Field(default_factory=AllowDeny)
+    models: AllowDeny = Field(default_factory=AllowDeny)
+
+
+class Policy(Strict):
+    name: str
+    match: Match = Field(default_factory=Match)
+    profile: str | None = None
+    constraints: Constraints = Field(default_factory=Constraints)
+    pin: bool = False
+
+
+class PoliciesFile(Strict):
+    policies: list[Policy] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> PoliciesFile:
+        seen: set[str] = set()
+        for p in self.policies:
+            if p.name in seen:
+                raise ValueError(f"policy name {p.name!r} is used twice; names must be unique")
+            seen.add(p.name)
+        return self
+
+
+# --------------------------------------------------------------------------- rules/routes.yaml
+
+
+class RouteTarget(Strict):
+    model: str
+    provider: str | None = None
+
+
+RouteEntry = str | RouteTarget
+
+
+class RoutesFile(Strict):
+    routes: dict[str, list[RouteEntry]] = Field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- rules/models.yaml
+
+
+class Capabilities(Strict):
+    tools: bool = False
+    vision: bool = False
+    json_schema: bool = False
+    reasoning: bool = False
+
+
+class DeclaredModel(Strict):
+    id: str
+    provider: str
+    provider_model_id: str | None = None
+    name: str | None = None
+    input_per_mtok: Annotated[float, Field(ge=0)] | None = None
+    output_per_mtok: Annotated[float, Field(ge=0)] | None = None
+    cached_input_per_mtok: Annotated[float, Field(ge=0)] | None = None
+    context_tokens: Annotated[int, Field(gt=0)] = 8192
+    max_output_tokens: Annotated[int, Field(gt=0)] | None = None
+    quality: float | None = None
+    capabilities: Capabilities = Field(default_factory=Capabilities)
+
+
+class ModelsFile(Strict):
+    models: list[DeclaredModel] = Field(default_factory=list)
+
+
+RULE_FILES: dict[str, type[Strict]] = {
+    "profiles.yaml": ProfilesFile,
+    "policies.yaml": PoliciesFile,
+    "routes.yaml": RoutesFile,
+    "models.yaml": ModelsFile,
+}

@@ -1,0 +1,358 @@
+"""One intercepted request, start to finish, in plain values (no mitmproxy types).
+
+`Dispatcher.handle(Incoming)` decides, runs the attempt engine and returns what the
+mitmproxy adapter must do: pass the request through untouched, answer it, or point it at
+the loopback pipe for a live stream. `Dispatcher.finish(Pending, ...)` turns what happened
+into exactly one ledger row.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from addon import breaker as brk
+from addon import catalog as catmod
+from addon import classify, configload, cost, routing, wire
+from addon.config import LLM_PATHS, ROUTED_PATHS
+from addon.fallback import AttemptRecord, OutcomeKind
+from addon.ledger import Ledger, LedgerRow
+from addon.pipe import Pipe, StreamReport
+from addon.scoring import Scored
+from addon.upstream import HOP_BY_HOP, Engine, EngineResult, Target
+
+log = logging.getLogger("orchestrator")
+
+CLIENT_KEY_HEADERS = ("authorization", "api-key", "x-api-key")
+# Headers that identify the client's account at its own provider: never sent elsewhere.
+ACCOUNT_HEADERS = ("openai-organization", "openai-project", "cookie")
+LATENCY_ALPHA = 0.3
+
+
+@dataclass(frozen=True)
+class Incoming:
+    method: str
+    host: str  # host[:port] the client addressed (default port omitted)
+    path: str  # path with query
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    client_addr: str
+    reverse: bool = False
+
+
+@dataclass
+class Pending:
+    """What the ledger needs when the flow ends. Lives only in the addon, never in metadata."""
+
+    id: str
+    started: float
+    incoming: Incoming
+    kind: str  # routed | unrouted
+    requested_model: str | None = None
+    stream: bool = False
+    decision: routing.RoutingDecision | None = None
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    answered_by: Scored | None = None
+    report: StreamReport | None = None
+    error: str | None = None
+    reasons: list[str] = field(default_factory=list)
+    token: str | None = None
+
+
+@dataclass(frozen=True)
+class Passthrough:
+    pending: Pending | None
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    pending: Pending
+
+
+@dataclass(frozen=True)
+class ToPipe:
+    port: int
+    token: str
+    pending: Pending
+
+
+@dataclass(frozen=True)
+class View:
+    """Everything derived from one config version; replaced whole on reload."""
+
+    config: configload.Config
+    catalog: catmod.Catalog
+    router: routing.Router
+    keys: Mapping[str, str] = field(repr=False)
+
+
+def build_view(cfg: configload.Config, env: Mapping[str, str], latency: Mapping[str, float]) -> View:
+    rows, source, warnings = catmod.load_rows(cfg)
+    catalog = catmod.build_catalog(cfg, rows, env, source, warnings)
+    keys = {name: env[p.api_key_env] for name, p in cfg.settings.providers.items()
+            if p.api_key_env and env.get(p.api_key_env)}
+    return View(cfg, catalog, routing.build_router(cfg, catalog, latency), keys)
+
+
+def intercepted(host: str, intercept: tuple[str, ...] | list[str]) -> bool:
+    bare = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return any(entry == host or entry == bare for entry in intercept)
+
+
+def _request_id() -> str:
+    return "orq-" + secrets.token_hex(8)
+
+
+class Dispatcher:
+    def __init__(self, view: View, ledger: Ledger | None) -> None:
+        self.view = view
+        self.ledger = ledger
+        self.engine = Engine(view.config.settings.resilience)
+        self.pipe = Pipe()
+        self.breakers: dict[str, brk.BreakerState] = {}
+        self.latency: dict[str, float] = {}
+        self.latency_dirty = False
+
+    def swap(self, view: View) -> None:
+        self.view = view
+        self.engine.resilience = view.config.settings.resilience
+
+    async def close(self) -> None:
+        await self.pipe.close()
+        await self.engine.close()
+
+    # ------------------------------------------------------------------ decide & attempt
+
+    async def handle(self, inc: Incoming) -> Passthrough | Reply | ToPipe:
+        view = self.view  # one config version for the whole request
+        path = inc.path.split("?", 1)[0]
+        endpoint = next((p for p in LLM_PATHS if path.endswith(p)), None)
+        if inc.method != "POST" or endpoint is None:
+            return Passthrough(None)
+        pending = Pending(_request_id(), time.monotonic(), inc, "unrouted")
+        if endpoint not in ROUTED_PATHS:
+            pending.reasons.append(f"endpoint {endpoint} is not routed; forwarded as sent")
+            pending.requested_model = wire.response_model(inc.body)
+            return Passthrough(pending)
+        try:
+            parsed = wire.parse_request(inc.body)
+        except wire.WireError as e:
+            pending.reasons.append(f"body not routable ({e}); forwarded as sent")
+            pending.error = str(e)
+            return Passthrough(pending)
+        pending.kind = "routed"
+        pending.requested_model = parsed.model
+        pending.stream = parsed.stream
+        headers = {k.lower(): v for k, v in inc.headers}
+        client_key = any(h in headers for h in CLIENT_KEY_HEADERS)
+        req = routing.RoutingRequest(
+            features=classify.features(parsed.data), host=inc.host, path=path,
+            headers=headers, client_addr=inc.client_addr, client_key=client_key,
+        )
+        res = view.config.settings.resilience
+        now = time.monotonic()
+
+        def usable(c: catmod.Candidate) -> str | None:
+            prov = view.catalog.providers[c.provider]
+            if not (prov.keyless or c.provider in view.keys or (client_key and prov.host == inc.host)):
+                return "no_key"
+            state = self.breakers.get(c.key)
+            if state is not None and not brk.available(state, now, res.breaker.cooldown_s):
+                return "breaker_open"
+            return None
+
+        decision = routing.decide(view.router, req, usable, res.max_attempts)
+        if isinstance(decision, routing.NoRoute):
+            pending.error = decision.message
+            pending.reasons.append(decision.message)
+            return Reply(decision.status, [("content-type", "application/json")],
+                         wire.error_body(decision.message, type_="invalid_request_error"
+                                         if decision.status == 400 else "service_unavailable",
+                                         code=decision.code), pending)
+        pending.decision = decision
+        pending.reasons.extend(decision.reasons)
+        inject_usage = parsed.stream and not parsed.wants_usage
+        plan = [self._target(view, s, inc, headers, parsed, endpoint, inject_usage)
+                for s in decision.chain]
+        result = await self.engine.run(plan, on_outcome=self._on_outcome)
+        pending.attempts = result.attempts
+        return await self._answer(view, pending, result, decision, inject_usage)
+
+    def _target(self, view: View, s: Scored, inc: Incoming, headers: Mapping[str, str],
+                parsed: wire.ParsedBody, endpoint: str, inject_usage: bool) -> Target:
+        c = s.candidate
+        prov = view.catalog.providers[c.provider]
+        same_host = prov.host == inc.host
+        out: list[tuple[str, str]] = []
+        for k, v in inc.headers:
+            lk = k.lower()
+            if lk in HOP_BY_HOP or lk in CLIENT_KEY_HEADERS or lk.startswith("x-orchestrator-"):
+                continue
+            if lk in ACCOUNT_HEADERS and not same_host:
+                continue
+            out.append((k, v))
+        out.extend(prov.headers)
+        if same_host and any(h in headers for h in CLIENT_KEY_HEADERS):
+            out.extend((k, v) for k, v in inc.headers if k.lower() in CLIENT_KEY_HEADERS)
+        elif c.provider in view.keys:
+            out.append(("Authorization", f"Bearer {view.keys[c.provider]}"))
+        out.append(("Accept-Encoding", "identity"))
+        query = inc.path.split("?", 1)[1] if "?" in inc.path else ""
+        url = prov.base_url + endpoint + (f"?{query}" if query else "")
+        body = wire.rewrite(parsed, model=c.provider_model_id, include_usage=inject_usage)
+        return Target(c, url, tuple(out), body, parsed.stream)
+
+    def _on_outcome(self, c: catmod.Candidate, outcome: Any, elapsed_ms: float) -> None:
+        res = self.view.config.settings.resilience
+        now = time.monotonic()
+        if outcome.ok:
+            prev = self.latency.get(c.key)
+            self.latency[c.key] = elapsed_ms if prev is None else (
+                LATENCY_ALPHA * elapsed_ms + (1 - LATENCY_ALPHA) * prev)
+            self.latency_dirty = True
+        if outcome.ok or outcome.counts_against_target:
+            state = self.breakers.get(c.key, brk.CLOSED)
+            new = brk.record(state, success=outcome.ok, now=now, threshold=res.breaker.failures)
+            if new.status is not state.status:
+                log.warning("breaker %s: %s -> %s", c.key, state.status.value, new.status.value)
+            self.breakers[c.key] = new
+
+    async def _answer(self, view: View, pending: Pending, result: EngineResult,
+                      decision: routing.RoutingDecision, inject_usage: bool) -> Reply | ToPipe:
+        extra = [
+            ("x-orchestrator-profile", decision.profile),
+            ("x-orchestrator-attempts", str(len(result.attempts))),
+            ("x-orchestrator-request-id", pending.id),
+        ]
+        ans = result.answer
+        if ans is not None:
+            chosen = next(s for s in decision.chain if s.candidate.key == ans.target.candidate.key)
+            pending.answered_by = chosen
+            extra = [("x-orchestrator-model", chosen.candidate.provider_model_id),
+                     ("x-orchestrator-provider", chosen.candidate.provider), *extra]
+            if ans.stream is not None:
+                report = StreamReport()
+                pending.report = report
+                port = await self.pipe.ensure_started()
+                token = self.pipe.register(
+                    ans.stream, ans.status, [*ans.headers, *extra], strip_usage=inject_usage,
+                    stall_s=view.config.settings.resilience.stall_timeout_ms / 1000,
+                    report=report,
+                )
+                pending.token = token
+                return ToPipe(port, token, pending)
+            return Reply(ans.status, [*ans.headers, *extra], ans.body, pending)
+        # every attempt failed
+        last = result.last
+        failed = result.failed_answer
+        if failed is not None and last is not None and last.kind in (
+            OutcomeKind.CLIENT_ERROR, OutcomeKind.CONTENT_POLICY
+        ):
+            pending.answered_by = next(s for s in decision.chain
+                                       if s.candidate.key == failed.target.candidate.key)
+            pending.error = last.message
+            return Reply(failed.status, [*failed.headers, *extra], failed.body, pending)
+        status = (last.status if last and last.status else
+                  504 if last and last.kind is OutcomeKind.TIMEOUT else 502)
+        attempts = [{"provider": a.provider, "model": a.model, "outcome": a.outcome.kind.value,
+                     "status": a.outcome.status, "message": a.outcome.message}
+                    for a in result.attempts]
+        msg = (f"all {len(attempts)} upstream attempts failed; last: "
+               f"{attempts[-1]['provider']}/{attempts[-1]['model']} "
+               f"{last.kind.value if last else '?'}"
+               f"{f' {last.status}' if last and last.status else ''}: {last.message if last else ''}")
+        pending.error = msg
+        headers = [("content-type", "application/json"), *extra]
+        if last and last.retry_after is not None:
+            headers.append(("retry-after", str(int(last.retry_after + 0.999))))
+        return Reply(status, headers, wire.error_body(
+            msg, type_="upstream_error", code="all_attempts_failed",
+            extra={"attempts": attempts}), pending)
+
+    # ------------------------------------------------------------------ record
+
+    def finish(self, pending: Pending, *, status: int | None, body: bytes | None,
+               error: str | None = None, client_abort: bool = False) -> LedgerRow:
+        """Build and queue the one ledger row for this request."""
+        inc = pending.incoming
+        now = time.monotonic()
+        s = pending.answered_by
+        usage: wire.Usage | None = None
+        ttft = None
+        outcome = "unrouted" if pending.kind == "unrouted" else "ok"
+        report = pending.report
+        routed_model = s.candidate.provider_model_id if s else None
+        if report is not None:
+            usage = report.usage
+            if report.first_event_at is not None:
+                ttft = (report.first_event_at - pending.started) * 1000
+            if report.model:
+                routed_model = report.model
+            if report.outcome in ("truncated", "client_abort"):
+                outcome = report.outcome
+                error = error or report.error
+        elif body is not None:
+            usage = wire.usage_from_json(body)
+            routed_model = wire.response_model(body) or routed_model
+        if client_abort and outcome == "ok":
+            outcome = "client_abort"
+        if pending.kind == "routed" and outcome == "ok" and (
+            status is None or status >= 400 or error or pending.error):
+            outcome = "error"
+        usd = requested_usd = None
+        unpriced = False
+        view = self.view
+        if usage is not None:
+            price = s.candidate.price if s else None
+            if price is None and pending.kind == "unrouted" and pending.requested_model:
+                found = view.catalog.lookup(pending.requested_model)
+                same = [c for c in found if view.catalog.providers[c.provider].host == inc.host]
+                price = (same or list(found))[0].price if found else None
+            usd = cost.cost(usage, price) if price is not None else None
+            unpriced = usd is None
+            req_c = pending.decision.requested if pending.decision else None
+            if req_c is not None:
+                requested_usd = cost.cost(usage, req_c.price)
+        d = pending.decision
+        row = LedgerRow(
+            id=pending.id, ts=time.time(), outcome=outcome, client=inc.client_addr,
+            host=inc.host, path=inc.path.split("?", 1)[0],
+            profile=d.profile if d else None, profile_reason=d.profile_reason if d else None,
+            policy=d.policy if d else None, requested_model=pending.requested_model,
+            routed_model=routed_model, provider=s.candidate.provider if s else None,
+            attempts=len(pending.attempts),
+            attempt_log=[{"provider": a.provider, "model": a.model,
+                          "outcome": a.outcome.kind.value, "status": a.outcome.status,
+                          "ms": a.elapsed_ms, "message": a.outcome.message[:300]}
+                         for a in pending.attempts],
+            status=status, stream=pending.stream,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            cached_tokens=usage.cached_tokens if usage else None,
+            reasoning_tokens=usage.reasoning_tokens if usage else None,
+            cost_usd=usd, unpriced=unpriced, requested_cost_usd=requested_usd,
+            ttft_ms=round(ttft, 1) if ttft is not None else None,
+            latency_ms=round((now - pending.started) * 1000, 1),
+            reasons=pending.reasons, error=error or pending.error,
+        )
+        if self.ledger is not None:
+            self.ledger.record(row)
+        log.info(
+            "%s %s %s -> %s/%s status=%s outcome=%s attempts=%d tokens=%s/%s cost=%s %.0fms",
+            row.id, row.profile or "-", row.requested_model, row.provider or "-",
+            row.routed_model or "-", status, outcome, row.attempts, row.prompt_tokens,
+            row.completion_tokens, "unpriced" if unpriced else row.cost_usd, row.latency_ms or 0,
+        )
+        return row
+
+
+def environ() -> Mapping[str, str]:
+    return dict(os.environ)

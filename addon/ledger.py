@@ -1,0 +1,202 @@
+"""The cost ledger: one row per intercepted LLM request, in SQLite (WAL).
+
+Writes happen on a dedicated thread fed by a queue, so the event loop never waits on disk.
+The writer commits each batch as soon as it has drained the queue: a row for a response
+that completed a moment ago survives `kill -9` of the proxy. The schema changes only through
+the named migrations below, applied in order and recorded in `schema_migrations`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("orchestrator")
+
+MIGRATIONS: tuple[tuple[str, str], ...] = (
+    (
+        "0001_requests",
+        """
+        CREATE TABLE requests (
+            id TEXT PRIMARY KEY,
+            ts REAL NOT NULL,
+            client TEXT,
+            host TEXT,
+            path TEXT,
+            profile TEXT,
+            profile_reason TEXT,
+            policy TEXT,
+            requested_model TEXT,
+            routed_model TEXT,
+            provider TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            attempt_log TEXT,
+            status INTEGER,
+            outcome TEXT NOT NULL,
+            stream INTEGER NOT NULL DEFAULT 0,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            cached_tokens INTEGER,
+            reasoning_tokens INTEGER,
+            cost_usd REAL,
+            unpriced INTEGER NOT NULL DEFAULT 0,
+            requested_cost_usd REAL,
+            ttft_ms REAL,
+            latency_ms REAL,
+            reasons TEXT,
+            error TEXT
+        );
+        CREATE INDEX requests_ts ON requests(ts);
+        """,
+    ),
+)
+
+OUTCOMES = ("ok", "error", "truncated", "client_abort", "unrouted")
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    id: str
+    ts: float
+    outcome: str
+    client: str | None = None
+    host: str | None = None
+    path: str | None = None
+    profile: str | None = None
+    profile_reason: str | None = None
+    policy: str | None = None
+    requested_model: str | None = None
+    routed_model: str | None = None
+    provider: str | None = None
+    attempts: int = 0
+    attempt_log: list[dict[str, Any]] = field(default_factory=list)
+    status: int | None = None
+    stream: bool = False
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    cost_usd: float | None = None
+    unpriced: bool = False
+    requested_cost_usd: float | None = None
+    ttft_ms: float | None = None
+    latency_ms: float | None = None
+    reasons: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def as_params(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["attempt_log"] = json.dumps(d["attempt_log"])
+        d["reasons"] = json.dumps(d["reasons"])
+        d["stream"] = int(self.stream)
+        d["unpriced"] = int(self.unpriced)
+        return d
+
+
+_COLUMNS = tuple(LedgerRow.__dataclass_fields__)
+_INSERT = (
+    f"INSERT OR REPLACE INTO requests ({', '.join(_COLUMNS)}) "
+    f"VALUES ({', '.join(':' + c for c in _COLUMNS)})"
+)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=30, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> list[str]:
+    """Apply pending migrations; return the names applied. Safe to run again."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at REAL)"
+    )
+    done = {r[0] for r in conn.execute("SELECT name FROM schema_migrations")}
+    applied = []
+    for name, sql in MIGRATIONS:
+        if name in done:
+            continue
+        with conn:
+            for stmt in filter(None, (s.strip() for s in sql.split(";"))):
+                conn.execute(stmt)
+            conn.execute("INSERT INTO schema_migrations VALUES (?, ?)", (name, time.time()))
+        applied.append(name)
+    return applied
+
+
+class Ledger:
+    """Queue-fed writer thread. `record()` never blocks on disk."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        conn = connect(path)
+        migrate(conn)
+        conn.close()
+        self._q: queue.Queue[LedgerRow | None] = queue.Queue(maxsize=100_000)
+        self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
+        self._written = 0
+        self._cond = threading.Condition()
+        self._thread.start()
+
+    def record(self, row: LedgerRow) -> None:
+        try:
+            self._q.put_nowait(row)
+        except queue.Full:
+            log.error("ledger queue full; dropping row %s (is the disk stalled?)", row.id)
+
+    def _run(self) -> None:
+        conn = connect(self.path)
+        try:
+            while True:
+                item = self._q.get()
+                batch = [item]
+                while len(batch) < 500:
+                    try:
+                        batch.append(self._q.get_nowait())
+                    except queue.Empty:
+                        break
+                rows = [r for r in batch if r is not None]
+                if rows:
+                    try:
+                        with conn:
+                            conn.executemany(_INSERT, [r.as_params() for r in rows])
+                    except sqlite3.Error as e:
+                        log.error("ledger write failed for %d rows: %s", len(rows), e)
+                    with self._cond:
+                        self._written += len(rows)
+                        self._cond.notify_all()
+                if None in batch:
+                    return
+        finally:
+            conn.close()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything queued so far is committed."""
+        target = self._written + self._q.qsize()
+        with self._cond:
+            return self._cond.wait_for(lambda: self._written >= target, timeout)
+
+    def close(self) -> None:
+        self._q.put(None)
+        self._thread.join(timeout=10)
+
+
+def read_rows(path: Path, where: str = "", params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        sql = "SELECT * FROM requests" + (f" WHERE {where}" if where else "") + " ORDER BY ts"
+        return [dict(r) for r in conn.execute(sql, params or {})]
+    finally:
+        conn.close()

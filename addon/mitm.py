@@ -1,0 +1,238 @@
+"""The mitmproxy adapter: options, hooks and commands. The only module importing mitmproxy.
+
+Everything that decides or does I/O lives elsewhere (`addon.dispatch` and below); this class
+translates flows to plain values and back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from pathlib import Path
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.addonmanager import Loader
+
+from addon import configload, dispatch
+from addon.errors import ConfigError
+from addon.ledger import Ledger
+
+log = logging.getLogger("orchestrator")
+META = "orchestrator"
+CA_BUNDLE = "orchestrator-ca-bundle.pem"
+RERANK_EVERY_S = 5.0
+
+
+def allow_hosts_for(intercept: list[str]) -> list[str]:
+    """mitmproxy `allow_hosts` regexes: only these hosts are TLS-intercepted."""
+    out = []
+    for entry in intercept:
+        if re.search(r":\d+$", entry):
+            out.append("^" + re.escape(entry) + "$")
+        else:
+            out.append("^" + re.escape(entry) + r":\d+$")
+    return out
+
+
+class Orchestrator:
+    def __init__(self) -> None:
+        self.dispatcher: dispatch.Dispatcher | None = None
+        self.ledger: Ledger | None = None
+        self._pending: dict[str, dispatch.Pending] = {}
+        self._rerank_task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option(
+            "orchestrator_config", str, "orchestrator.yaml",
+            "Path of the Local AI Orchestrator config (orchestrator.yaml).",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "orchestrator_config" not in updated:
+            return
+        path = Path(ctx.options.orchestrator_config)
+        try:
+            cfg = configload.load(path)
+        except ConfigError as e:
+            raise exceptions.OptionsError(f"invalid configuration:\n{e}") from None
+        view = dispatch.build_view(cfg, dispatch.environ(),
+                                   self.dispatcher.latency if self.dispatcher else {})
+        for w in view.catalog.warnings:
+            log.warning("%s", w)
+        if self.dispatcher is None:
+            self.ledger = Ledger(cfg.ledger_path)
+            self.dispatcher = dispatch.Dispatcher(view, self.ledger)
+        else:
+            self.dispatcher.swap(view)
+        s = cfg.settings
+        if s.mode.startswith("reverse:"):
+            ctx.options.update(connection_strategy="lazy")
+        else:
+            ctx.options.update(connection_strategy="lazy",
+                               allow_hosts=allow_hosts_for(list(s.intercept)))
+        for name in ("httpx", "hpack", "aiohttp", "aiohttp.access", "asyncio"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        log.setLevel(s.log_level.upper())
+
+    def running(self) -> None:
+        if self.dispatcher is None:
+            return
+        cfg = self.dispatcher.view.config
+        bundle = self._write_ca_bundle()
+        cat = self.dispatcher.view.catalog
+        usable = sorted(n for n, p in cat.providers.items() if p.keyless or p.has_env_key)
+        host, port = _listen()
+        log.info(
+            "Local AI Orchestrator %s: listening on %s:%s, mode %s, default profile %s, "
+            "%d candidates (%s), providers with keys: %s, config %s",
+            cfg.version, host, port, cfg.settings.mode, cfg.settings.default_profile,
+            len(cat.candidates), cat.source, ", ".join(usable) or "none", cfg.path,
+        )
+        if not cfg.settings.mode.startswith("reverse:"):
+            log.info(
+                "Point an app at it:\n  export HTTPS_PROXY=http://%s:%s\n"
+                "  export SSL_CERT_FILE=%s\n  export NO_PROXY=localhost,127.0.0.1\n"
+                "(SSL_CERT_FILE = system roots + this proxy's CA; Node: NODE_EXTRA_CA_CERTS)",
+                host, port, bundle,
+            )
+        self._rerank_task = asyncio.get_running_loop().create_task(self._rerank_loop())
+
+    async def done(self) -> None:
+        if self._rerank_task is not None:
+            self._rerank_task.cancel()
+        if self.dispatcher is not None:
+            await self.dispatcher.close()
+        if self.ledger is not None:
+            self.ledger.close()
+
+    def _write_ca_bundle(self) -> str:
+        confdir = Path(ctx.options.confdir).expanduser()
+        ca = confdir / "mitmproxy-ca-cert.pem"
+        bundle = confdir / CA_BUNDLE
+        try:
+            import certifi
+
+            roots = Path(certifi.where()).read_bytes()
+            bundle.write_bytes(roots.rstrip(b"\n") + b"\n" + ca.read_bytes())
+        except OSError as e:
+            log.warning("could not write the CA bundle %s: %s", bundle, e)
+            return str(ca)
+        return str(bundle)
+
+    async def _rerank_loop(self) -> None:
+        from addon import routing
+
+        while True:
+            await asyncio.sleep(RERANK_EVERY_S)
+            d = self.dispatcher
+            if d is None or not d.latency_dirty:
+                continue
+            d.latency_dirty = False
+            view = d.view
+            router = await asyncio.to_thread(routing.rerank, view.router, dict(d.latency))
+            if d.view is view:
+                d.swap(dispatch.View(view.config, view.catalog, router, view.keys))
+
+    # ------------------------------------------------------------------ hooks
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        d = self.dispatcher
+        if d is None or flow.response is not None or flow.error is not None:
+            return
+        req = flow.request
+        settings = d.view.config.settings
+        reverse = settings.mode.startswith("reverse:")
+        host = _authority(req)
+        if not reverse and not dispatch.intercepted(host, settings.intercept):
+            return
+        inc = dispatch.Incoming(
+            method=req.method, host=host, path=req.path,
+            headers=tuple(req.headers.items(multi=True)), body=req.raw_content or b"",
+            client_addr=flow.client_conn.peername[0] if flow.client_conn.peername else "",
+            reverse=reverse,
+        )
+        try:
+            out = await d.handle(inc)
+            self._apply(flow, out)
+        except Exception as e:  # never take the flow (or the proxy) down
+            log.exception("internal error while routing %s %s", req.method, req.path)
+            flow.response = http.Response.make(
+                500, _internal_error(e), {"content-type": "application/json"})
+
+    def _apply(self, flow: http.HTTPFlow,
+               out: dispatch.Passthrough | dispatch.Reply | dispatch.ToPipe) -> None:
+        if isinstance(out, dispatch.Passthrough):
+            if out.pending is not None:
+                self._track(flow, out.pending)
+            return
+        self._track(flow, out.pending)
+        if isinstance(out, dispatch.Reply):
+            flow.response = http.Response.make(out.status, out.body, _headers(out.headers))
+            return
+        # a live stream: point the flow at the loopback pipe
+        req = flow.request
+        req.scheme = "http"
+        req.host = "127.0.0.1"
+        req.port = out.port
+        req.path = f"/pipe/{out.token}"
+        keep = [(k, v) for k, v in req.headers.items(multi=True)
+                if k.lower() in ("content-type", "accept")]
+        req.headers = _headers([*keep, ("host", f"127.0.0.1:{out.port}")])
+        req.content = b""
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        p = self._pending.get(flow.id)
+        if p is not None and p.token is not None and flow.response is not None:
+            flow.response.stream = True
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        p = self._pending.pop(flow.id, None)
+        if p is None or self.dispatcher is None or flow.response is None:
+            return
+        body = None if p.token is not None else flow.response.raw_content
+        self.dispatcher.finish(p, status=flow.response.status_code, body=body)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        p = self._pending.pop(flow.id, None)
+        if p is None or self.dispatcher is None:
+            return
+        if p.token is not None:
+            self.dispatcher.pipe.discard(p.token)
+        msg = flow.error.msg if flow.error else "unknown error"
+        client_gone = "client disconnected" in msg.lower() or "connection closed by client" in msg.lower()
+        status = flow.response.status_code if flow.response else None
+        self.dispatcher.finish(p, status=status, body=None, error=msg, client_abort=client_gone)
+
+    def _track(self, flow: http.HTTPFlow, p: dispatch.Pending) -> None:
+        self._pending[flow.id] = p
+        flow.metadata[META] = {"request_id": p.id, "kind": p.kind}
+
+
+def _authority(req: http.Request) -> str:
+    host = req.pretty_host.lower()
+    default = 443 if req.scheme == "https" else 80
+    return host if req.port == default else f"{host}:{req.port}"
+
+
+def _headers(pairs: list[tuple[str, str]]) -> http.Headers:
+    return http.Headers([(k.encode("latin-1"), v.encode("latin-1", "replace")) for k, v in pairs])
+
+
+def _listen() -> tuple[str, int]:
+    """The address the proxy actually bound (the configured port may be 0)."""
+    server = ctx.master.addons.get("proxyserver")
+    addrs = server.listen_addrs() if server is not None else []
+    if addrs:
+        host, port = addrs[0][:2]
+        return host, port
+    return ctx.options.listen_host or "0.0.0.0", ctx.options.listen_port or 8080
+
+
+def _internal_error(e: Exception) -> bytes:
+    from addon.wire import error_body
+
+    return error_body(f"internal router error ({type(e).__name__}); see the proxy log",
+                      type_="server_error", code="orchestrator_internal_error")

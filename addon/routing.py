@@ -1,0 +1,288 @@
+"""decide(request) -> RoutingDecision: profile, policy, and the ordered chain of targets. Pure.
+
+Rankings are computed per (profile, complexity class) when the router is built (config load,
+or when live latency stats change); per request the work is a walk down one pre-ranked list
+applying the hard filters until the chain is full.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from addon import cost as costmod
+from addon.catalog import Catalog, Candidate
+from addon.classify import RequestFeatures
+from addon.config import Constraints, Policy
+from addon.configload import Config
+from addon.scoring import Norms, Scored, effective_weights, rank, static_norms
+
+PROFILE_HEADER = "x-orchestrator-profile"
+ALIAS_PREFIX = "orchestrator/"
+AUTO = "auto"
+CLASSES = ("simple", "medium", "complex")
+DEFAULT_MAX_OUTPUT = 1024  # assumed completion size for cost caps when the client sets none
+
+
+@dataclass(frozen=True)
+class RoutingRequest:
+    features: RequestFeatures
+    host: str
+    path: str
+    headers: Mapping[str, str]  # lower-case names
+    client_addr: str
+    client_key: bool  # the client sent its own API key (usable only at `host`)
+
+
+@dataclass(frozen=True)
+class RoutingDecision:
+    profile: str
+    profile_reason: str
+    policy: str | None
+    chain: tuple[Scored, ...]
+    requested: Candidate | None  # what the client asked for (for savings), if known
+    filtered: Mapping[str, int]
+    mode: str  # "scored" | "route" | "pin"
+    reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NoRoute:
+    status: int
+    message: str
+    code: str
+    profile: str | None = None
+    policy: str | None = None
+    filtered: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Router:
+    config: Config
+    catalog: Catalog
+    norms: Norms
+    rankings: Mapping[tuple[str, str], tuple[Scored, ...]]
+
+    def ranking(self, profile: str, complexity_class: str = "medium") -> tuple[Scored, ...]:
+        return self.rankings[(profile, complexity_class)]
+
+
+def build_router(config: Config, catalog: Catalog, latency_ms: Mapping[str, float]) -> Router:
+    norms = static_norms(catalog.candidates)
+    rankings = {
+        (name, cls): tuple(rank(catalog.candidates, effective_weights(p, cls), norms, latency_ms))
+        for name, p in config.profiles.items()
+        for cls in CLASSES
+    }
+    return Router(config, catalog, norms, rankings)
+
+
+def rerank(router: Router, latency_ms: Mapping[str, float]) -> Router:
+    return build_router(router.config, router.catalog, latency_ms)
+
+
+# --------------------------------------------------------------------------- policy & profile
+
+
+def _glob(pattern: str | None, value: str) -> bool:
+    return pattern is None or fnmatch.fnmatchcase(value.lower(), pattern.lower())
+
+
+def _in_network(addr: str, net: str) -> bool:
+    try:
+        return ipaddress.ip_address(addr.split("%")[0]) in ipaddress.ip_network(net, strict=False)
+    except ValueError:
+        return False
+
+
+def policy_matches(p: Policy, req: RoutingRequest) -> bool:
+    m = p.match
+    f = req.features
+    return (
+        _glob(m.host, req.host)
+        and _glob(m.path, req.path)
+        and (m.model is None or _glob(m.model, f.requested_model or ""))
+        and all(
+            name.lower() in req.headers and _glob(pat, req.headers[name.lower()])
+            for name, pat in m.headers.items()
+        )
+        and (m.client is None or _in_network(req.client_addr, m.client))
+        and (m.task is None or m.task == f.task)
+        and (m.complexity is None or m.complexity == f.complexity_class)
+    )
+
+
+def select_profile(cfg: Config, req: RoutingRequest) -> tuple[str, str, Policy | None] | NoRoute:
+    """(profile, why, matching policy) — header > model alias > policy > default."""
+    policy = next((p for p in cfg.policies if policy_matches(p, req)), None)
+    known = ", ".join(sorted(cfg.profiles))
+    header = req.headers.get(PROFILE_HEADER)
+    if header:
+        if header not in cfg.profiles:
+            return NoRoute(400, f"unknown profile {header!r} in X-Orchestrator-Profile; "
+                           f"use one of: {known}", "unknown_profile")
+        return header, "header X-Orchestrator-Profile", policy
+    model = req.features.requested_model or ""
+    if model.startswith(ALIAS_PREFIX):
+        name = model[len(ALIAS_PREFIX):]
+        if name not in cfg.profiles:
+            return NoRoute(400, f"unknown profile {name!r} in model {model!r}; use one of: "
+                           f"{', '.join(ALIAS_PREFIX + k for k in sorted(cfg.profiles))}",
+                           "unknown_profile")
+        return name, f"model alias {model}", policy
+    if policy and policy.profile:
+        return policy.profile, f"policy {policy.name}", policy
+    if model == AUTO:
+        return cfg.settings.default_profile, "model alias auto (default profile)", policy
+    return cfg.settings.default_profile, "default_profile", policy
+
+
+# --------------------------------------------------------------------------- filters
+
+
+def reject_reason(
+    c: Candidate,
+    req: RoutingRequest,
+    constraints: Constraints | None,
+    min_context: int,
+    usable: Callable[[Candidate], str | None],
+) -> str | None:
+    """Why `c` cannot serve `req` (a short filter name), or None if it can."""
+    f = req.features
+    why = usable(c)
+    if why:
+        return why
+    need = f.prompt_tokens + (f.max_output_tokens or 0)
+    ctx = c.context_tokens
+    if ctx is not None and need > ctx:
+        return "context"
+    if min_context and (ctx or 0) < min_context:
+        return "min_context"
+    if f.needs_tools and not c.tools:
+        return "tools"
+    if f.needs_vision and not c.vision:
+        return "vision"
+    if f.needs_json_schema and not c.json_schema:
+        return "json_schema"
+    if constraints is None:
+        return None
+    pa, md = constraints.providers, constraints.models
+    if pa.allow and c.provider not in pa.allow or c.provider in pa.deny:
+        return "provider_list"
+    names = (c.model_id, c.provider_model_id)
+    if md.allow and not any(_glob(p, n) for p in md.allow for n in names):
+        return "model_list"
+    if any(_glob(p, n) for p in md.deny for n in names):
+        return "model_list"
+    if constraints.min_quality is not None and (c.quality is None or c.quality < constraints.min_quality):
+        return "min_quality"
+    if constraints.max_cost_usd is not None:
+        est = costmod.estimate_max(f.prompt_tokens, f.max_output_tokens or DEFAULT_MAX_OUTPUT, c.price)
+        if est is None:
+            return "unpriced"
+        if est > constraints.max_cost_usd:
+            return "max_cost"
+    return None
+
+
+# --------------------------------------------------------------------------- decide
+
+
+def requested_candidate(router: Router, req: RoutingRequest) -> Candidate | None:
+    name = req.features.requested_model
+    if not name:
+        return None
+    found = router.catalog.lookup(name)
+    if not found:
+        return None
+    same_host = [c for c in found if router.catalog.providers[c.provider].host == req.host]
+    priced = [c for c in (same_host or found) if c.price.known]
+    return (priced or same_host or list(found))[0]
+
+
+def decide(
+    router: Router,
+    req: RoutingRequest,
+    usable: Callable[[Candidate], str | None],
+    max_chain: int,
+) -> RoutingDecision | NoRoute:
+    """The routing decision for one request.
+
+    `usable(candidate)` answers the stateful questions (credentials for this request, breaker
+    state) with a filter name, or None when the candidate may be tried.
+    """
+    cfg = router.config
+    chosen = select_profile(cfg, req)
+    if isinstance(chosen, NoRoute):
+        return chosen
+    profile_name, why, policy = chosen
+    profile = cfg.profiles[profile_name]
+    constraints = policy.constraints if policy else None
+    min_ctx = max(profile.min_context, (constraints.min_context or 0) if constraints else 0)
+    cls = req.features.complexity_class
+    ranking = router.rankings[(profile_name, cls)]
+    filtered: Counter[str] = Counter()
+    requested = requested_candidate(router, req)
+    model = req.features.requested_model or ""
+    forced = why.startswith(("header", "model alias"))
+
+    def ok(s: Scored) -> bool:
+        r = reject_reason(s.candidate, req, constraints, min_ctx, usable)
+        if r:
+            filtered[r] += 1
+        return r is None
+
+    mode = "scored"
+    chain: list[Scored] = []
+    if not forced and (model in cfg.routes or (policy and policy.pin)):
+        position = {s.candidate.key: s for s in ranking}
+        targets: list[Candidate] = []
+        if policy and policy.pin:
+            targets.extend(router.catalog.lookup(model))
+            mode = "pin"
+        for t in cfg.routes.get(model, ()):
+            targets.extend(c for c in router.catalog.lookup(t.model)
+                           if t.provider is None or c.provider == t.provider)
+            mode = "route" if mode != "pin" else mode
+        seen: set[str] = set()
+        for c in targets:
+            if c.key in seen:
+                continue
+            seen.add(c.key)
+            s = position.get(c.key)
+            if s is not None and ok(s):
+                chain.append(s)
+            if len(chain) >= max_chain:
+                break
+        if policy and policy.pin and not cfg.routes.get(model):
+            chain.sort(key=lambda s: -s.score)
+    else:
+        for s in ranking:
+            if ok(s):
+                chain.append(s)
+                if len(chain) >= max_chain:
+                    break
+
+    if not chain:
+        detail = ", ".join(f"{k}: {v}" for k, v in filtered.most_common()) or "catalog is empty"
+        what = {"pin": f"model {model!r} (pinned by policy)", "route": f"route {model!r}"}.get(
+            mode, f"profile {profile_name!r}")
+        status = 503 if filtered and set(filtered) <= {"breaker_open"} else 400
+        return NoRoute(status, f"no candidate can serve this request under {what}; "
+                       f"filtered out: {detail}", "no_candidate", profile_name,
+                       policy.name if policy else None, dict(filtered))
+    return RoutingDecision(
+        profile=profile_name,
+        profile_reason=why,
+        policy=policy.name if policy else None,
+        chain=tuple(chain),
+        requested=requested,
+        filtered=dict(filtered),
+        mode=mode,
+        reasons=(f"profile {profile_name} ({why})",
+                 f"{mode}: {chain[0].candidate.key} score {chain[0].score:.3f} "
+                 f"= {chain[0].explain()}"),
+    )

@@ -1,0 +1,92 @@
+"""Pure decisions: fallback steps, breaker transitions, cost arithmetic."""
+
+from __future__ import annotations
+
+import pytest
+
+from addon import breaker as brk
+from addon.cost import Price, cost, estimate_max
+from addon.fallback import Fallback, GiveUp, Outcome, OutcomeKind, Retry, next_step
+from addon.wire import Usage
+
+K = OutcomeKind
+
+
+@pytest.mark.parametrize(
+    ("outcome", "tries", "total", "has_next", "expected"),
+    [
+        (Outcome(K.SERVER_ERROR, 500), 1, 1, True, Retry),
+        (Outcome(K.SERVER_ERROR, 500), 2, 2, True, Fallback),
+        (Outcome(K.SERVER_ERROR, 503), 1, 1, True, Fallback),
+        (Outcome(K.RATE_LIMITED, 429, retry_after=5), 1, 1, True, Fallback),
+        (Outcome(K.CONNECT_ERROR), 1, 1, True, Fallback),
+        (Outcome(K.TIMEOUT), 1, 1, True, Fallback),
+        (Outcome(K.AUTH_ERROR, 401), 1, 1, True, Fallback),
+        (Outcome(K.NOT_FOUND, 404), 1, 1, True, Fallback),
+        (Outcome(K.CONTEXT_TOO_LONG, 400), 1, 1, True, Fallback),
+        (Outcome(K.CLIENT_ERROR, 400), 1, 1, True, GiveUp),
+        (Outcome(K.CONTENT_POLICY, 400), 1, 1, True, GiveUp),
+        (Outcome(K.SERVER_ERROR, 503), 1, 4, True, GiveUp),  # max_attempts reached
+        (Outcome(K.SERVER_ERROR, 503), 1, 1, False, GiveUp),  # nowhere left
+        (Outcome(K.SERVER_ERROR, 500), 1, 1, False, Retry),
+    ],
+)
+def test_next_step(outcome: Outcome, tries: int, total: int, has_next: bool, expected: type) -> None:
+    step = next_step(outcome, tries_on_target=tries, attempts_total=total, max_attempts=4,
+                     has_next=has_next)
+    assert isinstance(step, expected)
+
+
+def test_breaker_opens_half_opens_and_closes() -> None:
+    s = brk.CLOSED
+    for t in range(3):
+        assert brk.available(s, t, 60)
+        s = brk.record(s, success=False, now=t, threshold=3)
+    assert s.status is brk.BreakerStatus.OPEN
+    assert not brk.available(s, 30, 60)
+    ok, s = brk.acquire(s, 63, 60)
+    assert ok and s.status is brk.BreakerStatus.HALF_OPEN
+    ok2, s = brk.acquire(s, 63.1, 60)
+    assert not ok2, "only one half-open probe"
+    s = brk.record(s, success=True, now=64, threshold=3)
+    assert s == brk.CLOSED
+
+
+def test_breaker_failed_probe_reopens() -> None:
+    s = brk.BreakerState(brk.BreakerStatus.OPEN, 3, 0.0)
+    _, s = brk.acquire(s, 61, 60)
+    s = brk.record(s, success=False, now=61, threshold=3)
+    assert s.status is brk.BreakerStatus.OPEN and s.opened_at == 61
+    assert brk.release(brk.BreakerState(brk.BreakerStatus.HALF_OPEN, 3, 0, True)).probing is False
+
+
+def test_success_resets_failures() -> None:
+    s = brk.record(brk.CLOSED, success=False, now=0, threshold=3)
+    assert s.failures == 1
+    assert brk.record(s, success=True, now=1, threshold=3) == brk.CLOSED
+
+
+@pytest.mark.parametrize(
+    ("usage", "price", "expected"),
+    [
+        (Usage(1000, 500), Price(2.5, 10.0), (1000 * 2.5 + 500 * 10) / 1e6),
+        (Usage(1000, 500, cached_tokens=400), Price(2.5, 10.0, 1.25),
+         (600 * 2.5 + 400 * 1.25 + 500 * 10) / 1e6),
+        (Usage(1000, 500, cached_tokens=400), Price(2.5, 10.0), (1000 * 2.5 + 500 * 10) / 1e6),
+        (Usage(10, 10), Price(0.0, 0.0), 0.0),
+        (Usage(10, 10), Price(None, 1.0), None),
+        (Usage(10, 10), Price(1.0, None), None),
+        (Usage(5, 0, cached_tokens=50), Price(1.0, 1.0, 0.5), 5 * 0.5 / 1e6),
+    ],
+)
+def test_cost(usage: Usage, price: Price, expected: float | None) -> None:
+    got = cost(usage, price)
+    if expected is None:
+        assert got is None
+    else:
+        assert got == pytest.approx(expected)
+
+
+def test_estimate_max() -> None:
+    assert estimate_max(1000, 1000, Price(1.0, 2.0)) == pytest.approx(0.003)
+    assert estimate_max(1000, 1000, Price(None, 2.0)) is None
