@@ -82,17 +82,17 @@ def check(config: str) -> None:
     click.echo(f"  intercept: {', '.join(s.intercept)}")
     per_provider = Counter(c.provider for c in cat.candidates)
     click.echo("providers:")
-    for name, p in cat.providers.items():
-        key = ("not needed" if p.keyless else
-               f"${p.api_key_env} set" if p.has_env_key else
-               f"${p.api_key_env} NOT set (only the client's own key, for {p.host})")
-        click.echo(f"  {name:<12} {p.base_url:<40} key: {key}; {per_provider[name]} models")
+    for name, info in cat.providers.items():
+        key = ("not needed" if info.keyless else
+               f"${info.api_key_env} set" if info.has_env_key else
+               f"${info.api_key_env} NOT set (only the client's own key, for {info.host})")
+        click.echo(f"  {name:<12} {info.base_url:<40} key: {key}; {per_provider[name]} models")
     click.echo("profiles:")
     for name, prof in cfg.profiles.items():
         w = prof.weights
-        extra = f", min_context {prof.min_context}" if prof.min_context else ""
+        floor = f", min_context {prof.min_context}" if prof.min_context else ""
         click.echo(f"  {name:<12} quality {w.quality} latency {w.latency} cost {w.cost} "
-                   f"context {w.context}{extra}")
+                   f"context {w.context}{floor}")
     click.echo(f"policies: {len(cfg.policies)}")
     for p in cfg.policies:
         click.echo(f"  {p.name}: -> {p.profile or ('pin' if p.pin else 'constraints only')}")
@@ -103,8 +103,8 @@ def check(config: str) -> None:
         click.echo(f"  {model}: {len(chain)} targets, {resolved} offerings in the catalog")
     click.echo(f"catalog: {len(cat.candidates)} offerings from {cat.source} "
                f"+ {len(cfg.models)} declared in rules/models.yaml")
-    for w in cat.warnings:
-        click.echo(f"warning: {w}")
+    for warning in cat.warnings:
+        click.echo(f"warning: {warning}")
 
 
 @main.command()

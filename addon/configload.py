@@ -6,9 +6,10 @@ carry the parser's mark; schema errors are mapped back to the node they came fro
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-import re
 import hashlib
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,7 +174,7 @@ def validate(model: type[schema.Strict], data: Any, marks: Marks, file: str) -> 
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        issues = []
+        issues: list[ConfigIssue] = []
         for err in e.errors():
             loc = _clean_loc(err["loc"], marks)
             path = ".".join(str(p) for p in loc)
@@ -215,10 +216,8 @@ def _digest(paths: Iterable[Path]) -> str:
     h = hashlib.sha256()
     for p in paths:
         h.update(str(p).encode())
-        try:
+        with contextlib.suppress(OSError):
             h.update(p.read_bytes())
-        except OSError:
-            pass
     return h.hexdigest()[:12]
 
 

@@ -104,7 +104,7 @@ def build_view(cfg: configload.Config, env: Mapping[str, str], latency: Mapping[
 
 def intercepted(host: str, intercept: tuple[str, ...] | list[str]) -> bool:
     bare = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    return any(entry == host or entry == bare for entry in intercept)
+    return any(entry in (host, bare) for entry in intercept)
 
 
 def _request_id() -> str:

@@ -12,6 +12,7 @@ error event and then a cut connection, which the openai SDK raises on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -159,7 +160,7 @@ class Pipe:
                 out.append(ev.raw)
                 continue
             report.events += 1
-            if b'"usage"' in ev.data or b'"model"' in ev.data and report.model is None:
+            if b'"usage"' in ev.data or (b'"model"' in ev.data and report.model is None):
                 obj = wire.event_json(ev)
                 if obj is None:
                     report.malformed += 1
@@ -182,10 +183,8 @@ class Pipe:
         log.warning("stream truncated: %s", why)
         payload = {"error": {"message": f"stream interrupted: {why}", "type": "upstream_error",
                              "param": None, "code": "stream_truncated"}}
-        try:
+        with contextlib.suppress(ConnectionResetError):
             await resp.write(b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n")
-        except ConnectionResetError:
-            pass
         # cut the connection without the final chunk: the client sees a broken stream
         if request.transport is not None:
             request.transport.abort()

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from addon import cost as costmod
-from addon.catalog import Catalog, Candidate
+from addon.catalog import Candidate, Catalog
 from addon.classify import RequestFeatures
 from addon.config import Constraints, Policy
 from addon.configload import Config
@@ -170,7 +170,7 @@ def reject_reason(
     if constraints is None:
         return None
     pa, md = constraints.providers, constraints.models
-    if pa.allow and c.provider not in pa.allow or c.provider in pa.deny:
+    if (pa.allow and c.provider not in pa.allow) or c.provider in pa.deny:
         return "provider_list"
     names = (c.model_id, c.provider_model_id)
     if md.allow and not any(_glob(p, n) for p in md.allow for n in names):
@@ -270,7 +270,9 @@ def decide(
         detail = ", ".join(f"{k}: {v}" for k, v in filtered.most_common()) or "catalog is empty"
         what = {"pin": f"model {model!r} (pinned by policy)", "route": f"route {model!r}"}.get(
             mode, f"profile {profile_name!r}")
-        status = 503 if filtered and set(filtered) <= {"breaker_open"} else 400
+        # nothing usable right now (keys, breakers) is the router's state: 503; anything
+        # else means the request itself cannot be served under these rules: 400
+        status = 503 if filtered and set(filtered) <= {"breaker_open", "no_key"} else 400
         return NoRoute(status, f"no candidate can serve this request under {what}; "
                        f"filtered out: {detail}", "no_candidate", profile_name,
                        policy.name if policy else None, dict(filtered))

@@ -197,7 +197,7 @@ class Engine:
     async def _read_body(self, resp: aiohttp.ClientResponse, started: float, limit: float) -> bytes:
         # Headers came within the first-byte limit; the rest of the body may take up to the
         # stall timeout between chunks.
-        chunks = []
+        chunks: list[bytes] = []
         stall = self.resilience.stall_timeout_ms / 1000
         while True:
             async with asyncio.timeout(stall):

@@ -1,0 +1,307 @@
+"""catalog + scoring + routing: pure decisions over a small declared catalog."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from addon import catalog as catmod
+from addon import classify, configload, routing, scoring
+from addon.benchmarks import OfferingRow
+from addon.catalog import Candidate
+from addon.config import DeclaredModel
+
+MODELS = [
+    {"id": "big", "provider": "p1", "input_per_mtok": 10, "output_per_mtok": 30,
+     "context_tokens": 200000, "quality": 1400,
+     "capabilities": {"tools": True, "vision": True, "json_schema": True}},
+    {"id": "mid", "provider": "p2", "input_per_mtok": 1, "output_per_mtok": 3,
+     "context_tokens": 64000, "quality": 1250, "capabilities": {"tools": True}},
+    {"id": "small", "provider": "p2", "input_per_mtok": 0.1, "output_per_mtok": 0.3,
+     "context_tokens": 16000, "quality": 1100},
+    {"id": "mystery", "provider": "p3", "context_tokens": 32000},  # unpriced, unrated
+    {"id": "keyed", "provider": "p4", "input_per_mtok": 0.01, "output_per_mtok": 0.01,
+     "context_tokens": 1000000, "quality": 1500,
+     "capabilities": {"tools": True, "vision": True, "json_schema": True}},
+]
+PROFILES = {
+    "quality": {"weights": {"quality": 0.8, "latency": 0.1, "cost": 0.1}},
+    "balanced": {"weights": {"quality": 0.4, "latency": 0.3, "cost": 0.3}},
+    "budget": {"weights": {"quality": 0.1, "latency": 0.1, "cost": 0.8}},
+    "long_context": {"weights": {"quality": 0.3, "latency": 0.2, "cost": 0.2, "context": 0.3},
+                     "min_context": 100000},
+}
+POLICIES = [
+    {"name": "cheap-batch", "match": {"headers": {"x-workload": "batch"}}, "profile": "budget"},
+    {"name": "capped", "match": {"headers": {"x-cap": "*"}},
+     "constraints": {"max_cost_usd": 0.001}},
+    {"name": "only-p2", "match": {"model": "p2-*"}, "constraints": {"providers": {"allow": ["p2"]}}},
+    {"name": "no-small", "match": {"host": "internal.example"},
+     "constraints": {"models": {"deny": ["small"]}, "min_quality": 1200}},
+    {"name": "pinned", "match": {"headers": {"x-pin": "1"}}, "pin": True},
+    {"name": "code", "match": {"task": "code"}, "profile": "quality"},
+]
+ROUTES = {"chain-me": ["small", {"provider": "p1", "model": "big"}]}
+
+
+def write_tree(tmp: Path, **over: Any) -> configload.Config:
+    (tmp / "rules").mkdir(exist_ok=True)
+    settings = {
+        "intercept": ["api.openai.com"],
+        "default_profile": "balanced",
+        "providers": {
+            "p1": {"base_url": "https://p1.example/v1", "api_key_env": "P1_KEY"},
+            "p2": {"base_url": "https://p2.example/v1", "api_key_env": "P2_KEY"},
+            "p3": {"base_url": "https://p3.example/v1"},  # keyless, not local: unpriced
+            "p4": {"base_url": "https://api.openai.com/v1", "api_key_env": "P4_KEY"},
+            "or": {"base_url": "https://openrouter.ai/api/v1", "api_key_env": "OR_KEY",
+                   "catalog": "openrouter"},
+        },
+    }
+    settings.update(over.pop("settings", {}))
+    (tmp / "orchestrator.yaml").write_text(yaml.safe_dump(settings))
+    files = {"profiles.yaml": {"profiles": PROFILES}, "policies.yaml": {"policies": POLICIES},
+             "routes.yaml": {"routes": ROUTES}, "models.yaml": {"models": MODELS}}
+    files.update(over)
+    for name, data in files.items():
+        (tmp / "rules" / name).write_text(yaml.safe_dump(data))
+    return configload.load(tmp / "orchestrator.yaml")
+
+
+ENV = {"P1_KEY": "k1", "P2_KEY": "k2"}  # p4 has no key: usable only with the client's own
+
+
+@pytest.fixture
+def router(tmp_path: Path) -> routing.Router:
+    cfg = write_tree(tmp_path)
+    cat = catmod.build_catalog(cfg, [], ENV)
+    return routing.build_router(cfg, cat, {})
+
+
+def make_req(body: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
+             host: str = "api.openai.com", client_key: bool = False) -> routing.RoutingRequest:
+    body = body or {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    return routing.RoutingRequest(classify.features(body), host, "/v1/chat/completions",
+                                  {k.lower(): v for k, v in (headers or {}).items()},
+                                  "10.1.2.3", client_key)
+
+
+def usable_for(router: routing.Router, req: routing.RoutingRequest,
+               open_breakers: frozenset[str] = frozenset()):
+    def usable(c: Candidate) -> str | None:
+        p = router.catalog.providers[c.provider]
+        if not (p.keyless or p.has_env_key or (req.client_key and p.host == req.host)):
+            return "no_key"
+        return "breaker_open" if c.key in open_breakers else None
+    return usable
+
+
+def decide(router: routing.Router, req: routing.RoutingRequest, **kw: Any):
+    return routing.decide(router, req, usable_for(router, req, **kw), 4)
+
+
+def first(d: Any) -> str:
+    assert isinstance(d, routing.RoutingDecision), d
+    return d.chain[0].candidate.model_id
+
+
+# --------------------------------------------------------------------------- profile selection
+
+
+@pytest.mark.parametrize(
+    ("model", "headers", "profile", "why"),
+    [
+        ("gpt-4o", {}, "balanced", "default_profile"),
+        ("auto", {}, "balanced", "model alias auto"),
+        ("orchestrator/quality", {}, "quality", "model alias orchestrator/quality"),
+        ("gpt-4o", {"x-workload": "batch"}, "budget", "policy cheap-batch"),
+        ("orchestrator/quality", {"x-workload": "batch"}, "quality", "model alias"),
+        ("orchestrator/quality", {"X-Orchestrator-Profile": "budget"}, "budget", "header"),
+    ],
+)
+def test_profile_precedence(router: routing.Router, model: str, headers: dict[str, str],
+                            profile: str, why: str) -> None:
+    d = decide(router, make_req({"model": model, "messages": []}, headers))
+    assert isinstance(d, routing.RoutingDecision)
+    assert d.profile == profile and d.profile_reason.startswith(why)
+
+
+@pytest.mark.parametrize(
+    ("model", "headers", "fragment"),
+    [
+        ("gpt-4o", {"X-Orchestrator-Profile": "turbo"}, "unknown profile 'turbo'"),
+        ("orchestrator/turbo", {}, "unknown profile 'turbo' in model"),
+    ],
+)
+def test_unknown_profile_is_a_clear_400(router: routing.Router, model: str,
+                                        headers: dict[str, str], fragment: str) -> None:
+    d = decide(router, make_req({"model": model, "messages": []}, headers))
+    assert isinstance(d, routing.NoRoute) and d.status == 400 and fragment in d.message
+    assert "quality" in d.message  # lists the valid ones
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+@pytest.mark.parametrize(("profile", "winner"), [("quality", "big"), ("budget", "small"),
+                                                  ("long_context", "big")])
+def test_profile_winner(router: routing.Router, profile: str, winner: str) -> None:
+    assert first(decide(router, make_req(headers={"x-orchestrator-profile": profile}))) == winner
+
+
+def test_parts_explain_the_score(router: routing.Router) -> None:
+    for s in router.ranking("balanced"):
+        assert sum(v for _, v in s.parts) == pytest.approx(s.score, abs=1e-6)
+        assert [m for m, _ in s.parts] == list(scoring.METRICS)
+
+
+def test_unpriced_is_never_cheapest(router: routing.Router) -> None:
+    ranked = router.ranking("budget")
+    mystery = next(s for s in ranked if s.candidate.model_id == "mystery")
+    assert dict(mystery.parts)["cost"] == 0.0
+    assert mystery.candidate.price.known is False
+
+
+def test_observed_latency_moves_speedy_targets_up(tmp_path: Path) -> None:
+    cfg = write_tree(tmp_path)
+    cat = catmod.build_catalog(cfg, [], ENV)
+    slow = routing.build_router(cfg, cat, {"p1:big": 5000.0, "p2:mid": 50.0})
+    fast = routing.build_router(cfg, cat, {"p1:big": 50.0, "p2:mid": 5000.0})
+    rank = lambda r: [s.candidate.key for s in r.ranking("balanced")]  # noqa: E731
+    assert rank(slow).index("p2:mid") < rank(slow).index("p1:big")
+    assert rank(fast).index("p1:big") < rank(fast).index("p2:mid")
+
+
+@pytest.mark.parametrize(("cls", "dq", "dc"), [("simple", -0.15, 0.15), ("medium", 0, 0),
+                                                ("complex", 0.15, -0.15)])
+def test_complexity_shifts_weight(router: routing.Router, cls: str, dq: float, dc: float) -> None:
+    p = router.config.profiles["balanced"]
+    w = scoring.effective_weights(p, cls)
+    assert w.quality == pytest.approx(0.4 + dq) and w.cost == pytest.approx(0.3 + dc)
+
+
+# --------------------------------------------------------------------------- filters
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "excluded", "reason"),
+    [
+        ({"messages": [{"role": "user", "content": "x" * 300000}]}, {}, {"mid", "small"}, "context"),
+        ({"messages": [], "tools": [{"type": "function"}]}, {}, {"small", "mystery"}, "tools"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+         {}, {"mid", "small", "mystery"}, "vision"),
+        ({"messages": [], "response_format": {"type": "json_schema"}}, {},
+         {"mid", "small", "mystery"}, "json_schema"),
+        ({"model": "p2-anything", "messages": []}, {}, {"big", "mystery"}, "provider_list"),
+        ({"messages": []}, {"x-cap": "1"}, {"big", "mid", "mystery"}, "max_cost"),
+        ({"messages": []}, {"x-orchestrator-profile": "long_context"}, {"mid", "small", "mystery"},
+         "min_context"),
+    ],
+)
+def test_hard_filters(router: routing.Router, body: dict, headers: dict[str, str],
+                      excluded: set[str], reason: str) -> None:
+    body = {"model": "gpt-4o", **body}
+    d = decide(router, make_req(body, headers))
+    assert isinstance(d, routing.RoutingDecision), d
+    chosen = {s.candidate.model_id for s in d.chain}
+    assert not chosen & excluded
+    assert d.filtered.get(reason, 0) >= 1
+
+
+def test_min_quality_and_model_deny(router: routing.Router) -> None:
+    d = decide(router, make_req(host="internal.example"))
+    chosen = {s.candidate.model_id for s in d.chain}
+    assert chosen == {"big", "mid"}
+    assert d.filtered["model_list"] == 1 and d.filtered["min_quality"] >= 1
+
+
+def test_key_availability(router: routing.Router) -> None:
+    # p4 ("keyed") beats everything on paper but has no key configured
+    d = decide(router, make_req(headers={"x-orchestrator-profile": "quality"}))
+    assert "keyed" not in {s.candidate.model_id for s in d.chain}
+    # ... unless the client brought its own key for p4's host
+    d = decide(router, make_req(headers={"x-orchestrator-profile": "quality"}, client_key=True))
+    assert first(d) == "keyed"
+    # the client's key for another host does not count
+    d = decide(router, make_req(headers={"x-orchestrator-profile": "quality"}, client_key=True,
+                                host="elsewhere.example"))
+    assert "keyed" not in {s.candidate.model_id for s in d.chain}
+
+
+def test_open_breaker_skipped_and_all_open_is_503(router: routing.Router) -> None:
+    req = make_req(headers={"x-orchestrator-profile": "quality"})
+    assert first(decide(router, req, open_breakers=frozenset({"p1:big"}))) != "big"
+    everything = frozenset(c.key for c in router.catalog.candidates)
+    d = decide(router, req, open_breakers=everything)
+    assert isinstance(d, routing.NoRoute) and d.status == 503
+
+
+def test_nothing_fits_is_a_400_naming_filters(router: routing.Router) -> None:
+    d = decide(router, make_req({"model": "x", "messages": [
+        {"role": "user", "content": "x" * 5_000_000}]}))
+    assert isinstance(d, routing.NoRoute) and d.status == 400 and "context" in d.message
+
+
+# --------------------------------------------------------------------------- routes & pins
+
+
+def test_route_order_wins_over_scoring(router: routing.Router) -> None:
+    d = decide(router, make_req({"model": "chain-me", "messages": []}))
+    assert d.mode == "route"
+    assert [s.candidate.key for s in d.chain] == ["p2:small", "p1:big"]
+
+
+def test_route_ignored_when_profile_forced(router: routing.Router) -> None:
+    d = decide(router, make_req({"model": "chain-me", "messages": []},
+                                {"x-orchestrator-profile": "quality"}))
+    assert d.mode == "scored" and first(d) == "big"
+
+
+def test_pin_keeps_requested_model(router: routing.Router) -> None:
+    d = decide(router, make_req({"model": "small", "messages": []}, {"x-pin": "1"}))
+    assert d.mode == "pin" and [s.candidate.model_id for s in d.chain] == ["small"]
+
+
+# --------------------------------------------------------------------------- catalog
+
+
+def _row(provider: str, pid: str, **kw: Any) -> OfferingRow:
+    base: dict[str, Any] = dict(
+        model_id=f"org/{pid}", model_name=pid, org="org", provider=provider, provider_model_id=pid,
+        input_per_mtok=1.0, output_per_mtok=2.0, cached_input_per_mtok=None, context_tokens=8000,
+        max_output_tokens=None, supports_tools=True, supports_vision=None,
+        supports_json_schema=False, supports_reasoning=None, quality=1200.0, quality_lo=None,
+        quality_hi=None, open_weights=None)
+    base.update(kw)
+    return OfferingRow(**base)
+
+
+def test_catalog_joins_db_rows_to_providers(tmp_path: Path) -> None:
+    cfg = write_tree(tmp_path)
+    rows = [_row("openrouter", "org/alpha"), _row("p1", "big", input_per_mtok=99.0),
+            _row("unconfigured", "zzz")]
+    cat = catmod.build_catalog(cfg, rows, ENV)
+    keys = {c.key for c in cat.candidates}
+    assert "or:org/alpha" in keys  # joined through `catalog: openrouter`
+    assert not any(k.endswith(":zzz") for k in keys)  # no configured provider serves it
+    big = next(c for c in cat.candidates if c.key == "p1:big")
+    assert big.source == "models.yaml" and big.price.input_per_mtok == 10  # rules win
+    assert cat.lookup("ALPHA") and cat.lookup("org/alpha")
+    mystery = next(c for c in cat.candidates if c.model_id == "mystery")
+    assert mystery.price.input_per_mtok is None  # undeclared price: unknown, not free
+    assert mystery.quality_norm == catmod.UNKNOWN_QUALITY_PRIOR
+    local = catmod._declared(DeclaredModel(id="llama", provider="ollama"), "ollama:llama", True)
+    assert local["price"].input_per_mtok == 0.0  # on a `local: true` provider it is free
+
+
+@pytest.mark.parametrize(("url", "host"), [
+    ("https://api.openai.com/v1", "api.openai.com"),
+    ("https://API.openai.com:443/v1", "api.openai.com"),
+    ("http://127.0.0.1:11434/v1", "127.0.0.1:11434"),
+    ("http://localhost:80/v1", "localhost"),
+])
+def test_host_of(url: str, host: str) -> None:
+    assert catmod.host_of(url) == host
