@@ -173,7 +173,8 @@ class Dispatcher:
         if isinstance(decision, routing.NoRoute):
             pending.error = decision.message
             pending.reasons.append(decision.message)
-            return Reply(decision.status, [("content-type", "application/json")],
+            return Reply(decision.status, [("content-type", "application/json"),
+                                           ("x-orchestrator-request-id", pending.id)],
                          wire.error_body(decision.message, type_="invalid_request_error"
                                          if decision.status == 400 else "service_unavailable",
                                          code=decision.code), pending)
@@ -298,7 +299,7 @@ class Dispatcher:
                 routed_model = report.model
             if report.outcome in ("truncated", "client_abort"):
                 outcome = report.outcome
-                error = error or report.error
+                error = report.error or error
         elif body is not None:
             usage = wire.usage_from_json(body)
             routed_model = wire.response_model(body) or routed_model

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import socket
-import ssl
 import sqlite3
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from tests.fakeupstream import RATE_LIMIT, FakeUpstream, Hang, Reset, Status
+from tests.fakeupstream import RATE_LIMIT, CutStream, FakeUpstream, Hang, Reset, Status
 from tests.proxyproc import ProxyProcess
 
 pytestmark = pytest.mark.e2e
@@ -360,6 +360,32 @@ def test_streamed_fallback_delivers_first_event_before_upstream_finishes(
                 arrivals.append(time.monotonic())
     assert len(arrivals) == 5
     assert arrivals[-1] - arrivals[0] >= 0.9, "events were buffered, not streamed"
+
+
+def test_stream_cut_mid_answer_is_never_success(client: openai.OpenAI, ups: dict[str, FakeUpstream],
+                                                proxy: ProxyProcess) -> None:
+    ups["alpha"].fail(CutStream(after_events=2))
+    got = []
+    rid = ""
+    with pytest.raises((openai.APIError, httpx.HTTPError)):  # noqa: PT012
+        with client.chat.completions.with_streaming_response.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=True,
+            extra_headers={"X-Orchestrator-Profile": "quality"},
+        ) as resp:
+            rid = resp.headers["x-orchestrator-request-id"]
+            for chunk in resp.parse():
+                if chunk.choices:
+                    got.append(chunk.choices[0].delta.content or "")
+    assert len(got) <= 3  # role chunk + the two content events that did arrive
+    row = ledger_row(proxy, rid)
+    assert row["outcome"] == "truncated" and "broke" in row["error"]
+
+
+def test_unknown_profile_header_is_a_clear_400(client: openai.OpenAI, ups: dict[str, FakeUpstream]) -> None:
+    with pytest.raises(openai.BadRequestError) as ei:
+        chat(client, extra_headers={"X-Orchestrator-Profile": "turbo"})
+    assert "unknown profile 'turbo'" in str(ei.value) and "budget" in str(ei.value)
+    assert all(not f.requests() for f in ups.values())
 
 
 # --------------------------------------------------------------------------- ledger & cost
