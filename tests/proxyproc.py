@@ -56,9 +56,15 @@ class ProxyProcess:
     def ledger_path(self) -> Path:
         return self.workdir / "data" / "ledger.db"
 
-    def start(self, timeout: float = 30.0) -> ProxyProcess:
-        cmd = [str(ORCHESTRATOR), "run", "-c", str(self.config_path), "--port", "0",
-               "--confdir", str(self.confdir)]
+    def start(self, timeout: float = 30.0, *, mitmdump: bool = False) -> ProxyProcess:
+        if mitmdump:  # the addon loaded straight into mitmproxy, no `orchestrator run`
+            cmd = [str(ORCHESTRATOR.with_name("mitmdump")), "-s", str(REPO / "addon" / "entry.py"),
+                   "--listen-host", "127.0.0.1", "--listen-port", "0",
+                   "--set", f"orchestrator_config={self.config_path}",
+                   "--set", f"confdir={self.confdir}"]
+        else:
+            cmd = [str(ORCHESTRATOR), "run", "-c", str(self.config_path), "--port", "0",
+                   "--confdir", str(self.confdir)]
         self.proc = subprocess.Popen(
             cmd, cwd=self.workdir, env=self.env, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, bufsize=1,

@@ -263,10 +263,17 @@ def test_fallback(client: openai.OpenAI, ups: dict[str, FakeUpstream], proxy: Pr
     assert row["prompt_tokens"] == 11 and row["completion_tokens"] == 7
 
 
-def test_connection_refused_falls_back(client: openai.OpenAI, ups: dict[str, FakeUpstream]) -> None:
-    raw = chat(client, model="dead-first")
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_connection_refused_falls_back(client: openai.OpenAI, ups: dict[str, FakeUpstream],
+                                       stream: bool) -> None:
+    raw = chat(client, model="dead-first", stream=stream)
     assert raw.headers["x-orchestrator-provider"] == "beta"
     assert raw.headers["x-orchestrator-attempts"] == "2"
+    if stream:
+        text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    else:
+        text = raw.parse().choices[0].message.content
+    assert text == "Hello from beta"
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
@@ -559,3 +566,16 @@ def test_kill9_loses_no_completed_row(ups: dict[str, FakeUpstream], tmp_path: Pa
     got = {r[0] for r in conn.execute("SELECT id FROM requests")}
     conn.close()
     assert set(ids) <= got
+
+
+def test_plain_mitmdump_with_the_addon(ups: dict[str, FakeUpstream], tmp_path: Path) -> None:
+    p = ProxyProcess(tmp_path, _config(ups), RULES, ENV).start(mitmdump=True)
+    try:
+        r = httpx.post("https://api.openai.com/v1/chat/completions",
+                       json={"model": "orchestrator/quality", "messages": []},
+                       headers={"Authorization": f"Bearer {CLIENT_KEY}"}, proxy=p.url,
+                       verify=ssl.create_default_context(cafile=str(p.ca_cert)), timeout=10)
+    finally:
+        p.stop()
+    assert r.status_code == 200 and r.headers["x-orchestrator-provider"] == "alpha"
+    assert "allow_hosts" not in p.log()  # derived silently, no option errors
