@@ -41,6 +41,7 @@ check: $(BIN)/.installed
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check addon tests scripts
+	$(BIN)/ruff format --check addon tests scripts
 	$(BIN)/mypy
 
 test: $(BIN)/.installed lint

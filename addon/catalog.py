@@ -30,7 +30,9 @@ def host_of(url: str) -> str:
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
     port = parts.port
-    if port and not (parts.scheme == "https" and port == 443 or parts.scheme == "http" and port == 80):
+    if port and not (
+        (parts.scheme == "https" and port == 443) or (parts.scheme == "http" and port == 80)
+    ):
         return f"{host}:{port}"
     return host
 
@@ -104,7 +106,9 @@ def load_rows(cfg: Config) -> tuple[list[benchmarks.OfferingRow], str, list[str]
     return [], "none", warnings
 
 
-def provider_infos(providers: Mapping[str, Provider], env: Mapping[str, str]) -> dict[str, ProviderInfo]:
+def provider_infos(
+    providers: Mapping[str, Provider], env: Mapping[str, str]
+) -> dict[str, ProviderInfo]:
     return {
         name: ProviderInfo(
             name=name,
@@ -129,20 +133,30 @@ def build_catalog(
     providers = provider_infos(cfg.settings.providers, env)
     by_catalog: dict[str, list[str]] = {}
     for name, p in cfg.settings.providers.items():
-        by_catalog.setdefault(p.catalog or name, []).append(name)
+        # A local server serves what it has installed, not what a price map lists for its
+        # kind: it joins DB offerings only when `catalog:` says so explicitly.
+        if p.catalog or not p.local:
+            by_catalog.setdefault(p.catalog or name, []).append(name)
 
     raw: dict[str, dict] = {}
     for r in rows:
         for prov in by_catalog.get(r.provider, ()):
             key = f"{prov}:{r.provider_model_id}"
             raw[key] = dict(
-                key=key, model_id=r.model_id, name=r.model_name or r.model_id, provider=prov,
+                key=key,
+                model_id=r.model_id,
+                name=r.model_name or r.model_id,
+                provider=prov,
                 provider_model_id=r.provider_model_id,
                 price=Price(r.input_per_mtok, r.output_per_mtok, r.cached_input_per_mtok),
-                context_tokens=r.context_tokens, max_output_tokens=r.max_output_tokens,
-                tools=bool(r.supports_tools), vision=bool(r.supports_vision),
-                json_schema=bool(r.supports_json_schema), reasoning=bool(r.supports_reasoning),
-                quality=r.quality, source="benchmarks",
+                context_tokens=r.context_tokens,
+                max_output_tokens=r.max_output_tokens,
+                tools=bool(r.supports_tools),
+                vision=bool(r.supports_vision),
+                json_schema=bool(r.supports_json_schema),
+                reasoning=bool(r.supports_reasoning),
+                quality=r.quality,
+                source="benchmarks",
             )
     for dm in cfg.models:
         key = f"{dm.provider}:{dm.provider_model_id or dm.id}"
@@ -162,8 +176,12 @@ def build_catalog(
 
     index: dict[str, list[Candidate]] = {}
     for c in cands:
-        names = {c.provider_model_id, c.model_id, c.model_id.rsplit("/", 1)[-1],
-                 c.provider_model_id.rsplit("/", 1)[-1]}
+        names = {
+            c.provider_model_id,
+            c.model_id,
+            c.model_id.rsplit("/", 1)[-1],
+            c.provider_model_id.rsplit("/", 1)[-1],
+        }
         for n in names:
             index.setdefault(n.lower(), []).append(c)
     return Catalog(
@@ -178,15 +196,22 @@ def build_catalog(
 def _declared(dm: DeclaredModel, key: str, local: bool) -> dict:
     free = 0.0 if local else None
     return dict(
-        key=key, model_id=dm.id, name=dm.name or dm.id, provider=dm.provider,
+        key=key,
+        model_id=dm.id,
+        name=dm.name or dm.id,
+        provider=dm.provider,
         provider_model_id=dm.provider_model_id or dm.id,
         price=Price(
             dm.input_per_mtok if dm.input_per_mtok is not None else free,
             dm.output_per_mtok if dm.output_per_mtok is not None else free,
             dm.cached_input_per_mtok,
         ),
-        context_tokens=dm.context_tokens, max_output_tokens=dm.max_output_tokens,
-        tools=dm.capabilities.tools, vision=dm.capabilities.vision,
-        json_schema=dm.capabilities.json_schema, reasoning=dm.capabilities.reasoning,
-        quality=dm.quality, source="models.yaml",
+        context_tokens=dm.context_tokens,
+        max_output_tokens=dm.max_output_tokens,
+        tools=dm.capabilities.tools,
+        vision=dm.capabilities.vision,
+        json_schema=dm.capabilities.json_schema,
+        reasoning=dm.capabilities.reasoning,
+        quality=dm.quality,
+        source="models.yaml",
     )

@@ -124,7 +124,9 @@ def features(body: dict[str, Any]) -> RequestFeatures:
     tools = body.get("tools") or body.get("functions")
     tool_chars = len(str(tools)) if tools else 0
     chars = sum(len(t) for t in texts) + tool_chars
-    prompt_tokens = estimate_tokens(chars) + TOKENS_PER_MESSAGE * n_messages + TOKENS_PER_IMAGE * images
+    prompt_tokens = (
+        estimate_tokens(chars) + TOKENS_PER_MESSAGE * n_messages + TOKENS_PER_IMAGE * images
+    )
 
     rf = body.get("response_format")
     needs_json_schema = isinstance(rf, dict) and rf.get("type") == "json_schema"

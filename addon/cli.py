@@ -30,8 +30,12 @@ def main() -> None:
 
 
 config_option = click.option(
-    "-c", "--config", default=DEFAULT_CONFIG, show_default=True,
-    type=click.Path(dir_okay=False), help="Path of orchestrator.yaml.",
+    "-c",
+    "--config",
+    default=DEFAULT_CONFIG,
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Path of orchestrator.yaml.",
 )
 
 
@@ -39,27 +43,44 @@ config_option = click.option(
 @config_option
 @click.option("--port", type=int, help="Listen port (overrides `listen:` in the config).")
 @click.option("--host", help="Listen address (overrides `listen:` in the config).")
-@click.option("--confdir", type=click.Path(file_okay=False),
-              help="mitmproxy confdir holding this installation's CA [default: data/mitmproxy "
-                   "next to the config].")
-@click.option("--set", "extra", multiple=True, metavar="OPTION=VALUE",
-              help="Pass a mitmproxy option through (repeatable).")
-def run(config: str, port: int | None, host: str | None, confdir: str | None,
-        extra: tuple[str, ...]) -> None:
+@click.option(
+    "--confdir",
+    type=click.Path(file_okay=False),
+    help="mitmproxy confdir holding this installation's CA [default: data/mitmproxy "
+    "next to the config].",
+)
+@click.option(
+    "--set",
+    "extra",
+    multiple=True,
+    metavar="OPTION=VALUE",
+    help="Pass a mitmproxy option through (repeatable).",
+)
+def run(
+    config: str, port: int | None, host: str | None, confdir: str | None, extra: tuple[str, ...]
+) -> None:
     """Run the proxy (mitmdump with the orchestrator addon)."""
     cfg = _load(config)
     s = cfg.settings
     conf = Path(confdir) if confdir else cfg.base_dir / "data" / "mitmproxy"
     conf.mkdir(parents=True, exist_ok=True)
     args = [
-        "--mode", s.mode,
-        "--listen-host", host or s.listen_host,
-        "--listen-port", str(port if port is not None else s.listen_port),
-        "-s", str(ENTRY),
-        "--set", f"orchestrator_config={cfg.path}",
-        "--set", f"confdir={conf.resolve()}",
-        "--set", "connection_strategy=lazy",
-        "--set", "flow_detail=0",
+        "--mode",
+        s.mode,
+        "--listen-host",
+        host or s.listen_host,
+        "--listen-port",
+        str(port if port is not None else s.listen_port),
+        "-s",
+        str(ENTRY),
+        "--set",
+        f"orchestrator_config={cfg.path}",
+        "--set",
+        f"confdir={conf.resolve()}",
+        "--set",
+        "connection_strategy=lazy",
+        "--set",
+        "flow_detail=0",
     ]
     for opt in extra:
         args += ["--set", opt]
@@ -83,35 +104,54 @@ def check(config: str) -> None:
     per_provider = Counter(c.provider for c in cat.candidates)
     click.echo("providers:")
     for name, info in cat.providers.items():
-        key = ("not needed" if info.keyless else
-               f"${info.api_key_env} set" if info.has_env_key else
-               f"${info.api_key_env} NOT set (only the client's own key, for {info.host})")
+        key = (
+            "not needed"
+            if info.keyless
+            else f"${info.api_key_env} set"
+            if info.has_env_key
+            else f"${info.api_key_env} NOT set (only the client's own key, for {info.host})"
+        )
         click.echo(f"  {name:<12} {info.base_url:<40} key: {key}; {per_provider[name]} models")
     click.echo("profiles:")
     for name, prof in cfg.profiles.items():
         w = prof.weights
         floor = f", min_context {prof.min_context}" if prof.min_context else ""
-        click.echo(f"  {name:<12} quality {w.quality} latency {w.latency} cost {w.cost} "
-                   f"context {w.context}{floor}")
+        click.echo(
+            f"  {name:<12} quality {w.quality} latency {w.latency} cost {w.cost} "
+            f"context {w.context}{floor}"
+        )
     click.echo(f"policies: {len(cfg.policies)}")
     for p in cfg.policies:
         click.echo(f"  {p.name}: -> {p.profile or ('pin' if p.pin else 'constraints only')}")
     click.echo(f"routes: {len(cfg.routes)}")
     for model, chain in cfg.routes.items():
-        resolved = sum(1 for t in chain for c in cat.lookup(t.model)
-                       if t.provider is None or c.provider == t.provider)
+        resolved = sum(
+            1
+            for t in chain
+            for c in cat.lookup(t.model)
+            if t.provider is None or c.provider == t.provider
+        )
         click.echo(f"  {model}: {len(chain)} targets, {resolved} offerings in the catalog")
-    click.echo(f"catalog: {len(cat.candidates)} offerings from {cat.source} "
-               f"+ {len(cfg.models)} declared in rules/models.yaml")
+    click.echo(
+        f"catalog: {len(cat.candidates)} offerings from {cat.source} "
+        f"+ {len(cfg.models)} declared in rules/models.yaml"
+    )
     for warning in cat.warnings:
         click.echo(f"warning: {warning}")
 
 
 @main.command()
-@click.option("--from", "from_dir", type=click.Path(file_okay=False, exists=True),
-              help="Read saved source snapshots from DIR instead of the network.")
-@click.option("--out", type=click.Path(dir_okay=False),
-              help="DB to write [default: data.benchmarks from the config].")
+@click.option(
+    "--from",
+    "from_dir",
+    type=click.Path(file_okay=False, exists=True),
+    help="Read saved source snapshots from DIR instead of the network.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    help="DB to write [default: data.benchmarks from the config].",
+)
 @config_option
 @click.option("--report", is_flag=True, help="List matched and unmatched names with scores.")
 def refresh(from_dir: str | None, out: str | None, config: str, report: bool) -> None:
@@ -121,8 +161,11 @@ def refresh(from_dir: str | None, out: str | None, config: str, report: bool) ->
     cfg = _load(config)
     target = Path(out) if out else cfg.benchmarks_path
     if from_dir is None:
-        click.echo("error: fetching from the network is not implemented yet; "
-                   "use --from DIR with saved snapshots", err=True)
+        click.echo(
+            "error: fetching from the network is not implemented yet; "
+            "use --from DIR with saved snapshots",
+            err=True,
+        )
         sys.exit(2)
     argv = ["--from", from_dir, "--out", str(target)]
     aliases = cfg.rules_dir / "aliases.yaml"

@@ -102,8 +102,18 @@ def read_yaml(path: Path) -> tuple[Any, Marks]:
         line = text.count("\n", 0, pos) + 1
         col = pos - (text.rfind("\n", 0, pos) + 1) + 1
         reason = getattr(e, "reason", None) or str(e).splitlines()[0]
-        raise ConfigError([ConfigIssue(name, line, col, "", f"YAML error: {reason}",
-                                       "remove control characters; save the file as UTF-8")]) from None
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    name,
+                    line,
+                    col,
+                    "",
+                    f"YAML error: {reason}",
+                    "remove control characters; save the file as UTF-8",
+                )
+            ]
+        ) from None
     marks: Marks = {}
     if node is not None:
         _marks(node, (), marks)
@@ -158,7 +168,7 @@ def _step(t: Any, part: str | int) -> Any:
 
 def _unwrap(t: Any) -> Any:
     """Strip Optional/Annotated/Union down to the first pydantic model or container."""
-    for a in (get_args(t) if get_origin(t) in (Union, UnionType, Annotated) else (t,)):
+    for a in get_args(t) if get_origin(t) in (Union, UnionType, Annotated) else (t,):
         if _is_model(a) or get_origin(a) in (dict, list, tuple, Mapping):
             return a
         inner = _unwrap(a) if get_origin(a) in (Union, UnionType, Annotated) else None
@@ -197,13 +207,17 @@ def validate(model: type[schema.Strict], data: Any, marks: Marks, file: str) -> 
                 if kind == "value_error" and "; " in msg:
                     msg, hint = msg.split("; ", 1)
                 line, col = marks.get((*loc, VALUE), (line, col))
-                if "input" in err and kind not in ("value_error",) and not isinstance(
-                    err["input"], dict | list
+                if (
+                    "input" in err
+                    and kind not in ("value_error",)
+                    and not isinstance(err["input"], dict | list)
                 ):
                     hint = f"got {err['input']!r}"
             if issues and issues[-1].path == path and issues[-1].line == line and path:
                 prev = issues[-1]
-                issues[-1] = ConfigIssue(file, line, col, path, f"{prev.message}, or {msg[:1].lower()}{msg[1:]}", hint)
+                issues[-1] = ConfigIssue(
+                    file, line, col, path, f"{prev.message}, or {msg[:1].lower()}{msg[1:]}", hint
+                )
                 continue
             issues.append(ConfigIssue(file, line, col, path, msg, hint))
         raise ConfigError(issues) from None
@@ -234,10 +248,18 @@ def load(path: str | Path) -> Config:
     files = [cfg_path]
     if not rules_dir.is_dir():
         line, col = _locate(marks, ("rules",))
-        raise ConfigError([ConfigIssue(
-            str(cfg_path), line, col, "rules", f"directory {rules_dir} does not exist",
-            "point `rules:` at the rules/ folder that ships with the project",
-        )])
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    str(cfg_path),
+                    line,
+                    col,
+                    "rules",
+                    f"directory {rules_dir} does not exist",
+                    "point `rules:` at the rules/ folder that ships with the project",
+                )
+            ]
+        )
     for name, model in schema.RULE_FILES.items():
         f = rules_dir / name
         if not f.exists():
@@ -256,8 +278,7 @@ def load(path: str | Path) -> Config:
     profiles: dict[str, schema.Profile] = dict(parsed["profiles.yaml"].profiles)
     policies = tuple(parsed["policies.yaml"].policies)
     routes = {
-        k: tuple(e if isinstance(e, schema.RouteTarget) else schema.RouteTarget(model=e)
-                 for e in v)
+        k: tuple(e if isinstance(e, schema.RouteTarget) else schema.RouteTarget(model=e) for e in v)
         for k, v in parsed["routes.yaml"].routes.items()
     }
     models = tuple(parsed["models.yaml"].models)
@@ -268,34 +289,61 @@ def load(path: str | Path) -> Config:
 
     known = ", ".join(sorted(profiles)) or "(none: add rules/profiles.yaml)"
     if settings.default_profile not in profiles:
-        issue(cfg_path, marks, ("default_profile",), f"profile {settings.default_profile!r} "
-              "is not defined in rules/profiles.yaml", f"use one of: {known}")
+        issue(
+            cfg_path,
+            marks,
+            ("default_profile",),
+            f"profile {settings.default_profile!r} is not defined in rules/profiles.yaml",
+            f"use one of: {known}",
+        )
     pm = rule_marks.get("policies.yaml", {})
     for i, p in enumerate(policies):
         if p.profile and p.profile not in profiles:
-            issue(rules_dir / "policies.yaml", pm, ("policies", i, "profile"),
-                  f"profile {p.profile!r} is not defined", f"use one of: {known}")
+            issue(
+                rules_dir / "policies.yaml",
+                pm,
+                ("policies", i, "profile"),
+                f"profile {p.profile!r} is not defined",
+                f"use one of: {known}",
+            )
         for j, prov in enumerate([*p.constraints.providers.allow, *p.constraints.providers.deny]):
             if prov not in settings.providers:
-                issue(rules_dir / "policies.yaml", pm, ("policies", i, "constraints", "providers"),
-                      f"provider {prov!r} is not configured (entry {j})",
-                      f"configured providers: {', '.join(settings.providers) or 'none'}")
+                issue(
+                    rules_dir / "policies.yaml",
+                    pm,
+                    ("policies", i, "constraints", "providers"),
+                    f"provider {prov!r} is not configured (entry {j})",
+                    f"configured providers: {', '.join(settings.providers) or 'none'}",
+                )
     mm = rule_marks.get("models.yaml", {})
     for i, dm in enumerate(models):
         if dm.provider not in settings.providers:
-            issue(rules_dir / "models.yaml", mm, ("models", i, "provider"),
-                  f"provider {dm.provider!r} is not configured in {cfg_path.name}",
-                  f"add it under `providers:` or use one of: {', '.join(settings.providers)}")
+            issue(
+                rules_dir / "models.yaml",
+                mm,
+                ("models", i, "provider"),
+                f"provider {dm.provider!r} is not configured in {cfg_path.name}",
+                f"add it under `providers:` or use one of: {', '.join(settings.providers)}",
+            )
     rm = rule_marks.get("routes.yaml", {})
     for name, chain in routes.items():
         for j, t in enumerate(chain):
             if t.provider and t.provider not in settings.providers:
-                issue(rules_dir / "routes.yaml", rm, ("routes", name, j),
-                      f"provider {t.provider!r} is not configured",
-                      f"use one of: {', '.join(settings.providers)}")
+                issue(
+                    rules_dir / "routes.yaml",
+                    rm,
+                    ("routes", name, j),
+                    f"provider {t.provider!r} is not configured",
+                    f"use one of: {', '.join(settings.providers)}",
+                )
     if settings.mode.startswith("reverse:") is False and not settings.intercept:
-        issue(cfg_path, marks, ("intercept",), "no hosts to intercept",
-              "list the API hosts your apps call, e.g. [api.openai.com]")
+        issue(
+            cfg_path,
+            marks,
+            ("intercept",),
+            "no hosts to intercept",
+            "list the API hosts your apps call, e.g. [api.openai.com]",
+        )
     if issues:
         raise ConfigError(issues)
 

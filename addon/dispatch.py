@@ -94,11 +94,16 @@ class View:
     keys: Mapping[str, str] = field(repr=False)
 
 
-def build_view(cfg: configload.Config, env: Mapping[str, str], latency: Mapping[str, float]) -> View:
+def build_view(
+    cfg: configload.Config, env: Mapping[str, str], latency: Mapping[str, float]
+) -> View:
     rows, source, warnings = catmod.load_rows(cfg)
     catalog = catmod.build_catalog(cfg, rows, env, source, warnings)
-    keys = {name: env[p.api_key_env] for name, p in cfg.settings.providers.items()
-            if p.api_key_env and env.get(p.api_key_env)}
+    keys = {
+        name: env[p.api_key_env]
+        for name, p in cfg.settings.providers.items()
+        if p.api_key_env and env.get(p.api_key_env)
+    }
     return View(cfg, catalog, routing.build_router(cfg, catalog, latency), keys)
 
 
@@ -154,15 +159,21 @@ class Dispatcher:
         headers = {k.lower(): v for k, v in inc.headers}
         client_key = any(h in headers for h in CLIENT_KEY_HEADERS)
         req = routing.RoutingRequest(
-            features=classify.features(parsed.data), host=inc.host, path=path,
-            headers=headers, client_addr=inc.client_addr, client_key=client_key,
+            features=classify.features(parsed.data),
+            host=inc.host,
+            path=path,
+            headers=headers,
+            client_addr=inc.client_addr,
+            client_key=client_key,
         )
         res = view.config.settings.resilience
         now = time.monotonic()
 
         def usable(c: catmod.Candidate) -> str | None:
             prov = view.catalog.providers[c.provider]
-            if not (prov.keyless or c.provider in view.keys or (client_key and prov.host == inc.host)):
+            if not (
+                prov.keyless or c.provider in view.keys or (client_key and prov.host == inc.host)
+            ):
                 return "no_key"
             state = self.breakers.get(c.key)
             if state is not None and not brk.available(state, now, res.breaker.cooldown_s):
@@ -173,22 +184,39 @@ class Dispatcher:
         if isinstance(decision, routing.NoRoute):
             pending.error = decision.message
             pending.reasons.append(decision.message)
-            return Reply(decision.status, [("content-type", "application/json"),
-                                           ("x-orchestrator-request-id", pending.id)],
-                         wire.error_body(decision.message, type_="invalid_request_error"
-                                         if decision.status == 400 else "service_unavailable",
-                                         code=decision.code), pending)
+            return Reply(
+                decision.status,
+                [("content-type", "application/json"), ("x-orchestrator-request-id", pending.id)],
+                wire.error_body(
+                    decision.message,
+                    type_="invalid_request_error"
+                    if decision.status == 400
+                    else "service_unavailable",
+                    code=decision.code,
+                ),
+                pending,
+            )
         pending.decision = decision
         pending.reasons.extend(decision.reasons)
         inject_usage = parsed.stream and not parsed.wants_usage
-        plan = [self._target(view, s, inc, headers, parsed, endpoint, inject_usage)
-                for s in decision.chain]
+        plan = [
+            self._target(view, s, inc, headers, parsed, endpoint, inject_usage)
+            for s in decision.chain
+        ]
         result = await self.engine.run(plan, on_outcome=self._on_outcome)
         pending.attempts = result.attempts
         return await self._answer(view, pending, result, decision, inject_usage)
 
-    def _target(self, view: View, s: Scored, inc: Incoming, headers: Mapping[str, str],
-                parsed: wire.ParsedBody, endpoint: str, inject_usage: bool) -> Target:
+    def _target(
+        self,
+        view: View,
+        s: Scored,
+        inc: Incoming,
+        headers: Mapping[str, str],
+        parsed: wire.ParsedBody,
+        endpoint: str,
+        inject_usage: bool,
+    ) -> Target:
         c = s.candidate
         prov = view.catalog.providers[c.provider]
         same_host = prov.host == inc.host
@@ -216,8 +244,11 @@ class Dispatcher:
         now = time.monotonic()
         if outcome.ok:
             prev = self.latency.get(c.key)
-            self.latency[c.key] = elapsed_ms if prev is None else (
-                LATENCY_ALPHA * elapsed_ms + (1 - LATENCY_ALPHA) * prev)
+            self.latency[c.key] = (
+                elapsed_ms
+                if prev is None
+                else (LATENCY_ALPHA * elapsed_ms + (1 - LATENCY_ALPHA) * prev)
+            )
             self.latency_dirty = True
         if outcome.ok or outcome.counts_against_target:
             state = self.breakers.get(c.key, brk.CLOSED)
@@ -226,8 +257,14 @@ class Dispatcher:
                 log.warning("breaker %s: %s -> %s", c.key, state.status.value, new.status.value)
             self.breakers[c.key] = new
 
-    async def _answer(self, view: View, pending: Pending, result: EngineResult,
-                      decision: routing.RoutingDecision, inject_usage: bool) -> Reply | ToPipe:
+    async def _answer(
+        self,
+        view: View,
+        pending: Pending,
+        result: EngineResult,
+        decision: routing.RoutingDecision,
+        inject_usage: bool,
+    ) -> Reply | ToPipe:
         extra = [
             ("x-orchestrator-profile", decision.profile),
             ("x-orchestrator-attempts", str(len(result.attempts))),
@@ -237,14 +274,20 @@ class Dispatcher:
         if ans is not None:
             chosen = next(s for s in decision.chain if s.candidate.key == ans.target.candidate.key)
             pending.answered_by = chosen
-            extra = [("x-orchestrator-model", chosen.candidate.provider_model_id),
-                     ("x-orchestrator-provider", chosen.candidate.provider), *extra]
+            extra = [
+                ("x-orchestrator-model", chosen.candidate.provider_model_id),
+                ("x-orchestrator-provider", chosen.candidate.provider),
+                *extra,
+            ]
             if ans.stream is not None:
                 report = StreamReport()
                 pending.report = report
                 port = await self.pipe.ensure_started()
                 token = self.pipe.register(
-                    ans.stream, ans.status, [*ans.headers, *extra], strip_usage=inject_usage,
+                    ans.stream,
+                    ans.status,
+                    [*ans.headers, *extra],
+                    strip_usage=inject_usage,
                     stall_s=view.config.settings.resilience.stall_timeout_ms / 1000,
                     report=report,
                 )
@@ -254,34 +297,66 @@ class Dispatcher:
         # every attempt failed
         last = result.last
         failed = result.failed_answer
-        if failed is not None and last is not None and last.kind in (
-            OutcomeKind.CLIENT_ERROR, OutcomeKind.CONTENT_POLICY
+        if (
+            failed is not None
+            and last is not None
+            and last.kind in (OutcomeKind.CLIENT_ERROR, OutcomeKind.CONTENT_POLICY)
         ):
-            pending.answered_by = next(s for s in decision.chain
-                                       if s.candidate.key == failed.target.candidate.key)
+            pending.answered_by = next(
+                s for s in decision.chain if s.candidate.key == failed.target.candidate.key
+            )
             pending.error = last.message
             return Reply(failed.status, [*failed.headers, *extra], failed.body, pending)
-        status = (last.status if last and last.status else
-                  504 if last and last.kind is OutcomeKind.TIMEOUT else 502)
-        attempts = [{"provider": a.provider, "model": a.model, "outcome": a.outcome.kind.value,
-                     "status": a.outcome.status, "message": a.outcome.message}
-                    for a in result.attempts]
-        msg = (f"all {len(attempts)} upstream attempts failed; last: "
-               f"{attempts[-1]['provider']}/{attempts[-1]['model']} "
-               f"{last.kind.value if last else '?'}"
-               f"{f' {last.status}' if last and last.status else ''}: {last.message if last else ''}")
+        status = (
+            last.status
+            if last and last.status
+            else 504
+            if last and last.kind is OutcomeKind.TIMEOUT
+            else 502
+        )
+        attempts = [
+            {
+                "provider": a.provider,
+                "model": a.model,
+                "outcome": a.outcome.kind.value,
+                "status": a.outcome.status,
+                "message": a.outcome.message,
+            }
+            for a in result.attempts
+        ]
+        msg = (
+            f"all {len(attempts)} upstream attempts failed; last: "
+            f"{attempts[-1]['provider']}/{attempts[-1]['model']} "
+            f"{last.kind.value if last else '?'}"
+            f"{f' {last.status}' if last and last.status else ''}: {last.message if last else ''}"
+        )
         pending.error = msg
         headers = [("content-type", "application/json"), *extra]
         if last and last.retry_after is not None:
             headers.append(("retry-after", str(int(last.retry_after + 0.999))))
-        return Reply(status, headers, wire.error_body(
-            msg, type_="upstream_error", code="all_attempts_failed",
-            extra={"attempts": attempts}), pending)
+        return Reply(
+            status,
+            headers,
+            wire.error_body(
+                msg,
+                type_="upstream_error",
+                code="all_attempts_failed",
+                extra={"attempts": attempts},
+            ),
+            pending,
+        )
 
     # ------------------------------------------------------------------ record
 
-    def finish(self, pending: Pending, *, status: int | None, body: bytes | None,
-               error: str | None = None, client_abort: bool = False) -> LedgerRow:
+    def finish(
+        self,
+        pending: Pending,
+        *,
+        status: int | None,
+        body: bytes | None,
+        error: str | None = None,
+        client_abort: bool = False,
+    ) -> LedgerRow:
         """Build and queue the one ledger row for this request."""
         inc = pending.incoming
         now = time.monotonic()
@@ -305,8 +380,11 @@ class Dispatcher:
             routed_model = wire.response_model(body) or routed_model
         if client_abort and outcome == "ok":
             outcome = "client_abort"
-        if pending.kind == "routed" and outcome == "ok" and (
-            status is None or status >= 400 or error or pending.error):
+        if (
+            pending.kind == "routed"
+            and outcome == "ok"
+            and (status is None or status >= 400 or error or pending.error)
+        ):
             outcome = "error"
         usd = requested_usd = None
         unpriced = False
@@ -324,33 +402,60 @@ class Dispatcher:
                 requested_usd = cost.cost(usage, req_c.price)
         d = pending.decision
         row = LedgerRow(
-            id=pending.id, ts=time.time(), outcome=outcome, client=inc.client_addr,
-            host=inc.host, path=inc.path.split("?", 1)[0],
-            profile=d.profile if d else None, profile_reason=d.profile_reason if d else None,
-            policy=d.policy if d else None, requested_model=pending.requested_model,
-            routed_model=routed_model, provider=s.candidate.provider if s else None,
+            id=pending.id,
+            ts=time.time(),
+            outcome=outcome,
+            client=inc.client_addr,
+            host=inc.host,
+            path=inc.path.split("?", 1)[0],
+            profile=d.profile if d else None,
+            profile_reason=d.profile_reason if d else None,
+            policy=d.policy if d else None,
+            requested_model=pending.requested_model,
+            routed_model=routed_model,
+            provider=s.candidate.provider if s else None,
             attempts=len(pending.attempts),
-            attempt_log=[{"provider": a.provider, "model": a.model,
-                          "outcome": a.outcome.kind.value, "status": a.outcome.status,
-                          "ms": a.elapsed_ms, "message": a.outcome.message[:300]}
-                         for a in pending.attempts],
-            status=status, stream=pending.stream,
+            attempt_log=[
+                {
+                    "provider": a.provider,
+                    "model": a.model,
+                    "outcome": a.outcome.kind.value,
+                    "status": a.outcome.status,
+                    "ms": a.elapsed_ms,
+                    "message": a.outcome.message[:300],
+                }
+                for a in pending.attempts
+            ],
+            status=status,
+            stream=pending.stream,
             prompt_tokens=usage.prompt_tokens if usage else None,
             completion_tokens=usage.completion_tokens if usage else None,
             cached_tokens=usage.cached_tokens if usage else None,
             reasoning_tokens=usage.reasoning_tokens if usage else None,
-            cost_usd=usd, unpriced=unpriced, requested_cost_usd=requested_usd,
+            cost_usd=usd,
+            unpriced=unpriced,
+            requested_cost_usd=requested_usd,
             ttft_ms=round(ttft, 1) if ttft is not None else None,
             latency_ms=round((now - pending.started) * 1000, 1),
-            reasons=pending.reasons, error=error or pending.error,
+            reasons=pending.reasons,
+            error=error or pending.error,
         )
         if self.ledger is not None:
             self.ledger.record(row)
         log.info(
             "%s %s %s -> %s/%s status=%s outcome=%s attempts=%d tokens=%s/%s cost=%s %.0fms",
-            row.id, row.profile or "-", row.requested_model, row.provider or "-",
-            row.routed_model or "-", status, outcome, row.attempts, row.prompt_tokens,
-            row.completion_tokens, "unpriced" if unpriced else row.cost_usd, row.latency_ms or 0,
+            row.id,
+            row.profile or "-",
+            row.requested_model,
+            row.provider or "-",
+            row.routed_model or "-",
+            status,
+            outcome,
+            row.attempts,
+            row.prompt_tokens,
+            row.completion_tokens,
+            "unpriced" if unpriced else row.cost_usd,
+            row.latency_ms or 0,
         )
         return row
 

@@ -41,10 +41,15 @@ class Outcome:
         return self.kind in _TARGET_FAULTS
 
 
-_TARGET_FAULTS = frozenset({
-    OutcomeKind.CONNECT_ERROR, OutcomeKind.TIMEOUT, OutcomeKind.SERVER_ERROR,
-    OutcomeKind.RATE_LIMITED, OutcomeKind.PROTOCOL_ERROR,
-})
+_TARGET_FAULTS = frozenset(
+    {
+        OutcomeKind.CONNECT_ERROR,
+        OutcomeKind.TIMEOUT,
+        OutcomeKind.SERVER_ERROR,
+        OutcomeKind.RATE_LIMITED,
+        OutcomeKind.PROTOCOL_ERROR,
+    }
+)
 # Answers that describe the request, not the target: another target would say the same.
 _FINAL = frozenset({OutcomeKind.CLIENT_ERROR, OutcomeKind.CONTENT_POLICY})
 
@@ -97,11 +102,7 @@ def next_step(
         return GiveUp(f"{outcome.kind.value}: the request itself was refused; not retried")
     if attempts_total >= max_attempts:
         return GiveUp(f"max_attempts ({max_attempts}) reached")
-    if (
-        outcome.kind is OutcomeKind.SERVER_ERROR
-        and outcome.status == 500
-        and tries_on_target == 1
-    ):
+    if outcome.kind is OutcomeKind.SERVER_ERROR and outcome.status == 500 and tries_on_target == 1:
         return Retry(delay=0.0)
     if has_next:
         return Fallback(f"{outcome.kind.value}" + (f" {outcome.status}" if outcome.status else ""))

@@ -192,7 +192,9 @@ class Ledger:
         self._thread.join(timeout=10)
 
 
-def read_rows(path: Path, where: str = "", params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+def read_rows(
+    path: Path, where: str = "", params: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     conn.row_factory = sqlite3.Row
     try:

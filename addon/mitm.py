@@ -46,7 +46,9 @@ class Orchestrator:
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
-            "orchestrator_config", str, "orchestrator.yaml",
+            "orchestrator_config",
+            str,
+            "orchestrator.yaml",
             "Path of the Local AI Orchestrator config (orchestrator.yaml).",
         )
 
@@ -58,8 +60,9 @@ class Orchestrator:
             cfg = configload.load(path)
         except ConfigError as e:
             raise exceptions.OptionsError(f"invalid configuration:\n{e}") from None
-        view = dispatch.build_view(cfg, dispatch.environ(),
-                                   self.dispatcher.latency if self.dispatcher else {})
+        view = dispatch.build_view(
+            cfg, dispatch.environ(), self.dispatcher.latency if self.dispatcher else {}
+        )
         for w in view.catalog.warnings:
             log.warning("%s", w)
         if self.dispatcher is None:
@@ -71,8 +74,9 @@ class Orchestrator:
         if s.mode.startswith("reverse:"):
             ctx.options.update(connection_strategy="lazy")
         else:
-            ctx.options.update(connection_strategy="lazy",
-                               allow_hosts=allow_hosts_for(list(s.intercept)))
+            ctx.options.update(
+                connection_strategy="lazy", allow_hosts=allow_hosts_for(list(s.intercept))
+            )
         for name in ("httpx", "hpack", "aiohttp", "aiohttp.access", "asyncio"):
             logging.getLogger(name).setLevel(logging.WARNING)
         log.setLevel(s.log_level.upper())
@@ -88,15 +92,24 @@ class Orchestrator:
         log.info(
             "Local AI Orchestrator %s: listening on %s:%s, mode %s, default profile %s, "
             "%d candidates (%s), providers with keys: %s, config %s",
-            cfg.version, host, port, cfg.settings.mode, cfg.settings.default_profile,
-            len(cat.candidates), cat.source, ", ".join(usable) or "none", cfg.path,
+            cfg.version,
+            host,
+            port,
+            cfg.settings.mode,
+            cfg.settings.default_profile,
+            len(cat.candidates),
+            cat.source,
+            ", ".join(usable) or "none",
+            cfg.path,
         )
         if not cfg.settings.mode.startswith("reverse:"):
             log.info(
                 "Point an app at it:\n  export HTTPS_PROXY=http://%s:%s\n"
                 "  export SSL_CERT_FILE=%s\n  export NO_PROXY=localhost,127.0.0.1\n"
                 "(SSL_CERT_FILE = system roots + this proxy's CA; Node: NODE_EXTRA_CA_CERTS)",
-                host, port, bundle,
+                host,
+                port,
+                bundle,
             )
         self._rerank_task = asyncio.get_running_loop().create_task(self._rerank_loop())
 
@@ -149,8 +162,11 @@ class Orchestrator:
         if not reverse and not dispatch.intercepted(host, settings.intercept):
             return
         inc = dispatch.Incoming(
-            method=req.method, host=host, path=req.path,
-            headers=tuple(req.headers.items(multi=True)), body=req.raw_content or b"",
+            method=req.method,
+            host=host,
+            path=req.path,
+            headers=tuple(req.headers.items(multi=True)),
+            body=req.raw_content or b"",
             client_addr=flow.client_conn.peername[0] if flow.client_conn.peername else "",
             reverse=reverse,
         )
@@ -160,10 +176,12 @@ class Orchestrator:
         except Exception as e:  # never take the flow (or the proxy) down
             log.exception("internal error while routing %s %s", req.method, req.path)
             flow.response = http.Response.make(
-                500, _internal_error(e), {"content-type": "application/json"})
+                500, _internal_error(e), {"content-type": "application/json"}
+            )
 
-    def _apply(self, flow: http.HTTPFlow,
-               out: dispatch.Passthrough | dispatch.Reply | dispatch.ToPipe) -> None:
+    def _apply(
+        self, flow: http.HTTPFlow, out: dispatch.Passthrough | dispatch.Reply | dispatch.ToPipe
+    ) -> None:
         if isinstance(out, dispatch.Passthrough):
             if out.pending is not None:
                 self._track(flow, out.pending)
@@ -178,8 +196,11 @@ class Orchestrator:
         req.host = "127.0.0.1"
         req.port = out.port
         req.path = f"/pipe/{out.token}"
-        keep = [(k, v) for k, v in req.headers.items(multi=True)
-                if k.lower() in ("content-type", "accept")]
+        keep = [
+            (k, v)
+            for k, v in req.headers.items(multi=True)
+            if k.lower() in ("content-type", "accept")
+        ]
         req.headers = _headers([*keep, ("host", f"127.0.0.1:{out.port}")])
         req.content = b""
 
@@ -202,7 +223,9 @@ class Orchestrator:
         if p.token is not None:
             self.dispatcher.pipe.discard(p.token)
         msg = flow.error.msg if flow.error else "unknown error"
-        client_gone = "client disconnected" in msg.lower() or "connection closed by client" in msg.lower()
+        client_gone = (
+            "client disconnected" in msg.lower() or "connection closed by client" in msg.lower()
+        )
         status = flow.response.status_code if flow.response else None
         self.dispatcher.finish(p, status=status, body=None, error=msg, client_abort=client_gone)
 
@@ -234,5 +257,8 @@ def _listen() -> tuple[str, int]:
 def _internal_error(e: Exception) -> bytes:
     from addon.wire import error_body
 
-    return error_body(f"internal router error ({type(e).__name__}); see the proxy log",
-                      type_="server_error", code="orchestrator_internal_error")
+    return error_body(
+        f"internal router error ({type(e).__name__}); see the proxy log",
+        type_="server_error",
+        code="orchestrator_internal_error",
+    )

@@ -119,8 +119,9 @@ class Pipe:
                     async with asyncio.timeout(entry.stall_s):
                         chunk = await live.response.content.readany()
                 except TimeoutError:
-                    await self._fail(resp, request, report,
-                                     f"upstream stalled for {entry.stall_s * 1000:.0f} ms")
+                    await self._fail(
+                        resp, request, report, f"upstream stalled for {entry.stall_s * 1000:.0f} ms"
+                    )
                     return resp
                 if not chunk:
                     await self._write(resp, entry, live.parser.flush())
@@ -148,7 +149,9 @@ class Pipe:
             report.outcome = "client_abort"
         return resp
 
-    async def _write(self, resp: web.StreamResponse, entry: _Entry, events: list[wire.SSEEvent]) -> None:
+    async def _write(
+        self, resp: web.StreamResponse, entry: _Entry, events: list[wire.SSEEvent]
+    ) -> None:
         report = entry.report
         out = []
         for ev in events:
@@ -176,13 +179,20 @@ class Pipe:
         if out:
             await resp.write(b"".join(out))
 
-    async def _fail(self, resp: web.StreamResponse, request: web.Request, report: StreamReport,
-                    why: str) -> None:
+    async def _fail(
+        self, resp: web.StreamResponse, request: web.Request, report: StreamReport, why: str
+    ) -> None:
         report.outcome = "truncated"
         report.error = why
         log.warning("stream truncated: %s", why)
-        payload = {"error": {"message": f"stream interrupted: {why}", "type": "upstream_error",
-                             "param": None, "code": "stream_truncated"}}
+        payload = {
+            "error": {
+                "message": f"stream interrupted: {why}",
+                "type": "upstream_error",
+                "param": None,
+                "code": "stream_truncated",
+            }
+        }
         with contextlib.suppress(ConnectionResetError):
             await resp.write(b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n")
         # cut the connection without the final chunk: the client sees a broken stream

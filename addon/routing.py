@@ -122,16 +122,22 @@ def select_profile(cfg: Config, req: RoutingRequest) -> tuple[str, str, Policy |
     header = req.headers.get(PROFILE_HEADER)
     if header:
         if header not in cfg.profiles:
-            return NoRoute(400, f"unknown profile {header!r} in X-Orchestrator-Profile; "
-                           f"use one of: {known}", "unknown_profile")
+            return NoRoute(
+                400,
+                f"unknown profile {header!r} in X-Orchestrator-Profile; use one of: {known}",
+                "unknown_profile",
+            )
         return header, "header X-Orchestrator-Profile", policy
     model = req.features.requested_model or ""
     if model.startswith(ALIAS_PREFIX):
-        name = model[len(ALIAS_PREFIX):]
+        name = model[len(ALIAS_PREFIX) :]
         if name not in cfg.profiles:
-            return NoRoute(400, f"unknown profile {name!r} in model {model!r}; use one of: "
-                           f"{', '.join(ALIAS_PREFIX + k for k in sorted(cfg.profiles))}",
-                           "unknown_profile")
+            return NoRoute(
+                400,
+                f"unknown profile {name!r} in model {model!r}; use one of: "
+                f"{', '.join(ALIAS_PREFIX + k for k in sorted(cfg.profiles))}",
+                "unknown_profile",
+            )
         return name, f"model alias {model}", policy
     if policy and policy.profile:
         return policy.profile, f"policy {policy.name}", policy
@@ -177,10 +183,14 @@ def reject_reason(
         return "model_list"
     if any(_glob(p, n) for p in md.deny for n in names):
         return "model_list"
-    if constraints.min_quality is not None and (c.quality is None or c.quality < constraints.min_quality):
+    if constraints.min_quality is not None and (
+        c.quality is None or c.quality < constraints.min_quality
+    ):
         return "min_quality"
     if constraints.max_cost_usd is not None:
-        est = costmod.estimate_max(f.prompt_tokens, f.max_output_tokens or DEFAULT_MAX_OUTPUT, c.price)
+        est = costmod.estimate_max(
+            f.prompt_tokens, f.max_output_tokens or DEFAULT_MAX_OUTPUT, c.price
+        )
         if est is None:
             return "unpriced"
         if est > constraints.max_cost_usd:
@@ -244,8 +254,11 @@ def decide(
             targets.extend(router.catalog.lookup(model))
             mode = "pin"
         for t in cfg.routes.get(model, ()):
-            targets.extend(c for c in router.catalog.lookup(t.model)
-                           if t.provider is None or c.provider == t.provider)
+            targets.extend(
+                c
+                for c in router.catalog.lookup(t.model)
+                if t.provider is None or c.provider == t.provider
+            )
             mode = "route" if mode != "pin" else mode
         seen: set[str] = set()
         for c in targets:
@@ -269,13 +282,19 @@ def decide(
     if not chain:
         detail = ", ".join(f"{k}: {v}" for k, v in filtered.most_common()) or "catalog is empty"
         what = {"pin": f"model {model!r} (pinned by policy)", "route": f"route {model!r}"}.get(
-            mode, f"profile {profile_name!r}")
+            mode, f"profile {profile_name!r}"
+        )
         # nothing usable right now (keys, breakers) is the router's state: 503; anything
         # else means the request itself cannot be served under these rules: 400
         status = 503 if filtered and set(filtered) <= {"breaker_open", "no_key"} else 400
-        return NoRoute(status, f"no candidate can serve this request under {what}; "
-                       f"filtered out: {detail}", "no_candidate", profile_name,
-                       policy.name if policy else None, dict(filtered))
+        return NoRoute(
+            status,
+            f"no candidate can serve this request under {what}; filtered out: {detail}",
+            "no_candidate",
+            profile_name,
+            policy.name if policy else None,
+            dict(filtered),
+        )
     return RoutingDecision(
         profile=profile_name,
         profile_reason=why,
@@ -284,7 +303,8 @@ def decide(
         requested=requested,
         filtered=dict(filtered),
         mode=mode,
-        reasons=(f"profile {profile_name} ({why})",
-                 f"{mode}: {chain[0].candidate.key} score {chain[0].score:.3f} "
-                 f"= {chain[0].explain()}"),
+        reasons=(
+            f"profile {profile_name} ({why})",
+            f"{mode}: {chain[0].candidate.key} score {chain[0].score:.3f} = {chain[0].explain()}",
+        ),
     )

@@ -90,8 +90,12 @@ def static_norms(candidates: Iterable[Candidate]) -> Norms:
         quality={c.key: c.quality_norm for c in cands},
         cost={c.key: (1 - (logs[c.key] - lo) / span) if c.key in logs else 0.0 for c in cands},
         context={
-            c.key: min(1.0, max(0.0, math.log2(max(c.context_tokens or 0, CONTEXT_FLOOR)
-                                                / CONTEXT_FLOOR) / top))
+            c.key: min(
+                1.0,
+                max(
+                    0.0, math.log2(max(c.context_tokens or 0, CONTEXT_FLOOR) / CONTEXT_FLOOR) / top
+                ),
+            )
             for c in cands
         },
     )

@@ -30,11 +30,24 @@ from addon.fallback import AttemptRecord, Fallback, GiveUp, Outcome, OutcomeKind
 
 log = logging.getLogger("orchestrator")
 
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-    "trailers", "transfer-encoding", "upgrade", "host", "content-length", "content-encoding",
-    "accept-encoding", "proxy-connection",
-})
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "content-encoding",
+        "accept-encoding",
+        "proxy-connection",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -90,10 +103,13 @@ class Engine:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60,
-                                             enable_cleanup_closed=True)
+            connector = aiohttp.TCPConnector(
+                limit=0, limit_per_host=0, ttl_dns_cache=60, enable_cleanup_closed=True
+            )
             self._session = aiohttp.ClientSession(
-                connector=connector, trust_env=False, auto_decompress=True,
+                connector=connector,
+                trust_env=False,
+                auto_decompress=True,
                 skip_auto_headers=("User-Agent",),
             )
         return self._session
@@ -122,10 +138,15 @@ class Engine:
             started = time.monotonic()
             answer, outcome = await self._attempt(target, deadline)
             elapsed = (time.monotonic() - started) * 1000
-            result.attempts.append(AttemptRecord(
-                target.candidate.provider, target.candidate.provider_model_id, outcome,
-                started, round(elapsed, 1),
-            ))
+            result.attempts.append(
+                AttemptRecord(
+                    target.candidate.provider,
+                    target.candidate.provider_model_id,
+                    outcome,
+                    started,
+                    round(elapsed, 1),
+                )
+            )
             on_outcome(target.candidate, outcome, elapsed)
             result.last = outcome
             if outcome.ok:
@@ -133,9 +154,13 @@ class Engine:
                 return result
             if answer is not None:
                 result.failed_answer = answer
-            step = next_step(outcome, tries_on_target=tries_on_target,
-                             attempts_total=len(result.attempts),
-                             max_attempts=res.max_attempts, has_next=idx + 1 < len(plan))
+            step = next_step(
+                outcome,
+                tries_on_target=tries_on_target,
+                attempts_total=len(result.attempts),
+                max_attempts=res.max_attempts,
+                has_next=idx + 1 < len(plan),
+            )
             if time.monotonic() >= deadline:
                 step = GiveUp("total_timeout_ms reached")
             match step:
@@ -153,13 +178,19 @@ class Engine:
         res = self.resilience
         started = time.monotonic()
         first_limit = min(res.first_token_timeout_ms / 1000, max(0.001, deadline - started))
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=res.connect_timeout_ms / 1000,
-                                        connect=res.connect_timeout_ms / 1000)
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=res.connect_timeout_ms / 1000,
+            connect=res.connect_timeout_ms / 1000,
+        )
         resp: aiohttp.ClientResponse | None = None
         try:
             async with asyncio.timeout(first_limit):
                 resp = await self._client().post(
-                    t.url, data=t.body, headers=list(t.headers), timeout=timeout,
+                    t.url,
+                    data=t.body,
+                    headers=list(t.headers),
+                    timeout=timeout,
                     allow_redirects=False,
                 )
                 if resp.status >= 400 or not t.stream:
@@ -170,22 +201,31 @@ class Engine:
                     answer = Answer(t, status, headers, body)
                     if status >= 400:
                         return answer, wire.classify_failure(
-                            status, body, resp.headers.get("Retry-After"))
+                            status, body, resp.headers.get("Retry-After")
+                        )
                     if 200 <= status < 300:
                         return answer, Outcome(OutcomeKind.OK, status)
-                    return answer, Outcome(OutcomeKind.PROTOCOL_ERROR, status,
-                                           f"unexpected status {status}")
+                    return answer, Outcome(
+                        OutcomeKind.PROTOCOL_ERROR, status, f"unexpected status {status}"
+                    )
                 return await self._first_event(t, resp, started)
         except TimeoutError:
             if resp is not None:
                 resp.close()
-            return None, Outcome(OutcomeKind.TIMEOUT, None,
-                                 f"no {'first token' if t.stream else 'response'} within "
-                                 f"{first_limit * 1000:.0f} ms")
+            return None, Outcome(
+                OutcomeKind.TIMEOUT,
+                None,
+                f"no {'first token' if t.stream else 'response'} within "
+                f"{first_limit * 1000:.0f} ms",
+            )
         except aiohttp.ServerTimeoutError as e:
             return None, Outcome(OutcomeKind.TIMEOUT, None, f"timed out: {e}")
-        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError,
-                aiohttp.ClientOSError, ConnectionError) as e:
+        except (
+            aiohttp.ClientConnectorError,
+            aiohttp.ServerDisconnectedError,
+            aiohttp.ClientOSError,
+            ConnectionError,
+        ) as e:
             return None, Outcome(OutcomeKind.CONNECT_ERROR, None, _describe(e))
         except aiohttp.ClientPayloadError as e:
             if resp is not None:
@@ -214,19 +254,22 @@ class Engine:
             body = await resp.read()
             resp.release()
             return Answer(t, resp.status, _response_headers(resp), body), Outcome(
-                OutcomeKind.OK, resp.status)
+                OutcomeKind.OK, resp.status
+            )
         parser = wire.SSEParser()
         while True:
             chunk = await resp.content.readany()
             if not chunk:
                 resp.close()
-                return None, Outcome(OutcomeKind.PROTOCOL_ERROR, resp.status,
-                                     "stream ended before the first event")
+                return None, Outcome(
+                    OutcomeKind.PROTOCOL_ERROR, resp.status, "stream ended before the first event"
+                )
             events = parser.feed(chunk)
             if any(e.data for e in events):
                 live = LiveStream(resp, parser, events, started, time.monotonic())
                 return Answer(t, resp.status, _response_headers(resp), stream=live), Outcome(
-                    OutcomeKind.OK, resp.status)
+                    OutcomeKind.OK, resp.status
+                )
 
 
 def _describe(e: BaseException) -> str:

@@ -64,6 +64,7 @@ def parse_request(raw: bytes) -> ParsedBody:
 
 def _parse_multibyte(raw: bytes, text: str) -> ParsedBody:
     data, spans, close = _scan(text)
+
     # convert character offsets to byte offsets (only a handful of top-level keys)
     def b(i: int) -> int:
         return len(text[:i].encode("utf-8"))
@@ -129,8 +130,12 @@ def rewrite(body: ParsedBody, *, model: str, include_usage: bool = False) -> byt
     if include_usage and not body.wants_usage:
         so = body.data.get("stream_options")
         if "stream_options" in body.spans:
-            merged = {**so, "include_usage": True} if isinstance(so, dict) else {"include_usage": True}
-            edits.append((*body.spans["stream_options"], json.dumps(merged, ensure_ascii=False).encode()))
+            merged = (
+                {**so, "include_usage": True} if isinstance(so, dict) else {"include_usage": True}
+            )
+            edits.append(
+                (*body.spans["stream_options"], json.dumps(merged, ensure_ascii=False).encode())
+            )
         else:
             inserts.append(b'"stream_options":{"include_usage":true}')
     if inserts:
@@ -262,18 +267,15 @@ def event_json(ev: SSEEvent) -> Any:
 
 def is_usage_only_chunk(obj: Any) -> bool:
     """The extra chunk `include_usage` adds: empty `choices` and a `usage` object."""
-    return (
-        isinstance(obj, dict)
-        and obj.get("choices") == []
-        and isinstance(obj.get("usage"), dict)
-    )
+    return isinstance(obj, dict) and obj.get("choices") == [] and isinstance(obj.get("usage"), dict)
 
 
 # --------------------------------------------------------------------------- errors
 
 
-def error_body(message: str, *, type_: str, code: str | None = None,
-               extra: dict[str, Any] | None = None) -> bytes:
+def error_body(
+    message: str, *, type_: str, code: str | None = None, extra: dict[str, Any] | None = None
+) -> bytes:
     err: dict[str, Any] = {"message": message, "type": type_, "param": None, "code": code}
     if extra:
         err.update(extra)

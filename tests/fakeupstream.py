@@ -46,6 +46,7 @@ _FINGERPRINT = "fp_fake0001"
 @dataclass(frozen=True)
 class Seen:
     """One request the fake received."""
+
     method: str
     path: str
     headers: dict[str, str]
@@ -65,6 +66,7 @@ class Fault:
 @dataclass(frozen=True)
 class Status(Fault):
     """An HTTP error with an OpenAI-style JSON error body (and optional Retry-After)."""
+
     code: int
     message: str = "The server had an error while processing your request. Sorry about that!"
     type: str = "server_error"
@@ -86,24 +88,28 @@ class Hang(Fault):
 @dataclass(frozen=True)
 class SlowFirstToken(Fault):
     """Send 200 + headers at once, then nothing for ``delay`` seconds (streaming)."""
+
     delay: float
 
 
 @dataclass(frozen=True)
 class CutStream(Fault):
     """Send ``after_events`` content chunks, then abort the connection (no [DONE])."""
+
     after_events: int
 
 
 @dataclass(frozen=True)
 class Stall(Fault):
     """Send ``after_events`` content chunks, then go silent until the fake is stopped."""
+
     after_events: int
 
 
 @dataclass(frozen=True)
 class MalformedEvent(Fault):
     """Insert one non-JSON ``data:`` event before content chunk ``at_index``."""
+
     at_index: int
 
 
@@ -115,6 +121,7 @@ class NoDone(Fault):
 @dataclass(frozen=True)
 class Delay(Fault):
     """Wait ``seconds`` before sending anything, then answer normally."""
+
     seconds: float
 
 
@@ -438,11 +445,14 @@ class FakeUpstream:
         }
         if chat:
             usage["prompt_tokens_details"] = {
-                "cached_tokens": self.cached_tokens, "audio_tokens": 0,
+                "cached_tokens": self.cached_tokens,
+                "audio_tokens": 0,
             }
             usage["completion_tokens_details"] = {
-                "reasoning_tokens": self.reasoning_tokens, "audio_tokens": 0,
-                "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0,
+                "reasoning_tokens": self.reasoning_tokens,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
             }
         return usage
 
@@ -450,15 +460,29 @@ class FakeUpstream:
         head = {"created": int(time.time()), "model": model}
         if path == "/v1/completions":
             choice = {"text": self.content, "index": 0, "logprobs": None, "finish_reason": "stop"}
-            return {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", **head,
-                    "choices": [choice], "usage": self._usage(False)}
+            return {
+                "id": f"cmpl-{uuid.uuid4().hex[:24]}",
+                "object": "text_completion",
+                **head,
+                "choices": [choice],
+                "usage": self._usage(False),
+            }
         message: dict[str, Any] = {
-            "role": "assistant", "content": self.content, "refusal": None, "annotations": [],
+            "role": "assistant",
+            "content": self.content,
+            "refusal": None,
+            "annotations": [],
         }
         choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}
-        return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", **head,
-                "choices": [choice], "usage": self._usage(True), "service_tier": "default",
-                "system_fingerprint": _FINGERPRINT}
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion",
+            **head,
+            "choices": [choice],
+            "usage": self._usage(True),
+            "service_tier": "default",
+            "system_fingerprint": _FINGERPRINT,
+        }
 
     def _embeddings_body(self, model: str, req: dict[str, Any]) -> dict[str, Any]:
         raw = req.get("input", "")
@@ -498,7 +522,8 @@ class FakeUpstream:
         base: dict[str, Any] = {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}" if chat else f"cmpl-{uuid.uuid4().hex[:24]}",
             "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": int(time.time()), "model": model,
+            "created": int(time.time()),
+            "model": model,
         }
         if chat:
             base["service_tier"], base["system_fingerprint"] = "default", _FINGERPRINT
@@ -573,9 +598,14 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
     fake = FakeUpstream(
-        args.name, content=args.content, events=args.events, delay=args.delay_ms / 1000,
-        event_gap=args.event_gap_ms / 1000, first_event_delay=args.first_event_ms / 1000,
-        host=args.host, port=args.port,
+        args.name,
+        content=args.content,
+        events=args.events,
+        delay=args.delay_ms / 1000,
+        event_gap=args.event_gap_ms / 1000,
+        first_event_delay=args.first_event_ms / 1000,
+        host=args.host,
+        port=args.port,
     )
     with fake:
         print(f"fakeupstream {fake.name} listening on {fake.base_url}", flush=True)

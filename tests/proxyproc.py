@@ -23,8 +23,13 @@ LISTEN_RE = re.compile(r"listening at \S*?:(\d+)\.?$", re.I)
 class ProxyProcess:
     """`orchestrator run -c CONFIG --port 0`, its log captured; `port` parsed from the log."""
 
-    def __init__(self, workdir: Path, config: Mapping[str, Any], rules: Mapping[str, Any],
-                 env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config: Mapping[str, Any],
+        rules: Mapping[str, Any],
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.config_path = workdir / "orchestrator.yaml"
         self.confdir = workdir / "certs"
@@ -58,16 +63,38 @@ class ProxyProcess:
 
     def start(self, timeout: float = 30.0, *, mitmdump: bool = False) -> ProxyProcess:
         if mitmdump:  # the addon loaded straight into mitmproxy, no `orchestrator run`
-            cmd = [str(ORCHESTRATOR.with_name("mitmdump")), "-s", str(REPO / "addon" / "entry.py"),
-                   "--listen-host", "127.0.0.1", "--listen-port", "0",
-                   "--set", f"orchestrator_config={self.config_path}",
-                   "--set", f"confdir={self.confdir}"]
+            cmd = [
+                str(ORCHESTRATOR.with_name("mitmdump")),
+                "-s",
+                str(REPO / "addon" / "entry.py"),
+                "--listen-host",
+                "127.0.0.1",
+                "--listen-port",
+                "0",
+                "--set",
+                f"orchestrator_config={self.config_path}",
+                "--set",
+                f"confdir={self.confdir}",
+            ]
         else:
-            cmd = [str(ORCHESTRATOR), "run", "-c", str(self.config_path), "--port", "0",
-                   "--confdir", str(self.confdir)]
+            cmd = [
+                str(ORCHESTRATOR),
+                "run",
+                "-c",
+                str(self.config_path),
+                "--port",
+                "0",
+                "--confdir",
+                str(self.confdir),
+            ]
         self.proc = subprocess.Popen(
-            cmd, cwd=self.workdir, env=self.env, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, bufsize=1,
+            cmd,
+            cwd=self.workdir,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
         )
         self._pump_thread = threading.Thread(target=self._pump, daemon=True)
         self._pump_thread.start()
@@ -106,8 +133,12 @@ class ProxyProcess:
 
     def client_env(self) -> dict[str, str]:
         """Environment for an app using the proxy: HTTPS_PROXY and the CA bundle."""
-        return {"HTTPS_PROXY": self.url, "HTTP_PROXY": self.url,
-                "SSL_CERT_FILE": str(self.ca_bundle), "NO_PROXY": ""}
+        return {
+            "HTTPS_PROXY": self.url,
+            "HTTP_PROXY": self.url,
+            "SSL_CERT_FILE": str(self.ca_bundle),
+            "NO_PROXY": "",
+        }
 
     def stop(self) -> None:
         if self.proc is None:

@@ -21,14 +21,34 @@ def test_token_estimate_is_conservative() -> None:
 @pytest.mark.parametrize(
     ("body", "attr"),
     [
-        ({"messages": [msg("hi")], "tools": [{"type": "function", "function": {"name": "f"}}]},
-         "needs_tools"),
-        ({"messages": [{"role": "user", "content": [
-            {"type": "text", "text": "what is this"},
-            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]},
-         "needs_vision"),
-        ({"messages": [msg("hi")], "response_format": {"type": "json_schema", "json_schema": {}}},
-         "needs_json_schema"),
+        (
+            {"messages": [msg("hi")], "tools": [{"type": "function", "function": {"name": "f"}}]},
+            "needs_tools",
+        ),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "what is this"},
+                            {
+                                "type": "image_url",
+                                "image_url": {"url": "data:image/png;base64,AAAA"},
+                            },
+                        ],
+                    }
+                ]
+            },
+            "needs_vision",
+        ),
+        (
+            {
+                "messages": [msg("hi")],
+                "response_format": {"type": "json_schema", "json_schema": {}},
+            },
+            "needs_json_schema",
+        ),
     ],
 )
 def test_needs(body: dict, attr: str) -> None:
@@ -39,8 +59,13 @@ def test_needs(body: dict, attr: str) -> None:
 
 
 def test_image_tokens_counted() -> None:
-    f = features({"messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "x"}}]}]})
+    f = features(
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
+            ]
+        }
+    )
     assert f.prompt_tokens >= TOKENS_PER_IMAGE
 
 
@@ -63,11 +88,22 @@ def test_task(text: str, task: str) -> None:
     ("body", "cls"),
     [
         ({"messages": [msg("hi")]}, "simple"),
-        ({"messages": [msg("Design a system and analyze the trade-offs step by step. " * 200)]},
-         "medium"),
-        ({"messages": [msg("Prove this and explain why:\n```python\ndef f(x):\n  return x\n```\n"
-                           + "context " * 20000)],
-          "tools": [{"type": "function"}]}, "complex"),
+        (
+            {"messages": [msg("Design a system and analyze the trade-offs step by step. " * 200)]},
+            "medium",
+        ),
+        (
+            {
+                "messages": [
+                    msg(
+                        "Prove this and explain why:\n```python\ndef f(x):\n  return x\n```\n"
+                        + "context " * 20000
+                    )
+                ],
+                "tools": [{"type": "function"}],
+            },
+            "complex",
+        ),
     ],
 )
 def test_complexity_class(body: dict, cls: str) -> None:
@@ -85,7 +121,9 @@ def test_legacy_completions_prompt() -> None:
     assert f.task == "creative" and f.prompt_tokens > 0
 
 
-@pytest.mark.parametrize("junk", [{"messages": "nope"}, {"messages": [1, None, {"content": 5}]},
-                                  {"prompt": [1, "a"]}, {}])
+@pytest.mark.parametrize(
+    "junk",
+    [{"messages": "nope"}, {"messages": [1, None, {"content": 5}]}, {"prompt": [1, "a"]}, {}],
+)
 def test_junk_does_not_raise(junk: dict) -> None:
     features(junk)

@@ -33,8 +33,14 @@ def test_shipped_config_and_rules_validate() -> None:
 
 
 def test_every_rules_file_is_known_and_valid() -> None:
-    known = {"profiles.yaml", "policies.yaml", "routes.yaml", "models.yaml", "aliases.yaml",
-             "sources.yaml"}
+    known = {
+        "profiles.yaml",
+        "policies.yaml",
+        "routes.yaml",
+        "models.yaml",
+        "aliases.yaml",
+        "sources.yaml",
+    }
     for f in (REPO / "rules").glob("*.yaml"):
         assert f.name in known, f"unexpected rules file {f.name}"
         yaml.safe_load(f.read_text())
@@ -50,32 +56,84 @@ def tree(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     ("file", "text", "expected"),
     [
-        ("orchestrator.yaml", "listen: 127.0.0.1:8080\nlisen: 1\n",
-         ["orchestrator.yaml:2:1 lisen: unknown key — did you mean `listen`?"]),
-        ("orchestrator.yaml", "listen: nowhere\n",
-         ["orchestrator.yaml:1:9 listen: 'nowhere' is not host:port — write it like 127.0.0.1:8080"]),
-        ("orchestrator.yaml", "mode: sideways\n", ["orchestrator.yaml:1:7 mode: 'sideways' is not a mode"]),
-        ("orchestrator.yaml", "default_profile: turbo\n",
-         ["orchestrator.yaml:1:1 default_profile: profile 'turbo' is not defined"]),
-        ("orchestrator.yaml", "providers:\n  x: {base_url: ftp://a}\n",
-         ["orchestrator.yaml:2:17 providers.x.base_url: 'ftp://a' is not an http(s) URL — write it like"]),
-        ("orchestrator.yaml", "resilience:\n  max_attempts: 0\n",
-         ["orchestrator.yaml:2:17 resilience.max_attempts: Input should be greater than or equal to 1"]),
+        (
+            "orchestrator.yaml",
+            "listen: 127.0.0.1:8080\nlisen: 1\n",
+            ["orchestrator.yaml:2:1 lisen: unknown key — did you mean `listen`?"],
+        ),
+        (
+            "orchestrator.yaml",
+            "listen: nowhere\n",
+            [
+                "orchestrator.yaml:1:9 listen: 'nowhere' is not host:port — write it like 127.0.0.1:8080"
+            ],
+        ),
+        (
+            "orchestrator.yaml",
+            "mode: sideways\n",
+            ["orchestrator.yaml:1:7 mode: 'sideways' is not a mode"],
+        ),
+        (
+            "orchestrator.yaml",
+            "default_profile: turbo\n",
+            ["orchestrator.yaml:1:1 default_profile: profile 'turbo' is not defined"],
+        ),
+        (
+            "orchestrator.yaml",
+            "providers:\n  x: {base_url: ftp://a}\n",
+            [
+                "orchestrator.yaml:2:17 providers.x.base_url: 'ftp://a' is not an http(s) URL — write it like"
+            ],
+        ),
+        (
+            "orchestrator.yaml",
+            "resilience:\n  max_attempts: 0\n",
+            [
+                "orchestrator.yaml:2:17 resilience.max_attempts: Input should be greater than or equal to 1"
+            ],
+        ),
         ("orchestrator.yaml", "providers: [\n", ["orchestrator.yaml:2:1 YAML syntax error"]),
-        ("rules/profiles.yaml", "profiles:\n  fast:\n    weights: {quality: 0.1, latncy: 2}\n",
-         ["profiles.yaml:3:29 profiles.fast.weights.latncy: unknown key — did you mean `latency`?"]),
-        ("rules/profiles.yaml", "profiles:\n  zero:\n    weights: {quality: 0}\n",
-         ["profiles.yaml:3:5 profiles.zero.weights: all weights are 0"]),
-        ("rules/policies.yaml", "policies:\n  - name: a\n    profile: nope\n",
-         ["policies.yaml:3:5 policies.0.profile: profile 'nope' is not defined — use one of:"]),
-        ("rules/policies.yaml", "policies:\n  - name: a\n    match: {client: not-an-ip}\n",
-         ["policies.yaml:3:21 policies.0.match.client: 'not-an-ip' is not an IP address or network"]),
-        ("rules/policies.yaml", "policies:\n  - match: {}\n",
-         ["policies.yaml:2:5 policies.0.name: required key is missing — add `name:`"]),
-        ("rules/routes.yaml", "routes:\n  gpt-4o: [{provider: nope, model: x}]\n",
-         ["routes.yaml:2:12 routes.gpt-4o.0: provider 'nope' is not configured"]),
-        ("rules/models.yaml", "models:\n  - {id: a, provider: ghost}\n",
-         ["models.yaml:2:13 models.0.provider: provider 'ghost' is not configured in orchestrator.yaml — add it"]),
+        (
+            "rules/profiles.yaml",
+            "profiles:\n  fast:\n    weights: {quality: 0.1, latncy: 2}\n",
+            [
+                "profiles.yaml:3:29 profiles.fast.weights.latncy: unknown key — did you mean `latency`?"
+            ],
+        ),
+        (
+            "rules/profiles.yaml",
+            "profiles:\n  zero:\n    weights: {quality: 0}\n",
+            ["profiles.yaml:3:5 profiles.zero.weights: all weights are 0"],
+        ),
+        (
+            "rules/policies.yaml",
+            "policies:\n  - name: a\n    profile: nope\n",
+            ["policies.yaml:3:5 policies.0.profile: profile 'nope' is not defined — use one of:"],
+        ),
+        (
+            "rules/policies.yaml",
+            "policies:\n  - name: a\n    match: {client: not-an-ip}\n",
+            [
+                "policies.yaml:3:21 policies.0.match.client: 'not-an-ip' is not an IP address or network"
+            ],
+        ),
+        (
+            "rules/policies.yaml",
+            "policies:\n  - match: {}\n",
+            ["policies.yaml:2:5 policies.0.name: required key is missing — add `name:`"],
+        ),
+        (
+            "rules/routes.yaml",
+            "routes:\n  gpt-4o: [{provider: nope, model: x}]\n",
+            ["routes.yaml:2:12 routes.gpt-4o.0: provider 'nope' is not configured"],
+        ),
+        (
+            "rules/models.yaml",
+            "models:\n  - {id: a, provider: ghost}\n",
+            [
+                "models.yaml:2:13 models.0.provider: provider 'ghost' is not configured in orchestrator.yaml — add it"
+            ],
+        ),
     ],
 )
 def test_errors_are_located(tree: Path, file: str, text: str, expected: list[str]) -> None:
@@ -102,10 +160,15 @@ def test_arbitrary_yaml_never_crashes(tmp_path_factory: pytest.TempPathFactory, 
 
 
 def test_routes_normalized(tree: Path) -> None:
-    (tree / "rules" / "routes.yaml").write_text(textwrap.dedent("""\
+    (tree / "rules" / "routes.yaml").write_text(
+        textwrap.dedent("""\
         routes:
           gpt-4o: [gpt-4o, {provider: openrouter, model: openai/gpt-4o}]
-    """))
+    """)
+    )
     cfg = configload.load(tree / "orchestrator.yaml")
     chain = cfg.routes["gpt-4o"]
-    assert [(t.provider, t.model) for t in chain] == [(None, "gpt-4o"), ("openrouter", "openai/gpt-4o")]
+    assert [(t.provider, t.model) for t in chain] == [
+        (None, "gpt-4o"),
+        ("openrouter", "openai/gpt-4o"),
+    ]

@@ -35,22 +35,55 @@ def _free_port() -> int:
 
 
 def _models() -> dict[str, Any]:
-    return {"models": [
-        {"id": "m-premium", "provider": "alpha", "input_per_mtok": 10, "output_per_mtok": 30,
-         "context_tokens": 128000, "quality": 1400,
-         "capabilities": {"tools": True, "vision": True, "json_schema": True}},
-        {"id": "m-cheap", "provider": "beta", "input_per_mtok": 0.1, "output_per_mtok": 0.4,
-         "cached_input_per_mtok": 0.025, "context_tokens": 32000, "quality": 1150,
-         "capabilities": {"tools": True}},
-        {"id": "m-local", "provider": "gamma", "input_per_mtok": 0.5, "output_per_mtok": 1.5,
-         "context_tokens": 8000, "quality": 1100},
-        {"id": "m-secret", "provider": "nokey", "input_per_mtok": 0.01, "output_per_mtok": 0.01,
-         "context_tokens": 1000000, "quality": 1500,
-         "capabilities": {"tools": True, "vision": True, "json_schema": True}},
-        # last in every ranking: reached only through the "dead-first" route
-        {"id": "m-dead", "provider": "dead", "input_per_mtok": 50, "output_per_mtok": 150,
-         "context_tokens": 8000, "quality": 1000},
-    ]}
+    return {
+        "models": [
+            {
+                "id": "m-premium",
+                "provider": "alpha",
+                "input_per_mtok": 10,
+                "output_per_mtok": 30,
+                "context_tokens": 128000,
+                "quality": 1400,
+                "capabilities": {"tools": True, "vision": True, "json_schema": True},
+            },
+            {
+                "id": "m-cheap",
+                "provider": "beta",
+                "input_per_mtok": 0.1,
+                "output_per_mtok": 0.4,
+                "cached_input_per_mtok": 0.025,
+                "context_tokens": 32000,
+                "quality": 1150,
+                "capabilities": {"tools": True},
+            },
+            {
+                "id": "m-local",
+                "provider": "gamma",
+                "input_per_mtok": 0.5,
+                "output_per_mtok": 1.5,
+                "context_tokens": 8000,
+                "quality": 1100,
+            },
+            {
+                "id": "m-secret",
+                "provider": "nokey",
+                "input_per_mtok": 0.01,
+                "output_per_mtok": 0.01,
+                "context_tokens": 1000000,
+                "quality": 1500,
+                "capabilities": {"tools": True, "vision": True, "json_schema": True},
+            },
+            # last in every ranking: reached only through the "dead-first" route
+            {
+                "id": "m-dead",
+                "provider": "dead",
+                "input_per_mtok": 50,
+                "output_per_mtok": 150,
+                "context_tokens": 8000,
+                "quality": 1000,
+            },
+        ]
+    }
 
 
 @pytest.fixture(scope="module")
@@ -83,39 +116,64 @@ def _config(ups: dict[str, FakeUpstream], mode: str = "regular") -> dict[str, An
             "beta": {"base_url": ups["beta"].base_url, "api_key_env": "ORQ_TEST_KEY_BETA"},
             "gamma": {"base_url": ups["gamma"].base_url, "local": True},
             "nokey": {"base_url": "http://127.0.0.1:9/v1", "api_key_env": "ORQ_TEST_UNSET"},
-            "dead": {"base_url": f"http://127.0.0.1:{_free_port()}/v1", "api_key_env": "ORQ_TEST_KEY_ALPHA"},
+            "dead": {
+                "base_url": f"http://127.0.0.1:{_free_port()}/v1",
+                "api_key_env": "ORQ_TEST_KEY_ALPHA",
+            },
         },
-        "resilience": {"max_attempts": 4, "connect_timeout_ms": 1000,
-                       "first_token_timeout_ms": FIRST_TOKEN_MS, "stall_timeout_ms": 3000,
-                       "breaker": {"failures": 50, "cooldown_s": 60}},
+        "resilience": {
+            "max_attempts": 4,
+            "connect_timeout_ms": 1000,
+            "first_token_timeout_ms": FIRST_TOKEN_MS,
+            "stall_timeout_ms": 3000,
+            "breaker": {"failures": 50, "cooldown_s": 60},
+        },
         "log_level": "debug",
     }
 
 
 RULES = {
-    "profiles.yaml": {"profiles": {
-        "quality": {"weights": {"quality": 0.8, "latency": 0.1, "cost": 0.1}},
-        "balanced": {"weights": {"quality": 0.4, "latency": 0.3, "cost": 0.3}},
-        "speed": {"weights": {"quality": 0.1, "latency": 0.7, "cost": 0.2}},
-        "budget": {"weights": {"quality": 0.1, "latency": 0.1, "cost": 0.8},
-                   "complexity_adjust": False},
-        "long_context": {"weights": {"quality": 0.3, "latency": 0.2, "cost": 0.2, "context": 0.3},
-                         "min_context": 100000},
-    }},
-    "policies.yaml": {"policies": [
-        {"name": "batch", "match": {"headers": {"x-workload": "batch"}}, "profile": "budget"},
-    ]},
-    "routes.yaml": {"routes": {
-        "route-me": [{"provider": "beta", "model": "m-cheap"}, {"provider": "alpha", "model": "m-premium"}],
-        "dead-first": [{"provider": "dead", "model": "m-dead"}, {"provider": "beta", "model": "m-cheap"}],
-    }},
+    "profiles.yaml": {
+        "profiles": {
+            "quality": {"weights": {"quality": 0.8, "latency": 0.1, "cost": 0.1}},
+            "balanced": {"weights": {"quality": 0.4, "latency": 0.3, "cost": 0.3}},
+            "speed": {"weights": {"quality": 0.1, "latency": 0.7, "cost": 0.2}},
+            "budget": {
+                "weights": {"quality": 0.1, "latency": 0.1, "cost": 0.8},
+                "complexity_adjust": False,
+            },
+            "long_context": {
+                "weights": {"quality": 0.3, "latency": 0.2, "cost": 0.2, "context": 0.3},
+                "min_context": 100000,
+            },
+        }
+    },
+    "policies.yaml": {
+        "policies": [
+            {"name": "batch", "match": {"headers": {"x-workload": "batch"}}, "profile": "budget"},
+        ]
+    },
+    "routes.yaml": {
+        "routes": {
+            "route-me": [
+                {"provider": "beta", "model": "m-cheap"},
+                {"provider": "alpha", "model": "m-premium"},
+            ],
+            "dead-first": [
+                {"provider": "dead", "model": "m-dead"},
+                {"provider": "beta", "model": "m-cheap"},
+            ],
+        }
+    },
     "models.yaml": _models(),
 }
 ENV = {"ORQ_TEST_KEY_ALPHA": KEY_ALPHA, "ORQ_TEST_KEY_BETA": KEY_BETA}
 
 
 @pytest.fixture(scope="module")
-def proxy(ups: dict[str, FakeUpstream], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+def proxy(
+    ups: dict[str, FakeUpstream], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ProxyProcess]:
     p = ProxyProcess(tmp_path_factory.mktemp("proxy"), _config(ups), RULES, ENV).start()
     yield p
     p.stop()
@@ -160,7 +218,8 @@ def all_ledger_rows(proxy: ProxyProcess) -> list[dict[str, Any]]:
 
 def chat(client: openai.OpenAI, model: str = "gpt-4o", **kw: Any) -> Any:
     return client.chat.completions.with_raw_response.create(
-        model=model, messages=[{"role": "user", "content": "Say hi"}], **kw)
+        model=model, messages=[{"role": "user", "content": "Say hi"}], **kw
+    )
 
 
 def _auth_seen(f: FakeUpstream) -> list[str]:
@@ -180,9 +239,14 @@ def _auth_seen(f: FakeUpstream) -> list[str]:
     ],
     ids=["header-quality", "alias-budget", "policy-budget", "explicit-route"],
 )
-def test_model_swapped_per_profile(client: openai.OpenAI, ups: dict[str, FakeUpstream],
-                                   proxy: ProxyProcess, how: dict[str, Any], upstream: str,
-                                   model: str) -> None:
+def test_model_swapped_per_profile(
+    client: openai.OpenAI,
+    ups: dict[str, FakeUpstream],
+    proxy: ProxyProcess,
+    how: dict[str, Any],
+    upstream: str,
+    model: str,
+) -> None:
     kw = dict(how)
     raw = chat(client, model=kw.pop("model", "gpt-4o"), **kw)
     completion = raw.parse()
@@ -202,11 +266,20 @@ def test_model_swapped_per_profile(client: openai.OpenAI, ups: dict[str, FakeUps
 
 
 def test_only_model_field_changes(client: openai.OpenAI, ups: dict[str, FakeUpstream]) -> None:
-    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "héllo \u2603"}],
-            "temperature": 0.25, "seed": 12345678901234, "logit_bias": {"50256": -100},
-            "x_vendor_extension": {"nested": [1, 2.5, None, True]}}
-    raw = client.post("/chat/completions", body=body, cast_to=httpx.Response,
-                      options={"headers": {"X-Orchestrator-Profile": "quality"}})
+    body = {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": "héllo \u2603"}],
+        "temperature": 0.25,
+        "seed": 12345678901234,
+        "logit_bias": {"50256": -100},
+        "x_vendor_extension": {"nested": [1, 2.5, None, True]},
+    }
+    raw = client.post(
+        "/chat/completions",
+        body=body,
+        cast_to=httpx.Response,
+        options={"headers": {"X-Orchestrator-Profile": "quality"}},
+    )
     assert raw.status_code == 200
     got = ups["alpha"].requests()[-1].json
     assert got.pop("model") == "m-premium"
@@ -236,13 +309,21 @@ def test_no_key_provider_is_never_a_candidate(client: openai.OpenAI) -> None:
     ids=["500", "429", "503", "reset"],
 )
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
-def test_fallback(client: openai.OpenAI, ups: dict[str, FakeUpstream], proxy: ProxyProcess,
-                  faults: tuple[Any, ...], attempts: int, stream: bool) -> None:
+def test_fallback(
+    client: openai.OpenAI,
+    ups: dict[str, FakeUpstream],
+    proxy: ProxyProcess,
+    faults: tuple[Any, ...],
+    attempts: int,
+    stream: bool,
+) -> None:
     ups["alpha"].fail(*faults)
     hdrs = {"X-Orchestrator-Profile": "quality"}
     if stream:
         with client.chat.completions.with_streaming_response.create(
-            model="gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=True,
+            model="gpt-4o",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
             extra_headers=hdrs,
         ) as resp:
             headers = resp.headers
@@ -259,13 +340,14 @@ def test_fallback(client: openai.OpenAI, ups: dict[str, FakeUpstream], proxy: Pr
     row = ledger_row(proxy, headers["x-orchestrator-request-id"])
     assert row["attempts"] == attempts and row["outcome"] == "ok"
     log = json.loads(row["attempt_log"])
-    assert [a["provider"] for a in log][:attempts - 1] == ["alpha"] * (attempts - 1)
+    assert [a["provider"] for a in log][: attempts - 1] == ["alpha"] * (attempts - 1)
     assert row["prompt_tokens"] == 11 and row["completion_tokens"] == 7
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
-def test_connection_refused_falls_back(client: openai.OpenAI, ups: dict[str, FakeUpstream],
-                                       stream: bool) -> None:
+def test_connection_refused_falls_back(
+    client: openai.OpenAI, ups: dict[str, FakeUpstream], stream: bool
+) -> None:
     raw = chat(client, model="dead-first", stream=stream)
     assert raw.headers["x-orchestrator-provider"] == "beta"
     assert raw.headers["x-orchestrator-attempts"] == "2"
@@ -277,8 +359,9 @@ def test_connection_refused_falls_back(client: openai.OpenAI, ups: dict[str, Fak
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
-def test_hung_upstream_times_out_and_falls_back(client: openai.OpenAI, ups: dict[str, FakeUpstream],
-                                                stream: bool) -> None:
+def test_hung_upstream_times_out_and_falls_back(
+    client: openai.OpenAI, ups: dict[str, FakeUpstream], stream: bool
+) -> None:
     ups["alpha"].fail(Hang())
     t0 = time.monotonic()
     raw = chat(client, extra_headers={"X-Orchestrator-Profile": "quality"}, stream=stream)
@@ -291,7 +374,9 @@ def test_hung_upstream_times_out_and_falls_back(client: openai.OpenAI, ups: dict
     assert len(ups["alpha"].requests()) == 1  # a silent target is not retried
 
 
-def test_all_candidates_fail_gives_openai_error(client: openai.OpenAI, ups: dict[str, FakeUpstream]) -> None:
+def test_all_candidates_fail_gives_openai_error(
+    client: openai.OpenAI, ups: dict[str, FakeUpstream]
+) -> None:
     ups["beta"].always(Status(503, "beta is down"))
     ups["alpha"].always(Status(503, "alpha is down"))
     try:
@@ -309,8 +394,9 @@ def test_all_candidates_fail_gives_openai_error(client: openai.OpenAI, ups: dict
     assert CLIENT_KEY not in json.dumps(body) and KEY_ALPHA not in json.dumps(body)
 
 
-def test_client_error_is_passed_through_not_retried(client: openai.OpenAI,
-                                                    ups: dict[str, FakeUpstream]) -> None:
+def test_client_error_is_passed_through_not_retried(
+    client: openai.OpenAI, ups: dict[str, FakeUpstream]
+) -> None:
     ups["alpha"].fail(Status(400, "Invalid value for 'temperature'", type="invalid_request_error"))
     with pytest.raises(openai.BadRequestError) as ei:
         chat(client, extra_headers={"X-Orchestrator-Profile": "quality"})
@@ -322,10 +408,13 @@ def test_client_error_is_passed_through_not_retried(client: openai.OpenAI,
 # --------------------------------------------------------------------------- streaming
 
 
-def test_stream_usage_recorded_and_injected_chunk_hidden(client: openai.OpenAI, ups: dict[str, FakeUpstream],
-                                                         proxy: ProxyProcess) -> None:
+def test_stream_usage_recorded_and_injected_chunk_hidden(
+    client: openai.OpenAI, ups: dict[str, FakeUpstream], proxy: ProxyProcess
+) -> None:
     with client.chat.completions.with_streaming_response.create(
-        model="gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=True,
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
         extra_headers={"X-Orchestrator-Profile": "quality"},
     ) as resp:
         chunks = list(resp.parse())
@@ -341,7 +430,9 @@ def test_stream_usage_recorded_and_injected_chunk_hidden(client: openai.OpenAI, 
 
 def test_stream_usage_kept_when_client_asked(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
-        model="gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=True,
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
         stream_options={"include_usage": True},
         extra_headers={"X-Orchestrator-Profile": "quality"},
     )
@@ -358,7 +449,9 @@ def test_streamed_fallback_delivers_first_event_before_upstream_finishes(
     ups["gamma"].event_gap = 0.25
     arrivals = []
     with client.chat.completions.with_streaming_response.create(
-        model="gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=True,
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
         extra_headers={"X-Orchestrator-Profile": "quality"},
     ) as resp:
         assert resp.headers["x-orchestrator-attempts"] == "2"
@@ -369,26 +462,33 @@ def test_streamed_fallback_delivers_first_event_before_upstream_finishes(
     assert arrivals[-1] - arrivals[0] >= 0.9, "events were buffered, not streamed"
 
 
-def test_stream_cut_mid_answer_is_never_success(client: openai.OpenAI, ups: dict[str, FakeUpstream],
-                                                proxy: ProxyProcess) -> None:
+def test_stream_cut_mid_answer_is_never_success(
+    client: openai.OpenAI, ups: dict[str, FakeUpstream], proxy: ProxyProcess
+) -> None:
     ups["alpha"].fail(CutStream(after_events=2))
     got = []
     rid = ""
-    with pytest.raises((openai.APIError, httpx.HTTPError)):  # noqa: PT012
-        with client.chat.completions.with_streaming_response.create(
-            model="gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=True,
+    with (
+        pytest.raises((openai.APIError, httpx.HTTPError)),
+        client.chat.completions.with_streaming_response.create(
+            model="gpt-4o",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
             extra_headers={"X-Orchestrator-Profile": "quality"},
-        ) as resp:
-            rid = resp.headers["x-orchestrator-request-id"]
-            for chunk in resp.parse():
-                if chunk.choices:
-                    got.append(chunk.choices[0].delta.content or "")
+        ) as resp,
+    ):
+        rid = resp.headers["x-orchestrator-request-id"]
+        for chunk in resp.parse():
+            if chunk.choices:
+                got.append(chunk.choices[0].delta.content or "")
     assert len(got) <= 3  # role chunk + the two content events that did arrive
     row = ledger_row(proxy, rid)
     assert row["outcome"] == "truncated" and "broke" in row["error"]
 
 
-def test_unknown_profile_header_is_a_clear_400(client: openai.OpenAI, ups: dict[str, FakeUpstream]) -> None:
+def test_unknown_profile_header_is_a_clear_400(
+    client: openai.OpenAI, ups: dict[str, FakeUpstream]
+) -> None:
     with pytest.raises(openai.BadRequestError) as ei:
         chat(client, extra_headers={"X-Orchestrator-Profile": "turbo"})
     assert "unknown profile 'turbo'" in str(ei.value) and "budget" in str(ei.value)
@@ -409,13 +509,17 @@ def test_ledger_tokens_cost_and_savings(client: openai.OpenAI, proxy: ProxyProce
     assert row["unpriced"] == 0
 
 
-def test_unpriced_model_is_null_not_zero(client: openai.OpenAI, proxy: ProxyProcess,
-                                         ups: dict[str, FakeUpstream]) -> None:
+def test_unpriced_model_is_null_not_zero(
+    client: openai.OpenAI, proxy: ProxyProcess, ups: dict[str, FakeUpstream]
+) -> None:
     # gamma is `local: true` with no price: free by declaration, so cost is 0.0, not NULL;
     # the unrouted embeddings call below has no catalog price at all: NULL + unpriced.
-    r = httpx.post(f"http://127.0.0.1:{ups['orig'].port}/v1/embeddings",
-                   json={"model": "text-embedding-unknown", "input": "x"},
-                   proxy=proxy.url, timeout=10)
+    r = httpx.post(
+        f"http://127.0.0.1:{ups['orig'].port}/v1/embeddings",
+        json={"model": "text-embedding-unknown", "input": "x"},
+        proxy=proxy.url,
+        timeout=10,
+    )
     assert r.status_code == 200
     rows = [x for x in all_ledger_rows(proxy) if x["path"] == "/v1/embeddings"]
     deadline = time.monotonic() + 5
@@ -431,9 +535,13 @@ def test_unpriced_model_is_null_not_zero(client: openai.OpenAI, proxy: ProxyProc
 
 def test_non_intercepted_host_untouched(proxy: ProxyProcess, ups: dict[str, FakeUpstream]) -> None:
     body = b'{"model": "gpt-4o", "messages": []}'
-    r = httpx.post(f"http://127.0.0.1:{ups['outside'].port}/v1/chat/completions", content=body,
-                   headers={"Authorization": f"Bearer {CLIENT_KEY}", "Content-Type": "application/json"},
-                   proxy=proxy.url, timeout=10)
+    r = httpx.post(
+        f"http://127.0.0.1:{ups['outside'].port}/v1/chat/completions",
+        content=body,
+        headers={"Authorization": f"Bearer {CLIENT_KEY}", "Content-Type": "application/json"},
+        proxy=proxy.url,
+        timeout=10,
+    )
     assert r.status_code == 200 and "x-orchestrator-request-id" not in r.headers
     seen = ups["outside"].requests()[-1]
     assert seen.body == body and seen.headers["authorization"] == f"Bearer {CLIENT_KEY}"
@@ -445,11 +553,17 @@ def test_non_llm_path_untouched(proxy: ProxyProcess, ups: dict[str, FakeUpstream
     assert ups["orig"].requests()[-1].path == "/v1/models"
 
 
-def test_malformed_json_reaches_original_destination(proxy: ProxyProcess, ups: dict[str, FakeUpstream]) -> None:
+def test_malformed_json_reaches_original_destination(
+    proxy: ProxyProcess, ups: dict[str, FakeUpstream]
+) -> None:
     body = b'{"model": "gpt-4o", "messages": [}'
-    r = httpx.post(f"http://127.0.0.1:{ups['orig'].port}/v1/chat/completions", content=body,
-                   headers={"Content-Type": "application/json", "Authorization": f"Bearer {CLIENT_KEY}"},
-                   proxy=proxy.url, timeout=10)
+    r = httpx.post(
+        f"http://127.0.0.1:{ups['orig'].port}/v1/chat/completions",
+        content=body,
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {CLIENT_KEY}"},
+        proxy=proxy.url,
+        timeout=10,
+    )
     assert r.status_code == 400  # the original destination's own answer
     seen = ups["orig"].requests()[-1]
     assert seen.body == body
@@ -457,8 +571,11 @@ def test_malformed_json_reaches_original_destination(proxy: ProxyProcess, ups: d
     rows = []
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and not rows:
-        rows = [x for x in all_ledger_rows(proxy) if x["outcome"] == "unrouted"
-                and x["path"] == "/v1/chat/completions"]
+        rows = [
+            x
+            for x in all_ledger_rows(proxy)
+            if x["outcome"] == "unrouted" and x["path"] == "/v1/chat/completions"
+        ]
         time.sleep(0.05)
     assert rows and "not routable" in rows[-1]["reasons"]
 
@@ -466,16 +583,35 @@ def test_malformed_json_reaches_original_destination(proxy: ProxyProcess, ups: d
 # --------------------------------------------------------------------------- curl
 
 
-def test_curl_through_https_proxy(proxy: ProxyProcess, ups: dict[str, FakeUpstream],
-                                  tmp_path: Path) -> None:
+def test_curl_through_https_proxy(
+    proxy: ProxyProcess, ups: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
     head_file = tmp_path / "headers.txt"
     out = subprocess.run(
-        ["curl", "-sS", "--fail-with-body", "--proxy", proxy.url, "--cacert", str(proxy.ca_cert),
-         "-H", f"Authorization: Bearer {CLIENT_KEY}", "-H", "Content-Type: application/json",
-         "-H", "X-Orchestrator-Profile: budget", "-D", str(head_file),
-         "https://api.openai.com/v1/chat/completions",
-         "-d", json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})],
-        capture_output=True, text=True, timeout=30, check=False,
+        [
+            "curl",
+            "-sS",
+            "--fail-with-body",
+            "--proxy",
+            proxy.url,
+            "--cacert",
+            str(proxy.ca_cert),
+            "-H",
+            f"Authorization: Bearer {CLIENT_KEY}",
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            "X-Orchestrator-Profile: budget",
+            "-D",
+            str(head_file),
+            "https://api.openai.com/v1/chat/completions",
+            "-d",
+            json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert out.returncode == 0, out.stderr + out.stdout
     assert "x-orchestrator-model: m-cheap" in head_file.read_text().lower()
@@ -484,13 +620,30 @@ def test_curl_through_https_proxy(proxy: ProxyProcess, ups: dict[str, FakeUpstre
 
 def test_curl_streaming(proxy: ProxyProcess, ups: dict[str, FakeUpstream]) -> None:
     out = subprocess.run(
-        ["curl", "-sS", "-N", "--proxy", proxy.url, "--cacert", str(proxy.ca_cert),
-         "-H", f"Authorization: Bearer {CLIENT_KEY}", "-H", "Content-Type: application/json",
-         "-H", "X-Orchestrator-Profile: quality",
-         "https://api.openai.com/v1/chat/completions",
-         "-d", json.dumps({"model": "gpt-4o", "stream": True,
-                           "messages": [{"role": "user", "content": "hi"}]})],
-        capture_output=True, text=True, timeout=30, check=False,
+        [
+            "curl",
+            "-sS",
+            "-N",
+            "--proxy",
+            proxy.url,
+            "--cacert",
+            str(proxy.ca_cert),
+            "-H",
+            f"Authorization: Bearer {CLIENT_KEY}",
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            "X-Orchestrator-Profile: quality",
+            "https://api.openai.com/v1/chat/completions",
+            "-d",
+            json.dumps(
+                {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert out.returncode == 0, out.stderr
     events = [line for line in out.stdout.splitlines() if line.startswith("data: ")]
@@ -501,8 +654,9 @@ def test_curl_streaming(proxy: ProxyProcess, ups: dict[str, FakeUpstream]) -> No
 # --------------------------------------------------------------------------- secrets
 
 
-def test_keys_never_logged_or_recorded(client: openai.OpenAI, proxy: ProxyProcess,
-                                       ups: dict[str, FakeUpstream]) -> None:
+def test_keys_never_logged_or_recorded(
+    client: openai.OpenAI, proxy: ProxyProcess, ups: dict[str, FakeUpstream]
+) -> None:
     ups["alpha"].fail(Status(500), Status(500))
     chat(client, extra_headers={"X-Orchestrator-Profile": "quality"})
     time.sleep(0)  # nothing to wait for: the log is read as it is now
@@ -520,22 +674,30 @@ def test_keys_never_logged_or_recorded(client: openai.OpenAI, proxy: ProxyProces
 
 
 @pytest.fixture(scope="module")
-def reverse_proxy(ups: dict[str, FakeUpstream], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+def reverse_proxy(
+    ups: dict[str, FakeUpstream], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ProxyProcess]:
     cfg = _config(ups, mode=f"reverse:http://127.0.0.1:{ups['alpha'].port}")
     p = ProxyProcess(tmp_path_factory.mktemp("reverse"), cfg, RULES, ENV).start()
     yield p
     p.stop()
 
 
-def test_reverse_mode_routes_and_isolates_keys(reverse_proxy: ProxyProcess, ups: dict[str, FakeUpstream]) -> None:
+def test_reverse_mode_routes_and_isolates_keys(
+    reverse_proxy: ProxyProcess, ups: dict[str, FakeUpstream]
+) -> None:
     c = openai.OpenAI(api_key=CLIENT_KEY, base_url=f"{reverse_proxy.url}/v1", max_retries=0)
     try:
         q = c.chat.completions.with_raw_response.create(
-            model="gpt-4o", messages=[{"role": "user", "content": "hi"}],
-            extra_headers={"X-Orchestrator-Profile": "quality"})
+            model="gpt-4o",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"X-Orchestrator-Profile": "quality"},
+        )
         b = c.chat.completions.with_raw_response.create(
-            model="gpt-4o", messages=[{"role": "user", "content": "hi"}],
-            extra_headers={"X-Orchestrator-Profile": "budget"})
+            model="gpt-4o",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"X-Orchestrator-Profile": "budget"},
+        )
     finally:
         c.close()
     assert q.headers["x-orchestrator-provider"] == "alpha"
@@ -549,13 +711,20 @@ def test_kill9_loses_no_completed_row(ups: dict[str, FakeUpstream], tmp_path: Pa
     p = ProxyProcess(tmp_path, _config(ups), RULES, ENV).start()
     ids: list[str] = []
     try:
-        c = openai.OpenAI(api_key=CLIENT_KEY, base_url="https://api.openai.com/v1", max_retries=0,
-                          http_client=openai.DefaultHttpxClient(
-                              proxy=p.url, verify=ssl.create_default_context(cafile=str(p.ca_cert))))
+        c = openai.OpenAI(
+            api_key=CLIENT_KEY,
+            base_url="https://api.openai.com/v1",
+            max_retries=0,
+            http_client=openai.DefaultHttpxClient(
+                proxy=p.url, verify=ssl.create_default_context(cafile=str(p.ca_cert))
+            ),
+        )
         for _ in range(5):
             raw = c.chat.completions.with_raw_response.create(
-                model="gpt-4o", messages=[{"role": "user", "content": "hi"}],
-                extra_headers={"X-Orchestrator-Profile": "budget"})
+                model="gpt-4o",
+                messages=[{"role": "user", "content": "hi"}],
+                extra_headers={"X-Orchestrator-Profile": "budget"},
+            )
             ids.append(raw.headers["x-orchestrator-request-id"])
         c.close()
     finally:
@@ -571,10 +740,14 @@ def test_kill9_loses_no_completed_row(ups: dict[str, FakeUpstream], tmp_path: Pa
 def test_plain_mitmdump_with_the_addon(ups: dict[str, FakeUpstream], tmp_path: Path) -> None:
     p = ProxyProcess(tmp_path, _config(ups), RULES, ENV).start(mitmdump=True)
     try:
-        r = httpx.post("https://api.openai.com/v1/chat/completions",
-                       json={"model": "orchestrator/quality", "messages": []},
-                       headers={"Authorization": f"Bearer {CLIENT_KEY}"}, proxy=p.url,
-                       verify=ssl.create_default_context(cafile=str(p.ca_cert)), timeout=10)
+        r = httpx.post(
+            "https://api.openai.com/v1/chat/completions",
+            json={"model": "orchestrator/quality", "messages": []},
+            headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+            proxy=p.url,
+            verify=ssl.create_default_context(cafile=str(p.ca_cert)),
+            timeout=10,
+        )
     finally:
         p.stop()
     assert r.status_code == 200 and r.headers["x-orchestrator-provider"] == "alpha"

@@ -44,7 +44,11 @@ def quiet_server(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     caplog.set_level(logging.DEBUG, logger="aiohttp")
     yield
     records = caplog.get_records("setup") + caplog.get_records("call") + caplog.records
-    noisy = [r for r in records if r.levelno >= logging.WARNING and r.name.startswith(("aiohttp", "asyncio"))]
+    noisy = [
+        r
+        for r in records
+        if r.levelno >= logging.WARNING and r.name.startswith(("aiohttp", "asyncio"))
+    ]
     assert not noisy, [r.getMessage() for r in noisy]
 
 
@@ -98,7 +102,9 @@ def content_of(data: list[str]) -> str:
 
 
 def test_sdk_non_streaming_shape(fake: FakeUpstream, sdk: OpenAI) -> None:
-    raw = sdk.chat.completions.with_raw_response.create(model="m1", messages=[{"role": "user", "content": "hi"}])
+    raw = sdk.chat.completions.with_raw_response.create(
+        model="m1", messages=[{"role": "user", "content": "hi"}]
+    )
     assert raw.headers["x-fake-upstream"] == "up-a"
     assert raw.headers["content-type"] == "application/json"
     c = raw.parse()
@@ -114,13 +120,20 @@ def test_sdk_non_streaming_shape(fake: FakeUpstream, sdk: OpenAI) -> None:
 
 
 def test_sdk_streaming_with_usage(fake: FakeUpstream, sdk: OpenAI) -> None:
-    chunks = list(sdk.chat.completions.create(
-        model="m1", messages=[{"role": "user", "content": "hi"}], stream=True,
-        stream_options={"include_usage": True},
-    ))
+    chunks = list(
+        sdk.chat.completions.create(
+            model="m1",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     assert all(ch.object == "chat.completion.chunk" and ch.model == "m1" for ch in chunks)
-    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == "Hello from fake"
+    assert (
+        "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+        == "Hello from fake"
+    )
     assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "stop"
     *body, last = chunks
     assert last.choices == [] and last.usage is not None and last.usage.total_tokens == 18
@@ -142,27 +155,43 @@ def test_stream_timing_and_no_usage_key_without_include_usage(http: httpx.Client
 
 def test_sdk_legacy_completions_embeddings_models(fake: FakeUpstream, sdk: OpenAI) -> None:
     c = sdk.completions.create(model="m2", prompt="hi")
-    assert c.object == "text_completion" and c.model == "m2" and c.choices[0].text == "Hello from fake"
+    assert (
+        c.object == "text_completion" and c.model == "m2" and c.choices[0].text == "Hello from fake"
+    )
     assert c.usage is not None and c.usage.total_tokens == 18
-    chunks = list(sdk.completions.create(model="m2", prompt="hi", stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        sdk.completions.create(
+            model="m2", prompt="hi", stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == "Hello from fake"
     assert chunks[-1].usage is not None and chunks[-1].choices == []
     # by default the SDK asks for base64 and decodes it into floats itself
-    for e in (sdk.embeddings.create(model="e1", input=["a", "b"]),
-              sdk.embeddings.create(model="e1", input=["a", "b"], encoding_format="float")):
+    for e in (
+        sdk.embeddings.create(model="e1", input=["a", "b"]),
+        sdk.embeddings.create(model="e1", input=["a", "b"], encoding_format="float"),
+    ):
         assert [d.index for d in e.data] == [0, 1] and len(e.data[0].embedding) == 8
         assert all(isinstance(x, float) and -1 < x < 1 for x in e.data[1].embedding)
         assert e.usage.prompt_tokens == 11 and e.model == "e1"
     assert [m.id for m in sdk.models.list()] == ["fake-model"]
     assert [s.path for s in fake.requests()] == [
-        "/v1/completions", "/v1/completions", "/v1/embeddings", "/v1/embeddings", "/v1/models",
+        "/v1/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/embeddings",
+        "/v1/models",
     ]
 
 
 def test_unknown_path_and_bad_json(fake: FakeUpstream, http: httpx.Client) -> None:
     r = http.post(fake.base_url + "/nope", json={})
     assert r.status_code == 404 and r.json()["error"]["message"] == "Invalid URL (POST /v1/nope)"
-    r = http.post(fake.base_url + "/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"})
+    r = http.post(
+        fake.base_url + "/chat/completions",
+        content=b"{not json",
+        headers={"Content-Type": "application/json"},
+    )
     err = r.json()["error"]
     assert r.status_code == 400 and err["type"] == "invalid_request_error" and err["param"] is None
     bad = fake.requests("/chat/completions")
@@ -194,8 +223,16 @@ def test_seen_records_request(fake: FakeUpstream, http: httpx.Client) -> None:
     ],
 )
 @pytest.mark.parametrize("stream", [False, True])
-def test_status_faults(fake: FakeUpstream, http: httpx.Client, fault: Status, code: int,
-                       etype: str, ecode: str | None, retry_after: str | None, stream: bool) -> None:
+def test_status_faults(
+    fake: FakeUpstream,
+    http: httpx.Client,
+    fault: Status,
+    code: int,
+    etype: str,
+    ecode: str | None,
+    retry_after: str | None,
+    stream: bool,
+) -> None:
     fake.fail(fault)
     r = http.post(fake.base_url + "/chat/completions", json={**CHAT, "stream": stream})
     assert r.status_code == code and r.headers.get("retry-after") == retry_after
@@ -207,8 +244,12 @@ def test_status_faults(fake: FakeUpstream, http: httpx.Client, fault: Status, co
 
 @pytest.mark.parametrize(
     ("fault", "exc"),
-    [(RATE_LIMIT, openai.RateLimitError), (context_length_exceeded(), openai.BadRequestError),
-     (Status(502), openai.InternalServerError), (Reset(), openai.APIConnectionError)],
+    [
+        (RATE_LIMIT, openai.RateLimitError),
+        (context_length_exceeded(), openai.BadRequestError),
+        (Status(502), openai.InternalServerError),
+        (Reset(), openai.APIConnectionError),
+    ],
 )
 def test_faults_seen_by_sdk(fake: FakeUpstream, sdk: OpenAI, fault, exc) -> None:
     fake.fail(fault)
@@ -256,7 +297,9 @@ def test_cut_stream(fake: FakeUpstream, http: httpx.Client) -> None:
 
 def test_stall(fake: FakeUpstream, http: httpx.Client) -> None:
     fake.fail(Stall(1))
-    lines, err = read_sse(http, fake.base_url + "/chat/completions", STREAM, timeout=httpx.Timeout(5.0, read=0.25))
+    lines, err = read_sse(
+        http, fake.base_url + "/chat/completions", STREAM, timeout=httpx.Timeout(5.0, read=0.25)
+    )
     assert isinstance(err, httpx.ReadTimeout)
     assert content_of(sse_data(lines)) == "Hel"
 
@@ -266,7 +309,10 @@ def test_no_done(fake: FakeUpstream, http: httpx.Client) -> None:
     lines, err = read_sse(http, fake.base_url + "/chat/completions", STREAM)
     data = sse_data(lines)
     assert err is None and "[DONE]" not in data
-    assert json.loads(data[-1])["usage"]["total_tokens"] == 18 and content_of(data) == "Hello from fake"
+    assert (
+        json.loads(data[-1])["usage"]["total_tokens"] == 18
+        and content_of(data) == "Hello from fake"
+    )
 
 
 def test_malformed_event(fake: FakeUpstream, http: httpx.Client) -> None:
@@ -300,7 +346,9 @@ def test_slow_first_token(fake: FakeUpstream, http: httpx.Client) -> None:
 def test_delay(fake: FakeUpstream, http: httpx.Client) -> None:
     fake.fail(Delay(0.3), Delay(0.3))
     with pytest.raises(httpx.ReadTimeout):
-        http.post(fake.base_url + "/chat/completions", json=CHAT, timeout=httpx.Timeout(5.0, read=0.1))
+        http.post(
+            fake.base_url + "/chat/completions", json=CHAT, timeout=httpx.Timeout(5.0, read=0.1)
+        )
     t0 = time.monotonic()
     r = http.post(fake.base_url + "/chat/completions", json=CHAT)
     assert r.status_code == 200 and time.monotonic() - t0 >= 0.3
@@ -308,11 +356,19 @@ def test_delay(fake: FakeUpstream, http: httpx.Client) -> None:
 
 def test_fault_queue_fifo_model_filter_and_always(fake: FakeUpstream, http: httpx.Client) -> None:
     def status(model: str) -> int:
-        return http.post(fake.base_url + "/chat/completions", json={**CHAT, "model": model}).status_code
+        return http.post(
+            fake.base_url + "/chat/completions", json={**CHAT, "model": model}
+        ).status_code
 
     fake.fail(Status(500), Status(502))
     fake.fail(Status(503), model="b")
-    assert [status("a"), status("a"), status("a"), status("b"), status("b")] == [500, 502, 200, 503, 200]
+    assert [status("a"), status("a"), status("a"), status("b"), status("b")] == [
+        500,
+        502,
+        200,
+        503,
+        200,
+    ]
     fake.fail(Status(504), model="b")
     assert [status("a"), status("b")] == [200, 504]  # a model-b fault is skipped by model a
     fake.always(Status(500), model="a")
@@ -371,8 +427,20 @@ def test_cli_entry_point(http: httpx.Client) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "tests.fakeupstream", "--port", str(port), "--events", "3", "--delay-ms", "1"]
-    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+    cmd = [
+        sys.executable,
+        "-m",
+        "tests.fakeupstream",
+        "--port",
+        str(port),
+        "--events",
+        "3",
+        "--delay-ms",
+        "1",
+    ]
+    with subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
         try:
             url = f"http://127.0.0.1:{port}/v1"
             deadline = time.monotonic() + 10

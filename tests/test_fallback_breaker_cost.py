@@ -31,9 +31,12 @@ K = OutcomeKind
         (Outcome(K.SERVER_ERROR, 500), 1, 1, False, Retry),
     ],
 )
-def test_next_step(outcome: Outcome, tries: int, total: int, has_next: bool, expected: type) -> None:
-    step = next_step(outcome, tries_on_target=tries, attempts_total=total, max_attempts=4,
-                     has_next=has_next)
+def test_next_step(
+    outcome: Outcome, tries: int, total: int, has_next: bool, expected: type
+) -> None:
+    step = next_step(
+        outcome, tries_on_target=tries, attempts_total=total, max_attempts=4, has_next=has_next
+    )
     assert isinstance(step, expected)
 
 
@@ -70,8 +73,11 @@ def test_success_resets_failures() -> None:
     ("usage", "price", "expected"),
     [
         (Usage(1000, 500), Price(2.5, 10.0), (1000 * 2.5 + 500 * 10) / 1e6),
-        (Usage(1000, 500, cached_tokens=400), Price(2.5, 10.0, 1.25),
-         (600 * 2.5 + 400 * 1.25 + 500 * 10) / 1e6),
+        (
+            Usage(1000, 500, cached_tokens=400),
+            Price(2.5, 10.0, 1.25),
+            (600 * 2.5 + 400 * 1.25 + 500 * 10) / 1e6,
+        ),
         (Usage(1000, 500, cached_tokens=400), Price(2.5, 10.0), (1000 * 2.5 + 500 * 10) / 1e6),
         (Usage(10, 10), Price(0.0, 0.0), 0.0),
         (Usage(10, 10), Price(None, 1.0), None),

@@ -22,8 +22,12 @@ def test_readme_has_the_two_commands() -> None:
 
 def test_readme_example_config_validates(tmp_path: Path) -> None:
     examples = {m["name"]: m["body"] for m in EXAMPLE.finditer(README)}
-    assert {"orchestrator.yaml", "rules/policies.yaml", "rules/routes.yaml",
-            "rules/models.yaml"} <= set(examples)
+    assert {
+        "orchestrator.yaml",
+        "rules/policies.yaml",
+        "rules/routes.yaml",
+        "rules/models.yaml",
+    } <= set(examples)
     (tmp_path / "rules").mkdir()
     shutil.copy(REPO / "rules" / "profiles.yaml", tmp_path / "rules")
     for name, body in examples.items():
@@ -65,10 +69,20 @@ def test_every_orchestrator_yaml_key_documented(key: str) -> None:
 
 @pytest.mark.parametrize(
     "model",
-    [config.Profile, config.Weights, config.Policy, config.Match, config.Constraints,
-     config.AllowDeny, config.DeclaredModel, config.Capabilities, config.RouteTarget],
+    [
+        config.Profile,
+        config.Weights,
+        config.Policy,
+        config.Match,
+        config.Constraints,
+        config.AllowDeny,
+        config.DeclaredModel,
+        config.Capabilities,
+        config.RouteTarget,
+    ],
 )
 def test_every_rules_key_documented(model: type[config.Strict]) -> None:
     for key in model.model_fields:
         assert re.search(rf"`[^`\n]*\b{key}\b[^`\n]*`", README), (
-            f"{model.__name__}.{key} is not documented in the README")
+            f"{model.__name__}.{key} is not documented in the README"
+        )

@@ -15,32 +15,69 @@ from addon.catalog import Candidate
 from addon.config import DeclaredModel
 
 MODELS = [
-    {"id": "big", "provider": "p1", "input_per_mtok": 10, "output_per_mtok": 30,
-     "context_tokens": 200000, "quality": 1400,
-     "capabilities": {"tools": True, "vision": True, "json_schema": True}},
-    {"id": "mid", "provider": "p2", "input_per_mtok": 1, "output_per_mtok": 3,
-     "context_tokens": 64000, "quality": 1250, "capabilities": {"tools": True}},
-    {"id": "small", "provider": "p2", "input_per_mtok": 0.1, "output_per_mtok": 0.3,
-     "context_tokens": 16000, "quality": 1100},
+    {
+        "id": "big",
+        "provider": "p1",
+        "input_per_mtok": 10,
+        "output_per_mtok": 30,
+        "context_tokens": 200000,
+        "quality": 1400,
+        "capabilities": {"tools": True, "vision": True, "json_schema": True},
+    },
+    {
+        "id": "mid",
+        "provider": "p2",
+        "input_per_mtok": 1,
+        "output_per_mtok": 3,
+        "context_tokens": 64000,
+        "quality": 1250,
+        "capabilities": {"tools": True},
+    },
+    {
+        "id": "small",
+        "provider": "p2",
+        "input_per_mtok": 0.1,
+        "output_per_mtok": 0.3,
+        "context_tokens": 16000,
+        "quality": 1100,
+    },
     {"id": "mystery", "provider": "p3", "context_tokens": 32000},  # unpriced, unrated
-    {"id": "keyed", "provider": "p4", "input_per_mtok": 0.01, "output_per_mtok": 0.01,
-     "context_tokens": 1000000, "quality": 1500,
-     "capabilities": {"tools": True, "vision": True, "json_schema": True}},
+    {
+        "id": "keyed",
+        "provider": "p4",
+        "input_per_mtok": 0.01,
+        "output_per_mtok": 0.01,
+        "context_tokens": 1000000,
+        "quality": 1500,
+        "capabilities": {"tools": True, "vision": True, "json_schema": True},
+    },
 ]
 PROFILES = {
     "quality": {"weights": {"quality": 0.8, "latency": 0.1, "cost": 0.1}},
     "balanced": {"weights": {"quality": 0.4, "latency": 0.3, "cost": 0.3}},
     "budget": {"weights": {"quality": 0.1, "latency": 0.1, "cost": 0.8}},
-    "long_context": {"weights": {"quality": 0.3, "latency": 0.2, "cost": 0.2, "context": 0.3},
-                     "min_context": 100000},
+    "long_context": {
+        "weights": {"quality": 0.3, "latency": 0.2, "cost": 0.2, "context": 0.3},
+        "min_context": 100000,
+    },
 }
 POLICIES = [
     {"name": "cheap-batch", "match": {"headers": {"x-workload": "batch"}}, "profile": "budget"},
-    {"name": "capped", "match": {"headers": {"x-cap": "*"}},
-     "constraints": {"max_cost_usd": 0.001}},
-    {"name": "only-p2", "match": {"model": "p2-*"}, "constraints": {"providers": {"allow": ["p2"]}}},
-    {"name": "no-small", "match": {"host": "internal.example"},
-     "constraints": {"models": {"deny": ["small"]}, "min_quality": 1200}},
+    {
+        "name": "capped",
+        "match": {"headers": {"x-cap": "*"}},
+        "constraints": {"max_cost_usd": 0.001},
+    },
+    {
+        "name": "only-p2",
+        "match": {"model": "p2-*"},
+        "constraints": {"providers": {"allow": ["p2"]}},
+    },
+    {
+        "name": "no-small",
+        "match": {"host": "internal.example"},
+        "constraints": {"models": {"deny": ["small"]}, "min_quality": 1200},
+    },
     {"name": "pinned", "match": {"headers": {"x-pin": "1"}}, "pin": True},
     {"name": "code", "match": {"task": "code"}, "profile": "quality"},
 ]
@@ -57,14 +94,22 @@ def write_tree(tmp: Path, **over: Any) -> configload.Config:
             "p2": {"base_url": "https://p2.example/v1", "api_key_env": "P2_KEY"},
             "p3": {"base_url": "https://p3.example/v1"},  # keyless, not local: unpriced
             "p4": {"base_url": "https://api.openai.com/v1", "api_key_env": "P4_KEY"},
-            "or": {"base_url": "https://openrouter.ai/api/v1", "api_key_env": "OR_KEY",
-                   "catalog": "openrouter"},
+            "or": {
+                "base_url": "https://openrouter.ai/api/v1",
+                "api_key_env": "OR_KEY",
+                "catalog": "openrouter",
+            },
+            "p5": {"base_url": "http://127.0.0.1:11434/v1", "local": True},
         },
     }
     settings.update(over.pop("settings", {}))
     (tmp / "orchestrator.yaml").write_text(yaml.safe_dump(settings))
-    files = {"profiles.yaml": {"profiles": PROFILES}, "policies.yaml": {"policies": POLICIES},
-             "routes.yaml": {"routes": ROUTES}, "models.yaml": {"models": MODELS}}
+    files = {
+        "profiles.yaml": {"profiles": PROFILES},
+        "policies.yaml": {"policies": POLICIES},
+        "routes.yaml": {"routes": ROUTES},
+        "models.yaml": {"models": MODELS},
+    }
     files.update(over)
     for name, data in files.items():
         (tmp / "rules" / name).write_text(yaml.safe_dump(data))
@@ -81,21 +126,32 @@ def router(tmp_path: Path) -> routing.Router:
     return routing.build_router(cfg, cat, {})
 
 
-def make_req(body: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
-             host: str = "api.openai.com", client_key: bool = False) -> routing.RoutingRequest:
+def make_req(
+    body: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+    host: str = "api.openai.com",
+    client_key: bool = False,
+) -> routing.RoutingRequest:
     body = body or {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
-    return routing.RoutingRequest(classify.features(body), host, "/v1/chat/completions",
-                                  {k.lower(): v for k, v in (headers or {}).items()},
-                                  "10.1.2.3", client_key)
+    return routing.RoutingRequest(
+        classify.features(body),
+        host,
+        "/v1/chat/completions",
+        {k.lower(): v for k, v in (headers or {}).items()},
+        "10.1.2.3",
+        client_key,
+    )
 
 
-def usable_for(router: routing.Router, req: routing.RoutingRequest,
-               open_breakers: frozenset[str] = frozenset()):
+def usable_for(
+    router: routing.Router, req: routing.RoutingRequest, open_breakers: frozenset[str] = frozenset()
+):
     def usable(c: Candidate) -> str | None:
         p = router.catalog.providers[c.provider]
         if not (p.keyless or p.has_env_key or (req.client_key and p.host == req.host)):
             return "no_key"
         return "breaker_open" if c.key in open_breakers else None
+
     return usable
 
 
@@ -122,8 +178,9 @@ def first(d: Any) -> str:
         ("orchestrator/quality", {"X-Orchestrator-Profile": "budget"}, "budget", "header"),
     ],
 )
-def test_profile_precedence(router: routing.Router, model: str, headers: dict[str, str],
-                            profile: str, why: str) -> None:
+def test_profile_precedence(
+    router: routing.Router, model: str, headers: dict[str, str], profile: str, why: str
+) -> None:
     d = decide(router, make_req({"model": model, "messages": []}, headers))
     assert isinstance(d, routing.RoutingDecision)
     assert d.profile == profile and d.profile_reason.startswith(why)
@@ -136,8 +193,9 @@ def test_profile_precedence(router: routing.Router, model: str, headers: dict[st
         ("orchestrator/turbo", {}, "unknown profile 'turbo' in model"),
     ],
 )
-def test_unknown_profile_is_a_clear_400(router: routing.Router, model: str,
-                                        headers: dict[str, str], fragment: str) -> None:
+def test_unknown_profile_is_a_clear_400(
+    router: routing.Router, model: str, headers: dict[str, str], fragment: str
+) -> None:
     d = decide(router, make_req({"model": model, "messages": []}, headers))
     assert isinstance(d, routing.NoRoute) and d.status == 400 and fragment in d.message
     assert "quality" in d.message  # lists the valid ones
@@ -146,8 +204,9 @@ def test_unknown_profile_is_a_clear_400(router: routing.Router, model: str,
 # --------------------------------------------------------------------------- scoring
 
 
-@pytest.mark.parametrize(("profile", "winner"), [("quality", "big"), ("budget", "small"),
-                                                  ("long_context", "big")])
+@pytest.mark.parametrize(
+    ("profile", "winner"), [("quality", "big"), ("budget", "small"), ("long_context", "big")]
+)
 def test_profile_winner(router: routing.Router, profile: str, winner: str) -> None:
     assert first(decide(router, make_req(headers={"x-orchestrator-profile": profile}))) == winner
 
@@ -175,8 +234,9 @@ def test_observed_latency_moves_speedy_targets_up(tmp_path: Path) -> None:
     assert rank(fast).index("p1:big") < rank(fast).index("p2:mid")
 
 
-@pytest.mark.parametrize(("cls", "dq", "dc"), [("simple", -0.15, 0.15), ("medium", 0, 0),
-                                                ("complex", 0.15, -0.15)])
+@pytest.mark.parametrize(
+    ("cls", "dq", "dc"), [("simple", -0.15, 0.15), ("medium", 0, 0), ("complex", 0.15, -0.15)]
+)
 def test_complexity_shifts_weight(router: routing.Router, cls: str, dq: float, dc: float) -> None:
     p = router.config.profiles["balanced"]
     w = scoring.effective_weights(p, cls)
@@ -189,20 +249,38 @@ def test_complexity_shifts_weight(router: routing.Router, cls: str, dq: float, d
 @pytest.mark.parametrize(
     ("body", "headers", "excluded", "reason"),
     [
-        ({"messages": [{"role": "user", "content": "x" * 300000}]}, {}, {"mid", "small"}, "context"),
+        (
+            {"messages": [{"role": "user", "content": "x" * 300000}]},
+            {},
+            {"mid", "small"},
+            "context",
+        ),
         ({"messages": [], "tools": [{"type": "function"}]}, {}, {"small", "mystery"}, "tools"),
-        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
-         {}, {"mid", "small", "mystery"}, "vision"),
-        ({"messages": [], "response_format": {"type": "json_schema"}}, {},
-         {"mid", "small", "mystery"}, "json_schema"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+            {},
+            {"mid", "small", "mystery"},
+            "vision",
+        ),
+        (
+            {"messages": [], "response_format": {"type": "json_schema"}},
+            {},
+            {"mid", "small", "mystery"},
+            "json_schema",
+        ),
         ({"model": "p2-anything", "messages": []}, {}, {"big", "mystery"}, "provider_list"),
         ({"messages": []}, {"x-cap": "1"}, {"big", "mid", "mystery"}, "max_cost"),
-        ({"messages": []}, {"x-orchestrator-profile": "long_context"}, {"mid", "small", "mystery"},
-         "min_context"),
+        (
+            {"messages": []},
+            {"x-orchestrator-profile": "long_context"},
+            {"mid", "small", "mystery"},
+            "min_context",
+        ),
     ],
 )
-def test_hard_filters(router: routing.Router, body: dict, headers: dict[str, str],
-                      excluded: set[str], reason: str) -> None:
+def test_hard_filters(
+    router: routing.Router, body: dict, headers: dict[str, str], excluded: set[str], reason: str
+) -> None:
     body = {"model": "gpt-4o", **body}
     d = decide(router, make_req(body, headers))
     assert isinstance(d, routing.RoutingDecision), d
@@ -226,8 +304,12 @@ def test_key_availability(router: routing.Router) -> None:
     d = decide(router, make_req(headers={"x-orchestrator-profile": "quality"}, client_key=True))
     assert first(d) == "keyed"
     # the client's key for another host does not count
-    d = decide(router, make_req(headers={"x-orchestrator-profile": "quality"}, client_key=True,
-                                host="elsewhere.example"))
+    d = decide(
+        router,
+        make_req(
+            headers={"x-orchestrator-profile": "quality"}, client_key=True, host="elsewhere.example"
+        ),
+    )
     assert "keyed" not in {s.candidate.model_id for s in d.chain}
 
 
@@ -240,8 +322,9 @@ def test_open_breaker_skipped_and_all_open_is_503(router: routing.Router) -> Non
 
 
 def test_nothing_fits_is_a_400_naming_filters(router: routing.Router) -> None:
-    d = decide(router, make_req({"model": "x", "messages": [
-        {"role": "user", "content": "x" * 5_000_000}]}))
+    d = decide(
+        router, make_req({"model": "x", "messages": [{"role": "user", "content": "x" * 5_000_000}]})
+    )
     assert isinstance(d, routing.NoRoute) and d.status == 400 and "context" in d.message
 
 
@@ -255,8 +338,10 @@ def test_route_order_wins_over_scoring(router: routing.Router) -> None:
 
 
 def test_route_ignored_when_profile_forced(router: routing.Router) -> None:
-    d = decide(router, make_req({"model": "chain-me", "messages": []},
-                                {"x-orchestrator-profile": "quality"}))
+    d = decide(
+        router,
+        make_req({"model": "chain-me", "messages": []}, {"x-orchestrator-profile": "quality"}),
+    )
     assert d.mode == "scored" and first(d) == "big"
 
 
@@ -270,23 +355,42 @@ def test_pin_keeps_requested_model(router: routing.Router) -> None:
 
 def _row(provider: str, pid: str, **kw: Any) -> OfferingRow:
     base: dict[str, Any] = dict(
-        model_id=f"org/{pid}", model_name=pid, org="org", provider=provider, provider_model_id=pid,
-        input_per_mtok=1.0, output_per_mtok=2.0, cached_input_per_mtok=None, context_tokens=8000,
-        max_output_tokens=None, supports_tools=True, supports_vision=None,
-        supports_json_schema=False, supports_reasoning=None, quality=1200.0, quality_lo=None,
-        quality_hi=None, open_weights=None)
+        model_id=f"org/{pid}",
+        model_name=pid,
+        org="org",
+        provider=provider,
+        provider_model_id=pid,
+        input_per_mtok=1.0,
+        output_per_mtok=2.0,
+        cached_input_per_mtok=None,
+        context_tokens=8000,
+        max_output_tokens=None,
+        supports_tools=True,
+        supports_vision=None,
+        supports_json_schema=False,
+        supports_reasoning=None,
+        quality=1200.0,
+        quality_lo=None,
+        quality_hi=None,
+        open_weights=None,
+    )
     base.update(kw)
     return OfferingRow(**base)
 
 
 def test_catalog_joins_db_rows_to_providers(tmp_path: Path) -> None:
     cfg = write_tree(tmp_path)
-    rows = [_row("openrouter", "org/alpha"), _row("p1", "big", input_per_mtok=99.0),
-            _row("unconfigured", "zzz")]
+    rows = [
+        _row("openrouter", "org/alpha"),
+        _row("p1", "big", input_per_mtok=99.0),
+        _row("unconfigured", "zzz"),
+        _row("p5", "llama-listed-in-a-price-map"),
+    ]
     cat = catmod.build_catalog(cfg, rows, ENV)
     keys = {c.key for c in cat.candidates}
     assert "or:org/alpha" in keys  # joined through `catalog: openrouter`
     assert not any(k.endswith(":zzz") for k in keys)  # no configured provider serves it
+    assert "p5:llama-listed-in-a-price-map" not in keys  # local: only declared models
     big = next(c for c in cat.candidates if c.key == "p1:big")
     assert big.source == "models.yaml" and big.price.input_per_mtok == 10  # rules win
     assert cat.lookup("ALPHA") and cat.lookup("org/alpha")
@@ -297,11 +401,14 @@ def test_catalog_joins_db_rows_to_providers(tmp_path: Path) -> None:
     assert local["price"].input_per_mtok == 0.0  # on a `local: true` provider it is free
 
 
-@pytest.mark.parametrize(("url", "host"), [
-    ("https://api.openai.com/v1", "api.openai.com"),
-    ("https://API.openai.com:443/v1", "api.openai.com"),
-    ("http://127.0.0.1:11434/v1", "127.0.0.1:11434"),
-    ("http://localhost:80/v1", "localhost"),
-])
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("https://api.openai.com/v1", "api.openai.com"),
+        ("https://API.openai.com:443/v1", "api.openai.com"),
+        ("http://127.0.0.1:11434/v1", "127.0.0.1:11434"),
+        ("http://localhost:80/v1", "localhost"),
+    ],
+)
 def test_host_of(url: str, host: str) -> None:
     assert catmod.host_of(url) == host

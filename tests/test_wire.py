@@ -40,7 +40,10 @@ def test_rewrite_changes_only_model(raw: bytes) -> None:
     ("raw", "expected"),
     [
         (b'{"model":"x","stream":true}', {"include_usage": True}),
-        (b'{"model":"x","stream":true,"stream_options":{"foo":1}}', {"foo": 1, "include_usage": True}),
+        (
+            b'{"model":"x","stream":true,"stream_options":{"foo":1}}',
+            {"foo": 1, "include_usage": True},
+        ),
         (b'{"model":"x","stream":true,"stream_options":null}', {"include_usage": True}),
         (b'{"stream":true}', {"include_usage": True}),
     ],
@@ -85,9 +88,14 @@ def test_any_bytes_parse_or_clean_error(raw: bytes) -> None:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(),
-    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=5), kids, max_size=3),
+    lambda kids: (
+        st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=5), kids, max_size=3)
+    ),
     max_leaves=10,
 )
 
@@ -105,9 +113,15 @@ def test_round_trip_except_model(body: dict, model: str) -> None:
     ("obj", "expected"),
     [
         ({"prompt_tokens": 10, "completion_tokens": 5}, wire.Usage(10, 5, 0, 0)),
-        ({"prompt_tokens": 10, "completion_tokens": 5,
-          "prompt_tokens_details": {"cached_tokens": 4},
-          "completion_tokens_details": {"reasoning_tokens": 2}}, wire.Usage(10, 5, 4, 2)),
+        (
+            {
+                "prompt_tokens": 10,
+                "completion_tokens": 5,
+                "prompt_tokens_details": {"cached_tokens": 4},
+                "completion_tokens_details": {"reasoning_tokens": 2},
+            },
+            wire.Usage(10, 5, 4, 2),
+        ),
         ({"input_tokens": 3, "output_tokens": 2}, wire.Usage(3, 2, 0, 0)),
         ({"prompt_tokens": -1, "completion_tokens": "x"}, wire.Usage(0, 0, 0, 0)),
         (None, None),
@@ -122,7 +136,7 @@ def test_sse_parser_splits_across_chunks() -> None:
     stream = b'data: {"a":1}\n\ndata: {"b":\n\r\n\r\ndata: [DONE]\n\n'
     events = []
     for i in range(len(stream)):
-        events += p.feed(stream[i:i + 1])
+        events += p.feed(stream[i : i + 1])
     assert [e.data for e in events] == [b'{"a":1}', b'{"b":', b"[DONE]"]
     assert events[-1].done
     assert wire.event_json(events[1]) is None  # malformed: no exception
@@ -144,21 +158,38 @@ def test_usage_only_chunk() -> None:
 @pytest.mark.parametrize(
     ("status", "body", "retry_after", "kind", "ra"),
     [
-        (429, b'{"error":{"message":"slow down","type":"requests"}}', "2", OutcomeKind.RATE_LIMITED, 2.0),
+        (
+            429,
+            b'{"error":{"message":"slow down","type":"requests"}}',
+            "2",
+            OutcomeKind.RATE_LIMITED,
+            2.0,
+        ),
         (500, b'{"error":{"message":"boom"}}', None, OutcomeKind.SERVER_ERROR, None),
         (503, b"<html>down</html>", None, OutcomeKind.SERVER_ERROR, None),
         (401, b'{"error":{"message":"bad key"}}', None, OutcomeKind.AUTH_ERROR, None),
         (404, b'{"error":{"message":"no such model"}}', None, OutcomeKind.NOT_FOUND, None),
-        (400, b'{"error":{"message":"This model\'s maximum context length is 8192 tokens","code":"context_length_exceeded"}}',
-         None, OutcomeKind.CONTEXT_TOO_LONG, None),
-        (400, b'{"error":{"message":"rejected","code":"content_policy_violation"}}', None,
-         OutcomeKind.CONTENT_POLICY, None),
+        (
+            400,
+            b'{"error":{"message":"This model\'s maximum context length is 8192 tokens","code":"context_length_exceeded"}}',
+            None,
+            OutcomeKind.CONTEXT_TOO_LONG,
+            None,
+        ),
+        (
+            400,
+            b'{"error":{"message":"rejected","code":"content_policy_violation"}}',
+            None,
+            OutcomeKind.CONTENT_POLICY,
+            None,
+        ),
         (400, b'{"error":{"message":"bad temperature"}}', None, OutcomeKind.CLIENT_ERROR, None),
         (429, b"", "Wed, 21 Oct 2015 07:28:00 GMT", OutcomeKind.RATE_LIMITED, None),
     ],
 )
-def test_classify_failure(status: int, body: bytes, retry_after: str | None,
-                          kind: OutcomeKind, ra: float | None) -> None:
+def test_classify_failure(
+    status: int, body: bytes, retry_after: str | None, kind: OutcomeKind, ra: float | None
+) -> None:
     o = wire.classify_failure(status, body, retry_after)
     assert o.kind is kind and o.status == status and o.retry_after == ra
 
