@@ -273,9 +273,16 @@ def decide(
         if policy and policy.pin and not cfg.routes.get(model):
             chain.sort(key=lambda s: -s.score)
     else:
+        # One entry per (provider, model): a dated alias of a model that just failed at the
+        # same provider would fail the same way, so it is no fallback.
+        taken: set[tuple[str, str]] = set()
         for s in ranking:
+            ident = (s.candidate.provider, s.candidate.model_id)
+            if ident in taken:
+                continue
             if ok(s):
                 chain.append(s)
+                taken.add(ident)
                 if len(chain) >= max_chain:
                     break
 

@@ -752,3 +752,54 @@ def test_plain_mitmdump_with_the_addon(ups: dict[str, FakeUpstream], tmp_path: P
         p.stop()
     assert r.status_code == 200 and r.headers["x-orchestrator-provider"] == "alpha"
     assert "allow_hosts" not in p.log()  # derived silently, no option errors
+
+
+def test_bundled_catalog_drives_routing(ups: dict[str, FakeUpstream], tmp_path: Path) -> None:
+    """A provider joined to the bundled benchmark DB (`catalog: openai`) gets the model the
+    scorer ranks first from the real catalog, under its own id."""
+    from addon import classify, configload, dispatch, routing
+
+    cfg = _config(ups)
+    cfg["providers"] = {
+        "openai": {
+            "base_url": ups["alpha"].base_url,
+            "api_key_env": "ORQ_TEST_KEY_ALPHA",
+            "catalog": "openai",
+        }
+    }
+    rules = {
+        **RULES,
+        "models.yaml": {"models": []},
+        "routes.yaml": {"routes": {}},
+        "policies.yaml": {"policies": []},
+    }
+    p = ProxyProcess(tmp_path, cfg, rules, ENV)
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    view = dispatch.build_view(configload.load(p.config_path), ENV, {})
+    req = routing.RoutingRequest(
+        classify.features(body),
+        "api.openai.com",
+        "/v1/chat/completions",
+        {"x-orchestrator-profile": "budget"},
+        "127.0.0.1",
+        True,
+    )
+    expected = routing.decide(view.router, req, lambda c: None, 4)
+    assert isinstance(expected, routing.RoutingDecision)
+    assert len(view.catalog.candidates) > 20  # real OpenAI models from the bundled DB
+    p.start()
+    try:
+        r = httpx.post(
+            "https://api.openai.com/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {CLIENT_KEY}", "X-Orchestrator-Profile": "budget"},
+            proxy=p.url,
+            verify=ssl.create_default_context(cafile=str(p.ca_cert)),
+            timeout=10,
+        )
+    finally:
+        p.stop()
+    assert r.status_code == 200
+    want = expected.chain[0].candidate.provider_model_id
+    assert ups["alpha"].requests()[-1].json["model"] == want == r.headers["x-orchestrator-model"]
+    assert want != "gpt-4o"  # budget found something cheaper than what was asked for

@@ -412,3 +412,16 @@ def test_catalog_joins_db_rows_to_providers(tmp_path: Path) -> None:
 )
 def test_host_of(url: str, host: str) -> None:
     assert catmod.host_of(url) == host
+
+
+def test_chain_skips_aliases_of_the_same_model(tmp_path: Path) -> None:
+    cfg = write_tree(tmp_path)
+    rows = [
+        _row("openrouter", "org/twin", model_id="org/twin"),
+        _row("openrouter", "org/twin-2025-01-01", model_id="org/twin"),
+    ]
+    cat = catmod.build_catalog(cfg, rows, {**ENV, "OR_KEY": "k"})
+    r = routing.build_router(cfg, cat, {})
+    d = decide(r, make_req())
+    idents = [(s.candidate.provider, s.candidate.model_id) for s in d.chain]
+    assert len(idents) == len(set(idents)) and ("or", "org/twin") in idents
