@@ -19,6 +19,7 @@ help:
 	@echo "make run     set up and run the proxy on the embedded defaults (127.0.0.1:8080)"
 	@echo "make test    set up and run the whole test suite (lint, types, tests)"
 	@echo "make check   validate orchestrator.yaml and rules/"
+	@echo "make bench   run the benchmark scripts (proxy overhead, routing work, refresh)"
 	@echo "make bundle  rebuild addon/bundled/benchmarks.db from $(SHARED)/fixtures/sources"
 	@echo "make clean   remove the virtualenv and local data/"
 
@@ -46,6 +47,11 @@ lint: $(BIN)/.installed
 
 test: $(BIN)/.installed lint
 	$(BIN)/pytest
+
+bench: $(BIN)/.installed
+	$(BIN)/python scripts/bench_routing.py
+	$(BIN)/python scripts/bench_proxy.py
+	@if [ -f scripts/bench_refresh.py ]; then $(BIN)/python scripts/bench_refresh.py --from $(SHARED)/fixtures/sources; fi
 
 bundle: $(BIN)/.installed
 	$(BIN)/python -m addon.refresh --from $(SHARED)/fixtures/sources --out addon/bundled/benchmarks.db \

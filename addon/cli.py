@@ -140,40 +140,21 @@ def check(config: str) -> None:
         click.echo(f"warning: {warning}")
 
 
-@main.command()
-@click.option(
-    "--from",
-    "from_dir",
-    type=click.Path(file_okay=False, exists=True),
-    help="Read saved source snapshots from DIR instead of the network.",
+@main.command(
+    context_settings={
+        "ignore_unknown_options": True,
+        "allow_extra_args": True,
+        "help_option_names": [],
+    },
+    add_help_option=False,
 )
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False),
-    help="DB to write [default: data.benchmarks from the config].",
-)
-@config_option
-@click.option("--report", is_flag=True, help="List matched and unmatched names with scores.")
-def refresh(from_dir: str | None, out: str | None, config: str, report: bool) -> None:
-    """Rebuild the benchmark DB from the public sources (atomically)."""
+@click.pass_context
+def refresh(ctx: click.Context) -> None:
+    """Rebuild the benchmark DB from the public sources (atomically); `refresh --help` lists
+    its options."""
     from addon import refresh as refresh_mod
 
-    cfg = _load(config)
-    target = Path(out) if out else cfg.benchmarks_path
-    if from_dir is None:
-        click.echo(
-            "error: fetching from the network is not implemented yet; "
-            "use --from DIR with saved snapshots",
-            err=True,
-        )
-        sys.exit(2)
-    argv = ["--from", from_dir, "--out", str(target)]
-    aliases = cfg.rules_dir / "aliases.yaml"
-    if aliases.exists():
-        argv += ["--aliases", str(aliases)]
-    if report:
-        argv.append("--report")
-    sys.exit(refresh_mod.main(argv))
+    sys.exit(refresh_mod.main(list(ctx.args)))
 
 
 if __name__ == "__main__":  # pragma: no cover
