@@ -14,13 +14,12 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from addon import breaker as brk
 from addon import catalog as catmod
 from addon import classify, configload, cost, routing, wire
 from addon.config import LLM_PATHS, ROUTED_PATHS
-from addon.fallback import AttemptRecord, OutcomeKind
+from addon.fallback import AttemptRecord, Outcome, OutcomeKind
 from addon.ledger import Ledger, LedgerRow
 from addon.pipe import Pipe, StreamReport
 from addon.scoring import Scored
@@ -123,6 +122,7 @@ class Dispatcher:
         self.engine = Engine(view.config.settings.resilience)
         self.pipe = Pipe()
         self.breakers: dict[str, brk.BreakerState] = {}
+        self.cooldown: dict[str, float] = {}  # candidate key -> monotonic time it may be retried
         self.latency: dict[str, float] = {}
         self.latency_dirty = False
 
@@ -178,9 +178,13 @@ class Dispatcher:
             state = self.breakers.get(c.key)
             if state is not None and not brk.available(state, now, res.breaker.cooldown_s):
                 return "breaker_open"
+            if self.cooldown.get(c.key, 0.0) > now:
+                return "rate_limited"
             return None
 
-        decision = routing.decide(view.router, req, usable, res.max_attempts)
+        # a few spare targets beyond max_attempts: a context-length failure skips ahead to
+        # one with a larger window
+        decision = routing.decide(view.router, req, usable, res.max_attempts + 4)
         if isinstance(decision, routing.NoRoute):
             pending.error = decision.message
             pending.reasons.append(decision.message)
@@ -203,7 +207,9 @@ class Dispatcher:
             self._target(view, s, inc, headers, parsed, endpoint, inject_usage)
             for s in decision.chain
         ]
-        result = await self.engine.run(plan, on_outcome=self._on_outcome)
+        result = await self.engine.run(plan, on_outcome=self._on_outcome, acquire=self._acquire)
+        for key in result.skipped:
+            pending.reasons.append(f"skipped {key}: breaker half-open, probe in flight")
         pending.attempts = result.attempts
         return await self._answer(view, pending, result, decision, inject_usage)
 
@@ -239,9 +245,30 @@ class Dispatcher:
         body = wire.rewrite(parsed, model=c.provider_model_id, include_usage=inject_usage)
         return Target(c, url, tuple(out), body, parsed.stream)
 
-    def _on_outcome(self, c: catmod.Candidate, outcome: Any, elapsed_ms: float) -> None:
+    def _acquire(self, c: catmod.Candidate) -> bool:
+        """Claim the right to try `c` now; an open breaker past its cooldown lets exactly
+        one request through as the half-open probe."""
+        res = self.view.config.settings.resilience
+        state = self.breakers.get(c.key)
+        if state is None:
+            return True
+        ok, new = brk.acquire(state, time.monotonic(), res.breaker.cooldown_s)
+        if new is not state:
+            if new.status is not state.status:
+                log.warning(
+                    "breaker %s: %s -> %s (probe)", c.key, state.status.value, new.status.value
+                )
+            self.breakers[c.key] = new
+        return ok
+
+    def _on_outcome(self, c: catmod.Candidate, outcome: Outcome, elapsed_ms: float) -> None:
         res = self.view.config.settings.resilience
         now = time.monotonic()
+        if outcome.kind is OutcomeKind.RATE_LIMITED:
+            # never send this target another request sooner than it asked (or a short
+            # backoff when it did not say)
+            wait = outcome.retry_after if outcome.retry_after is not None else 1.0
+            self.cooldown[c.key] = max(self.cooldown.get(c.key, 0.0), now + wait)
         if outcome.ok:
             prev = self.latency.get(c.key)
             self.latency[c.key] = (
@@ -250,12 +277,14 @@ class Dispatcher:
                 else (LATENCY_ALPHA * elapsed_ms + (1 - LATENCY_ALPHA) * prev)
             )
             self.latency_dirty = True
+        state = self.breakers.get(c.key, brk.CLOSED)
         if outcome.ok or outcome.counts_against_target:
-            state = self.breakers.get(c.key, brk.CLOSED)
             new = brk.record(state, success=outcome.ok, now=now, threshold=res.breaker.failures)
             if new.status is not state.status:
                 log.warning("breaker %s: %s -> %s", c.key, state.status.value, new.status.value)
             self.breakers[c.key] = new
+        elif state.probing:
+            self.breakers[c.key] = brk.release(state)
 
     async def _answer(
         self,
@@ -300,7 +329,8 @@ class Dispatcher:
         if (
             failed is not None
             and last is not None
-            and last.kind in (OutcomeKind.CLIENT_ERROR, OutcomeKind.CONTENT_POLICY)
+            and last.kind
+            in (OutcomeKind.CLIENT_ERROR, OutcomeKind.CONTENT_POLICY, OutcomeKind.CONTEXT_TOO_LONG)
         ):
             pending.answered_by = next(
                 s for s in decision.chain if s.candidate.key == failed.target.candidate.key
@@ -372,6 +402,10 @@ class Dispatcher:
                 ttft = (report.first_event_at - pending.started) * 1000
             if report.model:
                 routed_model = report.model
+            if report.malformed:
+                pending.reasons.append(f"dropped {report.malformed} malformed SSE event(s)")
+            if report.outcome == "ok" and not report.saw_done:
+                pending.reasons.append("upstream ended the stream without [DONE]")
             if report.outcome in ("truncated", "client_abort"):
                 outcome = report.outcome
                 error = report.error or error

@@ -63,9 +63,11 @@ class Retry:
 
 @dataclass(frozen=True)
 class Fallback:
-    """Move on to the next target in the chain."""
+    """Move on to the next target in the chain (one with a larger context window when the
+    request did not fit)."""
 
     reason: str
+    larger_context: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,16 @@ class AttemptRecord:
     elapsed_ms: float
 
 
+RATE_LIMIT_RETRIES = 2  # backoff retries on one target after a 429 without Retry-After
+BACKOFF_BASE_S = 0.25
+BACKOFF_CAP_S = 2.0
+
+
+def backoff(tries: int, jitter: float) -> float:
+    """Exponential backoff with jitter: 0.25 s, 0.5 s, 1 s … (capped), each ×[0.5, 1.5)."""
+    return min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (tries - 1)) * (0.5 + jitter)
+
+
 def next_step(
     outcome: Outcome,
     *,
@@ -94,16 +106,44 @@ def next_step(
     attempts_total: int,
     max_attempts: int,
     has_next: bool,
+    remaining_s: float = float("inf"),
+    jitter: float = 0.5,
 ) -> Step:
-    """Decide after a failed attempt. `tries_on_target` counts attempts on this target so far."""
+    """Decide after a failed attempt.
+
+    `tries_on_target` counts attempts on this target so far, `remaining_s` is what is left of
+    the request's time budget, `jitter` a number in [0, 1) from the caller's RNG.
+
+    - 429 with Retry-After: another candidate at once; with none left, wait exactly as long
+      as asked if that fits the budget — never sooner.
+    - 429 without Retry-After: up to two backoff retries (≤ a few per second), then fail over.
+    - 500: one quick retry on the same target, then fail over. Other 5xx, connection errors,
+      timeouts (a silent target is not retried), 401/403, 404: fail over.
+    - context_length_exceeded: fail over to a target with a larger context window.
+    - other 4xx and content-policy refusals: the request's own fault, answered as is.
+    """
     if outcome.ok:
         return GiveUp("succeeded")
     if outcome.kind in _FINAL:
         return GiveUp(f"{outcome.kind.value}: the request itself was refused; not retried")
     if attempts_total >= max_attempts:
         return GiveUp(f"max_attempts ({max_attempts}) reached")
+    label = outcome.kind.value + (f" {outcome.status}" if outcome.status else "")
+    if outcome.kind is OutcomeKind.RATE_LIMITED:
+        if outcome.retry_after is not None:
+            if has_next:
+                return Fallback(f"{label}, retry after {outcome.retry_after:g}s: next candidate")
+            if outcome.retry_after <= remaining_s:
+                return Retry(delay=outcome.retry_after)
+            return GiveUp(f"{label}: Retry-After {outcome.retry_after:g}s exceeds the time budget")
+        if tries_on_target <= RATE_LIMIT_RETRIES:
+            delay = backoff(tries_on_target, jitter)
+            if delay <= remaining_s:
+                return Retry(delay=delay)
     if outcome.kind is OutcomeKind.SERVER_ERROR and outcome.status == 500 and tries_on_target == 1:
-        return Retry(delay=0.0)
+        return Retry(delay=min(remaining_s, 0.05 * (0.5 + jitter)))
+    if outcome.kind is OutcomeKind.CONTEXT_TOO_LONG:
+        return Fallback(label, larger_context=True) if has_next else GiveUp(label)
     if has_next:
-        return Fallback(f"{outcome.kind.value}" + (f" {outcome.status}" if outcome.status else ""))
+        return Fallback(label)
     return GiveUp("no candidate left")

@@ -163,18 +163,20 @@ class Pipe:
                 out.append(ev.raw)
                 continue
             report.events += 1
-            if b'"usage"' in ev.data or (b'"model"' in ev.data and report.model is None):
-                obj = wire.event_json(ev)
-                if obj is None:
-                    report.malformed += 1
-                elif isinstance(obj, dict):
-                    if report.model is None and isinstance(obj.get("model"), str):
-                        report.model = obj["model"]
-                    u = wire.Usage.from_obj(obj.get("usage"))
-                    if u is not None:
-                        report.usage = u
-                    if entry.strip_usage and wire.is_usage_only_chunk(obj):
-                        continue
+            obj = wire.event_json(ev)
+            if obj is None:
+                # not JSON: a client SDK would raise on it and lose the whole answer, so it
+                # is dropped (and counted in the ledger) while the rest of the stream flows
+                report.malformed += 1
+                continue
+            if isinstance(obj, dict):
+                if report.model is None and isinstance(obj.get("model"), str):
+                    report.model = obj["model"]
+                u = wire.Usage.from_obj(obj.get("usage"))
+                if u is not None:
+                    report.usage = u
+                if entry.strip_usage and wire.is_usage_only_chunk(obj):
+                    continue
             out.append(ev.raw)
         if out:
             await resp.write(b"".join(out))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -88,6 +89,7 @@ class EngineResult:
     attempts: list[AttemptRecord] = field(default_factory=list)
     last: Outcome | None = None
     failed_answer: Answer | None = None  # the last upstream error response, if any
+    skipped: list[str] = field(default_factory=list)  # targets a breaker refused
 
 
 def _response_headers(resp: aiohttp.ClientResponse) -> list[tuple[str, str]]:
@@ -100,6 +102,7 @@ class Engine:
     def __init__(self, resilience: Resilience) -> None:
         self.resilience = resilience
         self._session: aiohttp.ClientSession | None = None
+        self._rng = random.Random()
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -124,9 +127,14 @@ class Engine:
         plan: Sequence[Target],
         *,
         on_outcome: Callable[[Candidate, Outcome, float], None],
+        acquire: Callable[[Candidate], bool] = lambda c: True,
     ) -> EngineResult:
-        """Walk `plan` until a target answers; `on_outcome(candidate, outcome, ms)` is
-        called after each attempt (breaker and latency bookkeeping)."""
+        """Walk `plan` until a target answers.
+
+        `acquire(candidate)` is asked before each attempt (a breaker may refuse, e.g. while
+        another request holds its single half-open probe): a refused target is skipped.
+        `on_outcome(candidate, outcome, ms)` is called after each attempt.
+        """
         res = self.resilience
         result = EngineResult(None)
         deadline = time.monotonic() + res.total_timeout_ms / 1000
@@ -134,6 +142,10 @@ class Engine:
         tries_on_target = 0
         while idx < len(plan):
             target = plan[idx]
+            if tries_on_target == 0 and not acquire(target.candidate):
+                result.skipped.append(target.candidate.key)
+                idx += 1
+                continue
             tries_on_target += 1
             started = time.monotonic()
             answer, outcome = await self._attempt(target, deadline)
@@ -154,19 +166,25 @@ class Engine:
                 return result
             if answer is not None:
                 result.failed_answer = answer
+            remaining = deadline - time.monotonic()
             step = next_step(
                 outcome,
                 tries_on_target=tries_on_target,
                 attempts_total=len(result.attempts),
                 max_attempts=res.max_attempts,
                 has_next=idx + 1 < len(plan),
+                remaining_s=max(0.0, remaining),
+                jitter=self._rng.random(),
             )
-            if time.monotonic() >= deadline:
+            if remaining <= 0:
                 step = GiveUp("total_timeout_ms reached")
             match step:
                 case Retry(delay=d):
-                    if d:
+                    if d > 0:
                         await asyncio.sleep(d)
+                case Fallback(larger_context=True):
+                    idx = _next_larger(plan, idx)
+                    tries_on_target = 0
                 case Fallback():
                     idx += 1
                     tries_on_target = 0
@@ -270,6 +288,15 @@ class Engine:
                 return Answer(t, resp.status, _response_headers(resp), stream=live), Outcome(
                     OutcomeKind.OK, resp.status
                 )
+
+
+def _next_larger(plan: Sequence[Target], idx: int) -> int:
+    """Index of the next target whose context window is larger than plan[idx]'s."""
+    have = plan[idx].candidate.context_tokens or 0
+    for j in range(idx + 1, len(plan)):
+        if (plan[j].candidate.context_tokens or 0) > have:
+            return j
+    return len(plan)
 
 
 def _describe(e: BaseException) -> str:

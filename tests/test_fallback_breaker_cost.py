@@ -6,7 +6,7 @@ import pytest
 
 from addon import breaker as brk
 from addon.cost import Price, cost, estimate_max
-from addon.fallback import Fallback, GiveUp, Outcome, OutcomeKind, Retry, next_step
+from addon.fallback import Fallback, GiveUp, Outcome, OutcomeKind, Retry, backoff, next_step
 from addon.wire import Usage
 
 K = OutcomeKind
@@ -96,3 +96,49 @@ def test_cost(usage: Usage, price: Price, expected: float | None) -> None:
 def test_estimate_max() -> None:
     assert estimate_max(1000, 1000, Price(1.0, 2.0)) == pytest.approx(0.003)
     assert estimate_max(1000, 1000, Price(None, 2.0)) is None
+
+
+@pytest.mark.parametrize(
+    ("outcome", "tries", "has_next", "remaining", "expected"),
+    [
+        (
+            Outcome(K.RATE_LIMITED, 429, retry_after=3),
+            1,
+            True,
+            60,
+            Fallback("rate_limited 429, retry after 3s: next candidate"),
+        ),
+        (Outcome(K.RATE_LIMITED, 429, retry_after=3), 1, False, 60, Retry(3)),
+        (
+            Outcome(K.RATE_LIMITED, 429, retry_after=30),
+            1,
+            False,
+            10,
+            GiveUp("rate_limited 429: Retry-After 30s exceeds the time budget"),
+        ),
+        (Outcome(K.RATE_LIMITED, 429), 1, True, 60, Retry(0.25)),
+        (Outcome(K.RATE_LIMITED, 429), 2, True, 60, Retry(0.5)),
+        (Outcome(K.RATE_LIMITED, 429), 3, True, 60, Fallback("rate_limited 429")),
+        (
+            Outcome(K.CONTEXT_TOO_LONG, 400),
+            1,
+            True,
+            60,
+            Fallback("context_too_long 400", larger_context=True),
+        ),
+        (Outcome(K.CONTEXT_TOO_LONG, 400), 1, False, 60, GiveUp("context_too_long 400")),
+    ],
+)
+def test_next_step_rate_limits_and_context(
+    outcome: Outcome, tries: int, has_next: bool, remaining: float, expected: object
+) -> None:
+    step = next_step(outcome, tries_on_target=tries, attempts_total=tries, max_attempts=10,
+                     has_next=has_next, remaining_s=remaining, jitter=0.5)  # fmt: skip
+    assert step == expected
+
+
+@pytest.mark.parametrize("jitter", [0.0, 0.5, 0.999])
+def test_backoff_is_bounded_and_jittered(jitter: float) -> None:
+    delays = [backoff(n, jitter) for n in range(1, 10)]
+    assert all(0.1 <= d <= 3.0 for d in delays)
+    assert delays == sorted(delays)

@@ -1,0 +1,311 @@
+"""End to end: every upstream fault class through a real proxy process (issue 4).
+
+The routing config is the shared one (tests/e2e.py). Routes used here:
+  rl-route:    delta -> beta        (delta is reserved for rate-limit tests: cooldowns stick)
+  delta-only:  delta
+  ctx-route:   beta (32k) -> gamma (8k) -> alpha (128k)
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import json
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e import (
+    CLIENT_KEY,
+    ENV,
+    FIRST_TOKEN_MS,
+    RULES,
+    _clean,
+    _config,
+    chat,
+    client,
+    ledger_row,
+    proxy,
+    ups,
+)
+from tests.fakeupstream import (
+    RATE_LIMIT,
+    Delay,
+    FakeUpstream,
+    MalformedEvent,
+    NoDone,
+    SlowFirstToken,
+    Stall,
+    Status,
+    content_policy,
+    context_length_exceeded,
+)
+from tests.proxyproc import ProxyProcess
+
+__all__ = ["_clean", "client", "proxy", "ups"]
+pytestmark = pytest.mark.e2e
+QUALITY = {"X-Orchestrator-Profile": "quality"}
+
+
+def stream_text(client: openai.OpenAI, model: str = "gpt-4o", **kw: Any) -> tuple[str, Any]:
+    with client.chat.completions.with_streaming_response.create(
+        model=model, messages=[{"role": "user", "content": "hi"}], stream=True, **kw
+    ) as resp:
+        text = "".join(c.choices[0].delta.content or "" for c in resp.parse() if c.choices)
+        return text, resp.headers
+
+
+# --------------------------------------------------------------------------- 1-2: 429
+
+
+def test_429_retry_after_fails_over_at_once_and_holds_the_target_back(
+    client: openai.OpenAI, ups: dict[str, FakeUpstream]
+) -> None:
+    ups["delta"].fail(RATE_LIMIT)  # Retry-After: 1
+    t0 = time.monotonic()
+    raw = chat(client, model="rl-route")
+    assert raw.headers["x-orchestrator-provider"] == "beta"
+    assert raw.headers["x-orchestrator-attempts"] == "2"
+    assert time.monotonic() - t0 < 1.0, "failed over at once, did not wait"
+    first = ups["delta"].requests()[0].at
+    # Poll with real requests: delta must not see another one before its Retry-After.
+    deadline = time.monotonic() + 5
+    while len(ups["delta"].requests()) < 2 and time.monotonic() < deadline:
+        assert chat(client, model="rl-route").headers["x-orchestrator-provider"] in (
+            "beta",
+            "delta",
+        )
+        time.sleep(0.05)
+    seen = ups["delta"].requests()
+    assert len(seen) == 2 and seen[1].at - first >= 1.0
+
+
+def test_429_retry_after_waits_when_nowhere_else(
+    client: openai.OpenAI, ups: dict[str, FakeUpstream]
+) -> None:
+    ups["delta"].fail(Status(429, "slow down", type="requests", retry_after="1"))
+    deadline = time.monotonic() + 5  # delta may still be cooling down from another test
+    raw = None
+    while raw is None and time.monotonic() < deadline:
+        try:
+            raw = chat(client, model="delta-only")
+        except openai.APIStatusError as e:
+            assert e.status_code == 503 and "rate_limited" in str(e)
+            time.sleep(0.1)
+    assert raw is not None
+    assert raw.headers["x-orchestrator-provider"] == "delta"
+    assert raw.headers["x-orchestrator-attempts"] == "2"
+    a, b = ups["delta"].requests()[-2:]
+    assert b.at - a.at >= 1.0
+
+
+def test_429_without_retry_after_backs_off_then_fails_over(
+    client: openai.OpenAI, ups: dict[str, FakeUpstream], proxy: ProxyProcess
+) -> None:
+    ups["delta"].always(Status(429, "rate limited", type="requests"))
+    try:
+        deadline = time.monotonic() + 5
+        while True:  # wait out any cooldown left by another test
+            raw = chat(client, model="rl-route")
+            if ups["delta"].requests() or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    finally:
+        ups["delta"].always(None)
+    seen = ups["delta"].requests()
+    assert len(seen) == 3  # first try + two backoff retries
+    gaps = [b.at - a.at for a, b in itertools.pairwise(seen)]
+    assert all(g >= 0.1 for g in gaps), gaps  # never a tight loop
+    assert raw.headers["x-orchestrator-provider"] == "beta"
+    assert raw.headers["x-orchestrator-attempts"] == "4"
+
+
+# --------------------------------------------------------------------------- 3-4: 5xx
+
+
+def test_500_once_then_healthy_is_retried_on_the_same_target(
+    client: openai.OpenAI, ups: dict[str, FakeUpstream]
+) -> None:
+    ups["alpha"].fail(Status(500))
+    raw = chat(client, extra_headers=QUALITY)
+    assert raw.headers["x-orchestrator-provider"] == "alpha"
+    assert raw.headers["x-orchestrator-attempts"] == "2"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_503_with_nowhere_left_returns_the_upstream_status_and_message(
+    client: openai.OpenAI, ups: dict[str, FakeUpstream], stream: bool
+) -> None:
+    ups["gamma"].always(Status(503, "gamma is overloaded, try later"))
+    try:
+        with pytest.raises(openai.APIStatusError) as ei:
+            chat(client, model="gamma-only", stream=stream)
+    finally:
+        ups["gamma"].always(None)
+    assert ei.value.status_code == 503
+    assert "gamma is overloaded, try later" in str(ei.value)
+    assert len(ups["gamma"].requests()) == 1  # 503 is not retried on the same target
+
+
+# --------------------------------------------------------------------------- 7: slow first token
+
+
+def test_slow_first_token_fails_over_before_any_byte(
+    client: openai.OpenAI, ups: dict[str, FakeUpstream]
+) -> None:
+    ups["alpha"].fail(SlowFirstToken(delay=FIRST_TOKEN_MS / 1000 + 2))
+    t0 = time.monotonic()
+    text, headers = stream_text(client, extra_headers=QUALITY)
+    assert time.monotonic() - t0 < FIRST_TOKEN_MS / 1000 + 1.5
+    assert headers["x-orchestrator-provider"] != "alpha"
+    assert text == f"Hello from {headers['x-orchestrator-provider']}"  # nothing of alpha's
+
+
+# --------------------------------------------------------------------------- 9-11: streams
+
+
+def test_stall_mid_stream_is_truncated_and_proxy_stays_healthy(
+    client: openai.OpenAI, ups: dict[str, FakeUpstream], proxy: ProxyProcess
+) -> None:
+    ups["alpha"].fail(Stall(after_events=2))
+    rid = ""
+    with (
+        pytest.raises((openai.APIError, httpx.HTTPError)),
+        client.chat.completions.with_streaming_response.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=True,
+            extra_headers=QUALITY,
+        ) as resp,
+    ):  # fmt: skip
+        rid = resp.headers["x-orchestrator-request-id"]
+        for _ in resp.parse():
+            pass
+    row = ledger_row(proxy, rid)
+    assert row["outcome"] == "truncated" and "stalled" in row["error"]
+    assert chat(client, extra_headers=QUALITY).parse().choices[0].message.content
+
+
+def test_malformed_event_is_dropped_rest_flows_usage_recorded(
+    client: openai.OpenAI, ups: dict[str, FakeUpstream], proxy: ProxyProcess
+) -> None:
+    ups["alpha"].fail(MalformedEvent(at_index=2))
+    text, headers = stream_text(client, extra_headers=QUALITY)
+    assert text == "Hello from alpha"
+    row = ledger_row(proxy, headers["x-orchestrator-request-id"])
+    assert row["outcome"] == "ok" and row["completion_tokens"] == 7
+    assert "malformed" in row["reasons"]
+
+
+def test_stream_without_done_is_finalized_promptly(
+    client: openai.OpenAI, ups: dict[str, FakeUpstream], proxy: ProxyProcess
+) -> None:
+    ups["alpha"].fail(NoDone())
+    t0 = time.monotonic()
+    text, headers = stream_text(client, extra_headers=QUALITY)
+    assert time.monotonic() - t0 < 2.0
+    assert text == "Hello from alpha"
+    row = ledger_row(proxy, headers["x-orchestrator-request-id"])
+    assert row["outcome"] == "ok" and row["prompt_tokens"] == 11
+    assert "without [DONE]" in row["reasons"]
+
+
+# --------------------------------------------------------------------------- 12-13: 400s
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_context_length_exceeded_goes_to_a_larger_context(
+    client: openai.OpenAI, ups: dict[str, FakeUpstream], stream: bool
+) -> None:
+    ups["beta"].fail(context_length_exceeded(limit=32000, requested=40000))
+    if stream:
+        text, headers = stream_text(client, model="ctx-route")
+    else:
+        raw = chat(client, model="ctx-route")
+        headers, text = raw.headers, raw.parse().choices[0].message.content
+    assert headers["x-orchestrator-provider"] == "alpha" and text == "Hello from alpha"
+    assert headers["x-orchestrator-attempts"] == "2"
+    assert ups["gamma"].requests() == []  # 8k < 32k: skipped, not tried
+    assert len(ups["beta"].requests()) == 1  # never retried on the same model
+
+
+def test_content_policy_is_not_retried_and_reason_reaches_client(
+    client: openai.OpenAI, ups: dict[str, FakeUpstream]
+) -> None:
+    ups["alpha"].fail(content_policy())
+    with pytest.raises(openai.BadRequestError) as ei:
+        chat(client, extra_headers=QUALITY)
+    body = ei.value.body
+    assert isinstance(body, dict) and body.get("code") == "content_policy_violation"
+    assert len(ups["alpha"].requests()) == 1
+    assert not ups["beta"].requests() and not ups["gamma"].requests()
+
+
+# --------------------------------------------------------------------------- 15: accounting
+
+
+def test_failover_accounting(client: openai.OpenAI, ups: dict[str, FakeUpstream],
+                             proxy: ProxyProcess) -> None:  # fmt: skip
+    ups["alpha"].fail(Status(502, "bad gateway"))
+    raw = chat(client, model="gpt-4o", extra_headers=QUALITY)
+    body = raw.parse()
+    row = ledger_row(proxy, raw.headers["x-orchestrator-request-id"])
+    attempts = json.loads(row["attempt_log"])
+    assert [a["outcome"] for a in attempts] == ["server_error", "ok"]
+    assert body.model == row["routed_model"] == raw.headers["x-orchestrator-model"]
+    assert row["provider"] == raw.headers["x-orchestrator-provider"] != "alpha"
+    # billed once, for the answer, at the answering model's price
+    assert row["prompt_tokens"] == 11 and row["completion_tokens"] == 7
+    assert row["cost_usd"] is not None and row["cost_usd"] < (11 * 10 + 7 * 30) / 1e6
+
+
+# --------------------------------------------------------------------------- 14: breaker
+
+
+def test_flapping_primary_breaker_opens_probes_once_and_closes(
+    ups: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    cfg = _config(ups)
+    cfg["resilience"]["breaker"] = {"failures": 3, "cooldown_s": 1.0}
+    p = ProxyProcess(tmp_path, cfg, RULES, ENV).start()
+    c = httpx.Client(
+        proxy=p.url,
+        verify=ssl.create_default_context(cafile=str(p.ca_cert)),
+        headers={**QUALITY, "Authorization": f"Bearer {CLIENT_KEY}"},
+        timeout=10,
+    )
+
+    def call() -> str:
+        r = c.post(
+            "https://api.openai.com/v1/chat/completions", json={"model": "gpt-4o", "messages": []}
+        )
+        assert r.status_code == 200, r.text
+        return r.headers["x-orchestrator-provider"]
+
+    try:
+        ups["alpha"].always(Status(503, "flapping"))
+        assert [call() for _ in range(3)] == ["beta"] * 3  # each: alpha fails, beta serves
+        assert len(ups["alpha"].requests()) == 3
+        opened = time.monotonic()
+        assert [call() for _ in range(3)] == ["beta"] * 3  # open: alpha is not tried
+        assert len(ups["alpha"].requests()) == 3
+        assert (
+            "breaker gamma" not in p.log() and "breaker alpha:m-premium: closed -> open" in p.log()
+        )
+        ups["alpha"].always(Delay(0.8))  # healthy again, but slow: the probe is in flight
+        while time.monotonic() - opened < 1.0:  # cooldown: poll with traffic, all to beta
+            assert call() == "beta"
+            time.sleep(0.05)
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            answered = list(pool.map(lambda _: call(), range(6)))
+        assert len(ups["alpha"].requests()) == 4, "exactly one half-open probe"
+        assert answered.count("alpha") == 1
+        assert call() == "alpha"  # the probe succeeded: closed again
+    finally:
+        ups["alpha"].always(None)
+        c.close()
+        p.stop()
+    assert "half_open -> closed" in p.log() or "-> closed" in p.log()
