@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import sqlite3
 import sys
+import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import click
 
-from addon import configload, dispatch
-from addon.errors import ConfigError
+from addon import classify, configload, dispatch, ledger, reports, routing
+from addon.errors import ConfigError, OrchestratorError
+from addon.scoring import Scored, effective_weights
 
 DEFAULT_CONFIG = "orchestrator.yaml"
 ENTRY = Path(__file__).resolve().parent / "entry.py"
@@ -155,6 +161,197 @@ def refresh(ctx: click.Context) -> None:
     from addon import refresh as refresh_mod
 
     sys.exit(refresh_mod.main(list(ctx.args)))
+
+
+def _admin(cfg: configload.Config) -> str:
+    host, _, port = cfg.settings.admin.listen.rpartition(":")
+    return f"http://{host.strip('[]')}:{port}"
+
+
+def _admin_call(cfg: configload.Config, method: str, path: str) -> dict[str, Any]:
+    """Ask the running proxy's admin endpoint; exit 3 with a remedy when it is not there."""
+    import httpx
+
+    url = _admin(cfg) + path
+    try:
+        r = httpx.request(method, url, timeout=30, trust_env=False)
+    except httpx.HTTPError as e:
+        click.echo(f"error: no running proxy answered at {url} ({type(e).__name__}); start it "
+                   f"with `orchestrator run -c {cfg.path.name}` or check `admin.listen`", err=True)  # fmt: skip
+        sys.exit(3)
+    try:
+        data: dict[str, Any] = r.json()
+    except ValueError:
+        click.echo(f"error: {url} answered HTTP {r.status_code} with a non-JSON body", err=True)
+        sys.exit(3)
+    return data
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON the admin endpoint serves.")
+def status(config: str, as_json: bool) -> None:
+    """Show the running proxy: config version, reload errors, providers, breakers, budgets."""
+    cfg = _load(config)
+    st = _admin_call(cfg, "GET", "/status")
+    if as_json:
+        click.echo(json.dumps(st, indent=2))
+        return
+    c = st["config"]
+    click.echo(f"config {c['path']} version {c['version']}, loaded "
+               f"{reports.utc_iso(c['loaded_at'])}")  # fmt: skip
+    if c.get("last_error"):
+        click.echo(f"last reload REJECTED ({reports.utc_iso(c['last_error_at'])}):\n"
+                   f"{c['last_error']}")  # fmt: skip
+    cat = st["catalog"]
+    click.echo(f"catalog: {cat['candidates']} candidates from {cat['source']}")
+    for p in st["providers"]:
+        click.echo(f"provider {p['name']:<12} key {p['key']}")
+    breakers = st["breakers"] or [{"target": "(none tripped)", "state": "closed", "failures": 0}]
+    for b in breakers:
+        click.echo(f"breaker  {b['target']:<40} {b['state']:<9} failures {b['failures']}")
+    for b in st["budgets"]:
+        click.echo(f"budget   {b['rule']} [{b['scope']}] ${b['spent']:.6f} spent + "
+                   f"${b['reserved']:.6f} in flight of ${b['limit']:.2f} per {b['per']}")  # fmt: skip
+    lg = st["ledger"]
+    click.echo(f"ledger {lg['path']}: {lg['rows']} rows, {lg['bytes']} bytes")
+
+
+@main.command()
+@config_option
+def reload(config: str) -> None:
+    """Make the running proxy reload its configuration now."""
+    cfg = _load(config)
+    res = _admin_call(cfg, "POST", "/reload")
+    click.echo(res["message"])
+    sys.exit(0 if res["ok"] else 2)
+
+
+@main.command()
+@config_option
+@click.option("--profile", "-p", help="Profile to rank [default: default_profile].")
+@click.option("--task", type=click.Choice(["chat", "code", "math", "creative", "extraction",
+                                           "summarize"]), default="chat", show_default=True,
+              help="Kind of request to rank for.")  # fmt: skip
+@click.option("--complexity", type=click.Choice(routing.CLASSES), default="medium",
+              show_default=True, help="Complexity class (shifts weight, see README).")  # fmt: skip
+@click.option("--limit", type=int, default=15, show_default=True, help="Rows to show.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def rank(config: str, profile: str | None, task: str, complexity: str, limit: int,
+         as_json: bool) -> None:  # fmt: skip
+    """Rank the candidates for a profile, with each metric's contribution and the filters that
+    removed the others (live latency is not known here: every target gets the neutral prior)."""
+    cfg = _load(config)
+    view = dispatch.build_view(cfg, dispatch.environ(), {})
+    name = profile or cfg.settings.default_profile
+    if name not in cfg.profiles:
+        click.echo(f"error: unknown profile {name!r}; use one of: {', '.join(sorted(cfg.profiles))}",
+                   err=True)  # fmt: skip
+        sys.exit(2)
+    prof = cfg.profiles[name]
+    feats = dataclasses.replace(classify.features({"messages": []}), task=task,
+                                complexity={"simple": 0.1, "medium": 0.5, "complex": 0.9}[complexity])  # fmt: skip
+    req = routing.RoutingRequest(feats, "", "/v1/chat/completions", {}, "127.0.0.1", False)
+
+    def usable(c: Any) -> str | None:
+        p = view.catalog.providers[c.provider]
+        return None if p.keyless or p.has_env_key else "no_key"
+
+    kept: list[Scored] = []
+    removed: Counter[str] = Counter()
+    for s in view.router.ranking(name, complexity):
+        why = routing.reject_reason(s.candidate, req, None, prof.min_context, usable)
+        if why:
+            removed[why] += 1
+        elif len(kept) < limit:
+            kept.append(s)
+    if as_json:
+        click.echo(json.dumps({
+            "profile": name, "complexity": complexity, "task": task,
+            "candidates": [{"key": s.candidate.key, "model": s.candidate.model_id,
+                            "score": s.score, "parts": dict(s.parts)} for s in kept],
+            "filtered": dict(removed),
+        }, indent=2))  # fmt: skip
+        return
+    w = effective_weights(prof, complexity)
+    click.echo(f"profile {name} ({complexity}): weights quality {w.quality:.2f} latency "
+               f"{w.latency:.2f} cost {w.cost:.2f} context {w.context:.2f}")  # fmt: skip
+    click.echo(f"{'#':>3} {'target':<48} {'score':>6}  quality latency    cost context")
+    for i, s in enumerate(kept, 1):
+        parts = dict(s.parts)
+        click.echo(f"{i:>3} {s.candidate.key[:48]:<48} {s.score:6.3f}  " + " ".join(
+            f"{parts[m]:7.3f}" for m in ("quality", "latency", "cost", "context")))  # fmt: skip
+    if removed:
+        click.echo("filtered out: " + ", ".join(f"{k} {v}" for k, v in removed.most_common()))
+    if not kept:
+        click.echo("no candidate: set a provider key (see `orchestrator check`) or declare "
+                   "models in rules/models.yaml")  # fmt: skip
+
+
+@main.command()
+@config_option
+@click.argument("request_id")
+def explain(config: str, request_id: str) -> None:
+    """Show how a recorded request was routed: profile and why, attempts, tokens, cost."""
+    cfg = _load(config)
+    if not cfg.ledger_path.exists():
+        click.echo(f"error: no ledger at {cfg.ledger_path} — it is created when the proxy first "
+                   "starts (`orchestrator run`); check `data.ledger` in orchestrator.yaml", err=True)  # fmt: skip
+        sys.exit(2)
+    try:
+        rows = ledger.read_rows(cfg.ledger_path, "id = :id", {"id": request_id})
+    except sqlite3.Error as e:
+        click.echo(f"error: cannot read the ledger {cfg.ledger_path}: {e}", err=True)
+        sys.exit(2)
+    if not rows:
+        click.echo(f"error: no request {request_id!r} in {cfg.ledger_path} (ids are in the "
+                   "x-orchestrator-request-id response header)", err=True)  # fmt: skip
+        sys.exit(1)
+    click.echo(reports.explain(rows[0]))
+
+
+@main.command()
+@config_option
+@click.option("--since", default="24h", show_default=True,
+              help="30m, 24h, 7d, 2w or a UTC date like 2026-11-01.")  # fmt: skip
+@click.option("--by", type=click.Choice(reports.GROUP_BY), default="model", show_default=True,
+              help="Group rows by.")  # fmt: skip
+@click.option("--json", "fmt", flag_value="json", help="JSON output.")
+@click.option("--csv", "fmt", flag_value="csv", help="CSV output.")
+def costs(config: str, since: str, by: str, fmt: str | None) -> None:
+    """Requests, tokens, spend, savings, fallback rate and latency percentiles."""
+    cfg = _load(config)
+    try:
+        rows = reports.load(cfg.ledger_path, reports.parse_since(since, time.time()))
+    except (ValueError, OrchestratorError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    groups, total = reports.cost_report(rows, by), reports.totals(rows)
+    if fmt == "json":
+        click.echo(json.dumps(reports.as_json(groups, total), indent=2))
+    elif fmt == "csv":
+        click.echo(reports.render_csv(groups, total), nl=False)
+    else:
+        click.echo(reports.render_table(groups, total, by=by))
+
+
+@main.command()
+@config_option
+@click.option("--older-than", "days", type=int,
+              help="Days to keep [default: retention_days from the config].")  # fmt: skip
+def prune(config: str, days: int | None) -> None:
+    """Delete ledger rows older than the retention period (the proxy also does it daily)."""
+    cfg = _load(config)
+    keep = days if days is not None else cfg.settings.retention_days
+    if not cfg.ledger_path.exists():
+        click.echo(f"nothing to prune: {cfg.ledger_path} does not exist yet")
+        return
+    conn = ledger.connect(cfg.ledger_path)
+    try:
+        n = ledger.prune(conn, time.time() - keep * 86400)
+    finally:
+        conn.close()
+    click.echo(f"pruned {n} rows older than {keep} days from {cfg.ledger_path}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,6 +19,18 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _host_port(v: str) -> str:
+    host, sep, port = v.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{v!r} is not host:port; write it like 127.0.0.1:8080")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        if host != "localhost":
+            raise ValueError(f"{host!r} is not an IP address; use 127.0.0.1") from None
+    return v
+
+
 # --------------------------------------------------------------------------- orchestrator.yaml
 
 
@@ -62,6 +74,16 @@ class Resilience(Strict):
     breaker: Breaker = Field(default_factory=Breaker)
 
 
+class Admin(Strict):
+    enabled: bool = True
+    listen: str = "127.0.0.1:9090"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        return _host_port(v)
+
+
 MODE_RE = re.compile(r"^(regular|transparent|local(:.*)?|reverse:https?://\S+)$")
 
 
@@ -79,19 +101,13 @@ class Settings(Strict):
     providers: dict[str, Provider] = Field(default_factory=dict)
     resilience: Resilience = Field(default_factory=Resilience)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    admin: Admin = Field(default_factory=Admin)
+    retention_days: Annotated[int, Field(ge=1)] = 30
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
-        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError(f"{v!r} is not host:port; write it like 127.0.0.1:8080")
-        try:
-            ipaddress.ip_address(host.strip("[]"))
-        except ValueError:
-            if host != "localhost":
-                raise ValueError(f"{host!r} is not an IP address; use 127.0.0.1") from None
-        return v
+        return _host_port(v)
 
     @field_validator("mode")
     @classmethod
@@ -181,12 +197,32 @@ class Constraints(Strict):
     models: AllowDeny = Field(default_factory=AllowDeny)
 
 
+class Budget(Strict):
+    usd: Annotated[float, Field(gt=0)]
+    per: Literal["day", "week", "month"] = "day"
+    scope: Literal["client", "policy", "profile"] = "policy"
+    on_exceed: str = "block"
+    alert_at: Annotated[float, Field(gt=0, le=1)] | None = 0.8
+
+    @field_validator("on_exceed")
+    @classmethod
+    def _on_exceed(cls, v: str) -> str:
+        if v != "block" and not (v.startswith("downgrade:") and len(v) > len("downgrade:")):
+            raise ValueError(f"{v!r} is not an action; use block or downgrade:<profile>")
+        return v
+
+    @property
+    def downgrade_to(self) -> str | None:
+        return self.on_exceed.split(":", 1)[1] if self.on_exceed.startswith("downgrade:") else None
+
+
 class Policy(Strict):
     name: str
     match: Match = Field(default_factory=Match)
     profile: str | None = None
     constraints: Constraints = Field(default_factory=Constraints)
     pin: bool = False
+    budget: Budget | None = None
 
 
 class PoliciesFile(Strict):

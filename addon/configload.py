@@ -298,6 +298,15 @@ def load(path: str | Path) -> Config:
         )
     pm = rule_marks.get("policies.yaml", {})
     for i, p in enumerate(policies):
+        down = p.budget.downgrade_to if p.budget else None
+        if down and down not in profiles:
+            issue(
+                rules_dir / "policies.yaml",
+                pm,
+                ("policies", i, "budget", "on_exceed"),
+                f"downgrade profile {down!r} is not defined",
+                f"use one of: {known}",
+            )
         if p.profile and p.profile not in profiles:
             issue(
                 rules_dir / "policies.yaml",

@@ -12,15 +12,16 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 
 from addon import breaker as brk
+from addon import budget, budgetgate, classify, configload, cost, routing, wire
 from addon import catalog as catmod
-from addon import classify, configload, cost, routing, wire
 from addon.config import LLM_PATHS, ROUTED_PATHS
 from addon.fallback import AttemptRecord, Outcome, OutcomeKind
 from addon.ledger import Ledger, LedgerRow
+from addon.metrics import Metrics
 from addon.pipe import Pipe, StreamReport
 from addon.scoring import Scored
 from addon.upstream import HOP_BY_HOP, Engine, EngineResult, Target
@@ -61,6 +62,8 @@ class Pending:
     error: str | None = None
     reasons: list[str] = field(default_factory=list)
     token: str | None = None
+    reservation: budget.Reservation | None = None
+    charge: tuple[budget.BudgetRule, str] | None = None  # downgraded call: count its spend
 
 
 @dataclass(frozen=True)
@@ -116,9 +119,12 @@ def _request_id() -> str:
 
 
 class Dispatcher:
-    def __init__(self, view: View, ledger: Ledger | None) -> None:
+    def __init__(self, view: View, ledger: Ledger | None, budgets: budget.BudgetBook | None = None,
+                 metrics: Metrics | None = None) -> None:  # fmt: skip
         self.view = view
         self.ledger = ledger
+        self.budgets = budgets if budgets is not None else budget.BudgetBook()
+        self.metrics = metrics
         self.engine = Engine(view.config.settings.resilience)
         self.pipe = Pipe()
         self.breakers: dict[str, brk.BreakerState] = {}
@@ -200,6 +206,10 @@ class Dispatcher:
                 ),
                 pending,
             )
+        gated = self._budget_gate(view, pending, req, decision, usable, res.max_attempts + 4)
+        if isinstance(gated, Reply):
+            return gated
+        decision = gated
         pending.decision = decision
         pending.reasons.extend(decision.reasons)
         inject_usage = parsed.stream and not parsed.wants_usage
@@ -212,6 +222,53 @@ class Dispatcher:
             pending.reasons.append(f"skipped {key}: breaker half-open, probe in flight")
         pending.attempts = result.attempts
         return await self._answer(view, pending, result, decision, inject_usage)
+
+    def _budget_gate(
+        self,
+        view: View,
+        pending: Pending,
+        req: routing.RoutingRequest,
+        decision: routing.RoutingDecision,
+        usable: Callable[[catmod.Candidate], str | None],
+        max_chain: int,
+    ) -> routing.RoutingDecision | Reply:
+        """Reserve the call's maximum cost against its policy's budget, or refuse / downgrade."""
+        policy = next((p for p in view.config.policies if p.name == decision.policy), None)
+        rule = budgetgate.rule_of(policy) if policy else None
+        if rule is None:
+            return decision
+        now = time.time()
+        key = budget.scope_key(rule, req.client_addr, rule.name, decision.profile)
+        held = self.budgets.reserve(
+            rule, key, budgetgate.estimate(decision.chain, req.features), now
+        )
+        if isinstance(held, budget.Reservation):
+            pending.reservation = held
+            return decision
+        down = rule.downgrade_to
+        if self.metrics is not None:
+            self.metrics.budget_blocks.labels(rule.name, "downgrade" if down else "block").inc()
+        if down is None:
+            pending.error = held.message
+            pending.reasons.append(held.message)
+            return Reply(
+                429,
+                [("content-type", "application/json"), ("retry-after", str(held.retry_after_s)),
+                 ("x-orchestrator-request-id", pending.id)],
+                wire.error_body(held.message, type_="budget_exceeded", code=held.code),
+                pending,
+            )  # fmt: skip
+        forced = replace(req, headers={**req.headers, routing.PROFILE_HEADER: down})
+        again = routing.decide(view.router, forced, usable, max_chain)
+        if isinstance(again, routing.NoRoute):
+            pending.error = again.message
+            return Reply(again.status, [("content-type", "application/json")],
+                         wire.error_body(again.message, type_="invalid_request_error",
+                                         code=again.code), pending)  # fmt: skip
+        pending.charge = (rule, key)
+        pending.reasons.append(f"{held.message}: downgraded to profile {down}")
+        return replace(again, policy=decision.policy, profile_reason=f"budget {rule.name} "
+                       f"exceeded: downgraded from {decision.profile}")  # fmt: skip
 
     def _target(
         self,
@@ -474,8 +531,11 @@ class Dispatcher:
             reasons=pending.reasons,
             error=error or pending.error,
         )
+        self._settle_budget(pending, usage, usd)
         if self.ledger is not None:
             self.ledger.record(row)
+        if self.metrics is not None:
+            self.metrics.observe(row)
         log.info(
             "%s %s %s -> %s/%s status=%s outcome=%s attempts=%d tokens=%s/%s cost=%s %.0fms",
             row.id,
@@ -492,6 +552,21 @@ class Dispatcher:
             row.latency_ms or 0,
         )
         return row
+
+    def _settle_budget(self, pending: Pending, usage: wire.Usage | None, usd: float | None) -> None:
+        now = time.time()
+        if pending.charge is not None and usd is not None:
+            budgetgate.charge(self.budgets, *pending.charge, usd, now)
+        r = pending.reservation
+        if r is None:
+            return
+        if usage is None:  # nothing was billed: give the reservation back
+            self.budgets.release(r)
+            return
+        for alert in self.budgets.settle(r, usd, now):
+            log.warning("%s", alert.message)
+            if self.metrics is not None:
+                self.metrics.budget_alerts.labels(alert.rule).inc()
 
 
 def environ() -> Mapping[str, str]:

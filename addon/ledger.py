@@ -135,11 +135,26 @@ def migrate(conn: sqlite3.Connection) -> list[str]:
     return applied
 
 
-class Ledger:
-    """Queue-fed writer thread. `record()` never blocks on disk."""
+PRUNE_EVERY_S = 24 * 3600
 
-    def __init__(self, path: Path) -> None:
+
+def prune(conn: sqlite3.Connection, before_ts: float) -> int:
+    """Delete rows older than `before_ts`; return how many went."""
+    with conn:
+        cur = conn.execute("DELETE FROM requests WHERE ts < ?", (before_ts,))
+    return cur.rowcount
+
+
+class Ledger:
+    """Queue-fed writer thread. `record()` never blocks on disk.
+
+    The same thread prunes rows older than `retention_days` once at start and then daily,
+    so retention never touches the request path.
+    """
+
+    def __init__(self, path: Path, retention_days: int = 30) -> None:
         self.path = path
+        self.retention_days = retention_days
         conn = connect(path)
         migrate(conn)
         conn.close()
@@ -147,6 +162,8 @@ class Ledger:
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self._written = 0
         self._cond = threading.Condition()
+        self._next_prune = 0.0
+        self.last_pruned = 0
         self._thread.start()
 
     def record(self, row: LedgerRow) -> None:
@@ -155,11 +172,29 @@ class Ledger:
         except queue.Full:
             log.error("ledger queue full; dropping row %s (is the disk stalled?)", row.id)
 
+    def _maybe_prune(self, conn: sqlite3.Connection) -> None:
+        now = time.time()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + PRUNE_EVERY_S
+        try:
+            self.last_pruned = prune(conn, now - self.retention_days * 86400)
+        except sqlite3.Error as e:
+            log.error("ledger prune failed: %s", e)
+            return
+        if self.last_pruned:
+            log.info("ledger: pruned %d rows older than %d days", self.last_pruned,
+                     self.retention_days)  # fmt: skip
+
     def _run(self) -> None:
         conn = connect(self.path)
         try:
             while True:
-                item = self._q.get()
+                self._maybe_prune(conn)
+                try:
+                    item = self._q.get(timeout=60)
+                except queue.Empty:
+                    continue
                 batch = [item]
                 while len(batch) < 500:
                     try:
@@ -190,6 +225,20 @@ class Ledger:
     def close(self) -> None:
         self._q.put(None)
         self._thread.join(timeout=10)
+
+
+def stats(path: Path) -> dict[str, Any]:
+    """Row count and file size, for /status."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        rows = None
+    size = sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
+    return {"path": str(path), "rows": rows, "bytes": size}
 
 
 def read_rows(

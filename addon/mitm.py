@@ -16,12 +16,12 @@ from mitmproxy.addonmanager import Loader
 
 from addon import configload, dispatch
 from addon.errors import ConfigError
-from addon.ledger import Ledger
+from addon.config import Settings
+from addon.runtime import Runtime
 
 log = logging.getLogger("orchestrator")
 META = "orchestrator"
 CA_BUNDLE = "orchestrator-ca-bundle.pem"
-RERANK_EVERY_S = 5.0
 
 
 def allow_hosts_for(intercept: list[str]) -> list[str]:
@@ -37,10 +37,13 @@ def allow_hosts_for(intercept: list[str]) -> list[str]:
 
 class Orchestrator:
     def __init__(self) -> None:
-        self.dispatcher: dispatch.Dispatcher | None = None
-        self.ledger: Ledger | None = None
+        self.runtime: Runtime | None = None
         self._pending: dict[str, dispatch.Pending] = {}
-        self._rerank_task: asyncio.Task[None] | None = None
+        self._start_task: asyncio.Task[None] | None = None
+
+    @property
+    def dispatcher(self) -> dispatch.Dispatcher | None:
+        return self.runtime.dispatcher if self.runtime is not None else None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -60,17 +63,17 @@ class Orchestrator:
             cfg = configload.load(path)
         except ConfigError as e:
             raise exceptions.OptionsError(f"invalid configuration:\n{e}") from None
-        view = dispatch.build_view(
-            cfg, dispatch.environ(), self.dispatcher.latency if self.dispatcher else {}
-        )
-        for w in view.catalog.warnings:
-            log.warning("%s", w)
-        if self.dispatcher is None:
-            self.ledger = Ledger(cfg.ledger_path)
-            self.dispatcher = dispatch.Dispatcher(view, self.ledger)
-        else:
-            self.dispatcher.swap(view)
-        s = cfg.settings
+        if self.runtime is None:
+            view = dispatch.build_view(cfg, dispatch.environ(), {})
+            for w in view.catalog.warnings:
+                log.warning("%s", w)
+            self.runtime = Runtime(cfg, view, self._apply_settings)
+        else:  # the option now names another file: load it like an edit
+            self.runtime.config_path = cfg.path
+            asyncio.get_running_loop().create_task(self.runtime.reload("orchestrator_config"))
+        self._apply_settings(cfg.settings)
+
+    def _apply_settings(self, s: Settings) -> None:
         if s.mode.startswith("reverse:"):
             ctx.options.update(connection_strategy="lazy")
         else:
@@ -82,11 +85,12 @@ class Orchestrator:
         log.setLevel(s.log_level.upper())
 
     def running(self) -> None:
-        if self.dispatcher is None:
+        if self.runtime is None:
             return
-        cfg = self.dispatcher.view.config
+        view = self.runtime.view
+        cfg = view.config
         bundle = self._write_ca_bundle()
-        cat = self.dispatcher.view.catalog
+        cat = view.catalog
         usable = sorted(n for n, p in cat.providers.items() if p.keyless or p.has_env_key)
         host, port = _listen()
         log.info(
@@ -111,15 +115,20 @@ class Orchestrator:
                 port,
                 bundle,
             )
-        self._rerank_task = asyncio.get_running_loop().create_task(self._rerank_loop())
+        self._start_task = asyncio.get_running_loop().create_task(self._start())
+
+    async def _start(self) -> None:
+        assert self.runtime is not None
+        await self.runtime.start()
+        admin = self.runtime.admin
+        if admin is not None:
+            log.info("admin endpoint: http://%s:%s/ (status page, /metrics, /status)",
+                     self.runtime.view.config.settings.admin.listen.rpartition(":")[0],
+                     admin.port)  # fmt: skip
 
     async def done(self) -> None:
-        if self._rerank_task is not None:
-            self._rerank_task.cancel()
-        if self.dispatcher is not None:
-            await self.dispatcher.close()
-        if self.ledger is not None:
-            self.ledger.close()
+        if self.runtime is not None:
+            await self.runtime.stop()
 
     def _write_ca_bundle(self) -> str:
         confdir = Path(ctx.options.confdir).expanduser()
@@ -134,20 +143,6 @@ class Orchestrator:
             log.warning("could not write the CA bundle %s: %s", bundle, e)
             return str(ca)
         return str(bundle)
-
-    async def _rerank_loop(self) -> None:
-        from addon import routing
-
-        while True:
-            await asyncio.sleep(RERANK_EVERY_S)
-            d = self.dispatcher
-            if d is None or not d.latency_dirty:
-                continue
-            d.latency_dirty = False
-            view = d.view
-            router = await asyncio.to_thread(routing.rerank, view.router, dict(d.latency))
-            if d.view is view:
-                d.swap(dispatch.View(view.config, view.catalog, router, view.keys))
 
     # ------------------------------------------------------------------ hooks
 

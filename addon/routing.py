@@ -155,6 +155,7 @@ def reject_reason(
     constraints: Constraints | None,
     min_context: int,
     usable: Callable[[Candidate], str | None],
+    budgeted: bool = False,
 ) -> str | None:
     """Why `c` cannot serve `req` (a short filter name), or None if it can."""
     f = req.features
@@ -187,6 +188,8 @@ def reject_reason(
         c.quality is None or c.quality < constraints.min_quality
     ):
         return "min_quality"
+    if budgeted and not c.price.known:
+        return "unpriced"  # a budget cannot reserve an unknown cost
     if constraints.max_cost_usd is not None:
         est = costmod.estimate_max(
             f.prompt_tokens, f.max_output_tokens or DEFAULT_MAX_OUTPUT, c.price
@@ -231,6 +234,7 @@ def decide(
     profile_name, why, policy = chosen
     profile = cfg.profiles[profile_name]
     constraints = policy.constraints if policy else None
+    budgeted = bool(policy and policy.budget)
     min_ctx = max(profile.min_context, (constraints.min_context or 0) if constraints else 0)
     cls = req.features.complexity_class
     ranking = router.rankings[(profile_name, cls)]
@@ -240,7 +244,7 @@ def decide(
     forced = why.startswith(("header", "model alias"))
 
     def ok(s: Scored) -> bool:
-        r = reject_reason(s.candidate, req, constraints, min_ctx, usable)
+        r = reject_reason(s.candidate, req, constraints, min_ctx, usable, budgeted)
         if r:
             filtered[r] += 1
         return r is None

@@ -132,6 +132,7 @@ def _config(ups: dict[str, FakeUpstream], mode: str = "regular") -> dict[str, An
             "breaker": {"failures": 50, "cooldown_s": 60},
         },
         "log_level": "debug",
+        "admin": {"listen": "127.0.0.1:0"},
     }
 
 

@@ -18,6 +18,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 ORCHESTRATOR = Path(sys.executable).with_name("orchestrator")
 LISTEN_RE = re.compile(r"listening at \S*?:(\d+)\.?$", re.I)
+ADMIN_RE = re.compile(r"admin endpoint: http://[^:]+:(\d+)/")
 
 
 class ProxyProcess:
@@ -103,6 +104,11 @@ class ProxyProcess:
         self.port = int(m.group(1))
         self.wait_for_log(re.compile("Local AI Orchestrator"), timeout)
         return self
+
+    def admin_url(self, timeout: float = 10.0) -> str:
+        m = ADMIN_RE.search(self.wait_for_log(ADMIN_RE, timeout))
+        assert m is not None
+        return f"http://127.0.0.1:{m.group(1)}"
 
     def _pump(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
