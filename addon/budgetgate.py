@@ -11,6 +11,7 @@ from pathlib import Path
 
 from addon import budget
 from addon import cost as costmod
+from addon.catalog import Candidate
 from addon.classify import RequestFeatures
 from addon.config import Policy
 from addon.configload import Config
@@ -28,12 +29,12 @@ def rule_of(policy: Policy) -> budget.BudgetRule | None:
     return budget.BudgetRule(policy.name, b.usd, b.per, b.scope, b.on_exceed, b.alert_at)
 
 
-def estimate(chain: Sequence[Scored], features: RequestFeatures) -> float:
-    """The most this call can cost on any target of its chain (the one that answers is not
-    known in advance). Without `max_tokens` the offering's own output limit is assumed."""
+def estimate(chain: Sequence[Scored] | Sequence[Candidate], features: RequestFeatures) -> float:
+    """The most this call can cost on any of these targets. Without `max_tokens` the
+    offering's own output limit is assumed."""
     worst = 0.0
     for s in chain:
-        c = s.candidate
+        c = s.candidate if isinstance(s, Scored) else s
         out = features.max_output_tokens or c.max_output_tokens or DEFAULT_MAX_OUTPUT
         est = costmod.estimate_max(features.prompt_tokens, out, c.price)
         worst = max(worst, est or 0.0)

@@ -26,6 +26,7 @@ from typing import Any
 
 CHARS_PER_TOKEN = 3.5
 TOKENS_PER_MESSAGE = 4
+REPLY_PRIMING = 3  # every reply is primed with <|start|>assistant<|message|>
 TOKENS_PER_IMAGE = 765
 SAMPLE_CHARS = 8000
 
@@ -125,7 +126,10 @@ def features(body: dict[str, Any]) -> RequestFeatures:
     tool_chars = len(str(tools)) if tools else 0
     chars = sum(len(t) for t in texts) + tool_chars
     prompt_tokens = (
-        estimate_tokens(chars) + TOKENS_PER_MESSAGE * n_messages + TOKENS_PER_IMAGE * images
+        estimate_tokens(chars)
+        + TOKENS_PER_MESSAGE * n_messages
+        + TOKENS_PER_IMAGE * images
+        + REPLY_PRIMING
     )
 
     rf = body.get("response_format")

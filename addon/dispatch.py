@@ -63,6 +63,8 @@ class Pending:
     reasons: list[str] = field(default_factory=list)
     token: str | None = None
     reservation: budget.Reservation | None = None
+    extra: list[budget.Reservation] = field(default_factory=list)  # top-ups for dearer fallbacks
+    budget_scope: tuple[budget.BudgetRule, str] | None = None
     charge: tuple[budget.BudgetRule, str] | None = None  # downgraded call: count its spend
 
 
@@ -217,7 +219,12 @@ class Dispatcher:
             self._target(view, s, inc, headers, parsed, endpoint, inject_usage)
             for s in decision.chain
         ]
-        result = await self.engine.run(plan, on_outcome=self._on_outcome, acquire=self._acquire)
+        features = req.features
+
+        def acquire(c: catmod.Candidate) -> bool:
+            return self._acquire(c) and self._topup(pending, c, features)
+
+        result = await self.engine.run(plan, on_outcome=self._on_outcome, acquire=acquire)
         for key in result.skipped:
             pending.reasons.append(f"skipped {key}: breaker half-open, probe in flight")
         pending.attempts = result.attempts
@@ -239,11 +246,13 @@ class Dispatcher:
             return decision
         now = time.time()
         key = budget.scope_key(rule, req.client_addr, rule.name, decision.profile)
-        held = self.budgets.reserve(
-            rule, key, budgetgate.estimate(decision.chain, req.features), now
-        )
+        # reserve for the first target; a fallback to a dearer one tops the hold up first
+        # (see _topup), so the settled spend can never pass the budget
+        first = budgetgate.estimate(decision.chain[:1], req.features)
+        held = self.budgets.reserve(rule, key, first, now)
         if isinstance(held, budget.Reservation):
             pending.reservation = held
+            pending.budget_scope = (rule, key)
             return decision
         down = rule.downgrade_to
         if self.metrics is not None:
@@ -553,10 +562,30 @@ class Dispatcher:
         )
         return row
 
+    def _topup(
+        self, pending: Pending, c: catmod.Candidate, features: classify.RequestFeatures
+    ) -> bool:
+        """Before trying `c` under a budget: make the hold cover `c`'s maximum cost."""
+        if pending.reservation is None or pending.budget_scope is None:
+            return True
+        need = budgetgate.estimate([c], features)
+        have = pending.reservation.amount + sum(r.amount for r in pending.extra)
+        if need <= have:
+            return True
+        rule, key = pending.budget_scope
+        more = self.budgets.reserve(rule, key, need - have, time.time())
+        if isinstance(more, budget.Exceeded):
+            pending.reasons.append(f"skipped {c.key}: {more.message}")
+            return False
+        pending.extra.append(more)
+        return True
+
     def _settle_budget(self, pending: Pending, usage: wire.Usage | None, usd: float | None) -> None:
         now = time.time()
         if pending.charge is not None and usd is not None:
             budgetgate.charge(self.budgets, *pending.charge, usd, now)
+        for extra in pending.extra:  # the actual cost is charged once, to the first hold
+            self.budgets.release(extra)
         r = pending.reservation
         if r is None:
             return

@@ -1,361 +1,322 @@
-"""Build the benchmark DB from saved public snapshots (``--from DIR``).
+"""Refresh the benchmark DB: ``orchestrator refresh``, ``python -m addon.refresh`` and
+``scripts/refresh_benchmarks.py`` all run ``main``.
 
-``build_db`` picks the newest snapshot of each kind in a directory, parses each source
-(one failing source is reported, the others still build), resolves names across sources
-into canonical models (``addon.resolve``), and writes a new DB file next to the target
-that then replaces it with ``os.replace``. If anything fails before that, the old DB
-stays. The same inputs always give the same rows: ``built_at`` is the newest snapshot
-date, not the wall clock.
+* default: fetch the sources of ``rules/sources.yaml`` (OpenRouter, LMArena, LiteLLM,
+  Hugging Face, local providers' ``/models``) over https from allowlisted hosts;
+* ``--from DIR``: read saved snapshots instead (no network; ``make bundle`` uses this);
+* ``--every D``: keep running; refresh each source when ``max(its interval, D)`` has
+  passed (with jitter); SIGINT/SIGTERM stop it cleanly.
 
-Run it as ``python -m addon.refresh --from DIR --out PATH [--aliases FILE] [--report]``.
+Every run ends with the per-source summary table. The DB is rebuilt in a temporary file
+and swapped in with ``os.replace``; a source that fails keeps its previous rows.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import re
+import random
+import signal
 import sqlite3
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+import threading
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any
+from types import FrameType, TracebackType
+from typing import TextIO
 
-from addon import benchmarks
-from addon.canonical import Assembly, Inputs, assemble
-from addon.resolve import AliasRules, AliasRulesError, Match, Miss, load_alias_rules
-from addon.sources import ParseResult, SourceFormatError, huggingface, litellm, lmarena, openrouter
+from addon import benchmarks, configload, ingest
+from addon.collect import Interrupted, collect, local_hosts
+from addon.config import Provider
+from addon.errors import ConfigError
+from addon.fetch import Fetcher
+from addon.refresh_summary import FAILED, RefreshSummary
+from addon.resolve import AliasRules, AliasRulesError, load_alias_rules
+from addon.schedule import Schedule, epoch
+from addon.snapshots import KINDS, load_stored, read_folder, save
+from addon.sources.schema import KINDS as NETWORK_KINDS
+from addon.sources.schema import SourcesFile, format_duration, load_sources, parse_duration
+from addon.urlguard import Resolver, system_resolver
 
-_DATE = re.compile(r"(\d{4}-\d{2}-\d{2})")
-_KINDS: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {
-        "openrouter": ("openrouter_models_*.json",),
-        "lmarena": ("lmarena_leaderboard_text_*.json", "lmarena_leaderboard_text_*.csv"),
-        "litellm": ("litellm_model_prices_*.json",),
-        "lmsys": ("lmsys_leaderboard_table_*.csv",),
-    }
-)
-SOURCES = ("openrouter", "litellm", "lmarena", "huggingface", "lmsys")
-
-
-class RefreshError(Exception):
-    """The build could not produce a usable DB; the previous DB (if any) is untouched."""
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    kind: str
-    path: Path
-
-    @property
-    def date(self) -> str | None:
-        found = _DATE.search(self.path.name)
-        return found.group(1) if found else None
+DEFAULT_CONFIG = "orchestrator.yaml"
+EXIT_OK, EXIT_SOURCE_FAILED, EXIT_USAGE, EXIT_NOT_WRITTEN = 0, 1, 2, 3
+EXIT_CODES = f"""exit codes:
+  {EXIT_OK}    the DB was written; no source failed
+  {EXIT_SOURCE_FAILED}    the DB was written, but a source failed (its previous rows were kept)
+  {EXIT_USAGE}    bad option or invalid orchestrator.yaml / sources.yaml / aliases.yaml
+  {EXIT_NOT_WRITTEN}    nothing written (no price source usable, or the DB could not be written);
+       the previous DB is unchanged
+  130  interrupted (SIGINT/SIGTERM) during a single run; the previous DB is unchanged
+  --every runs until SIGINT/SIGTERM and then exits {EXIT_OK}."""
+Progress = Callable[[str], None]
 
 
-def find_snapshots(directory: Path) -> dict[str, tuple[Snapshot, ...]]:
-    """The snapshots a build uses, by kind: the newest of each kind (all ``hf_model_*``).
-
-    Arena JSON is preferred over the arena CSV whatever their dates.
-    """
-    if not directory.is_dir():
-        raise RefreshError(f"{directory}: not a directory — pass --from a folder of snapshots")
-    chosen: dict[str, tuple[Snapshot, ...]] = {}
-    for kind, patterns in _KINDS.items():
-        for pattern in patterns:
-            found = [Snapshot(kind, p) for p in directory.glob(pattern) if p.is_file()]
-            if found:
-                chosen[kind] = (max(found, key=lambda s: (s.date or "", s.path.name)),)
-                break
-    hf = sorted(p for p in directory.glob("hf_model_*.json") if p.is_file())
-    if hf:
-        chosen["huggingface"] = tuple(Snapshot("huggingface", p) for p in hf)
-    return chosen
+class UsageError(Exception):
+    """A bad combination of options; ``str()`` says what to pass instead."""
 
 
 @dataclass(frozen=True, slots=True)
-class SourceStats:
-    """One source's line in the refresh summary."""
+class Runtime:
+    """What tests inject. The product runs with the defaults: nothing sets allow_loopback."""
 
-    source: str
-    status: str  # ok | failed | missing
-    snapshot: str | None = None
-    fetched: int = 0
-    added: int = 0
-    updated: int = 0
-    matched: int = 0
-    unmatched: int = 0
-    new: int = 0
-    failed: int = 0
-    skipped: int = 0
-    error: str | None = None
-    warnings: tuple[str, ...] = ()
+    allow_loopback: bool = False  # http and 127.0.0.1 for public sources (tests only)
+    resolver: Resolver = system_resolver
+    clock: Callable[[], float] = time.time
+    wait: Callable[[float], bool] | None = None  # True = stop; None: wait for a signal
+    rng: random.Random | None = None
+    progress: Progress | None = None  # None: to stderr when it is a terminal
 
 
 @dataclass(frozen=True, slots=True)
-class RefreshSummary:
-    out_path: Path
-    built_at: str | None
-    sources: tuple[SourceStats, ...]
-    counts: dict[str, int] = field(default_factory=dict)
-    matches: tuple[Match, ...] = ()
-    misses: tuple[Miss, ...] = ()
+class Job:
+    """One invocation's settings, from the flags and orchestrator.yaml."""
 
-    @property
-    def ok(self) -> bool:
-        return all(s.status != "failed" for s in self.sources)
-
-    def format_table(self) -> str:
-        head = ["source", "status", "fetched", "added", "updated", "matched", "unmatched"]
-        head += ["new", "failed", "skipped"]
-        rows = [head]
-        for s in self.sources:
-            counts = (s.fetched, s.added, s.updated, s.matched, s.unmatched, s.new, s.failed)
-            rows.append([s.source, s.status, *map(str, counts), str(s.skipped)])
-        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        lines.append("")
-        lines.append(f"wrote {self.out_path} (built_at {self.built_at}): " + _counts(self.counts))
-        for s in self.sources:
-            if s.error:
-                lines.append(f"{s.source}: {s.error}")
-            lines.extend(f"{s.source}: warning: {w}" for w in s.warnings[:5])
-            if len(s.warnings) > 5:
-                lines.append(f"{s.source}: ... {len(s.warnings) - 5} more warnings")
-        return "\n".join(lines)
-
-    def format_report(self) -> str:
-        lines = ["matches (source: name -> canonical id, method, score):"]
-        for m in sorted(self.matches, key=lambda m: (m.source, m.name)):
-            lines.append(f"  {m.source}: {m.name} -> {m.model_id} ({m.method}, {m.score:g})")
-        lines.append("unmatched (source: name; best candidate, score; reason):")
-        for miss in sorted(self.misses, key=lambda m: (m.source, m.name)):
-            score = "-" if miss.score is None else f"{miss.score:g}"
-            best = miss.best_candidate or "-"
-            lines.append(f"  {miss.source}: {miss.name}; {best}, {score}; {miss.reason}")
-        return "\n".join(lines)
+    out: Path
+    aliases: Path | None
+    sources: SourcesFile
+    providers: Mapping[str, Provider]
+    from_dir: Path | None = None
+    only: frozenset[str] | None = None
+    every: float | None = None
+    report: bool = False
+    save: Path | None = None
 
 
-def _counts(counts: dict[str, int]) -> str:
-    return ", ".join(f"{n} {table}" for table, n in counts.items())
+def _prog() -> str:
+    name = Path(sys.argv[0]).name
+    return {"orchestrator": "orchestrator refresh",
+            "refresh_benchmarks.py": "scripts/refresh_benchmarks.py"}.get(name, "python -m addon.refresh")  # fmt: skip
 
 
-_PARSERS: Mapping[str, Callable[[bytes, str], ParseResult[Any]]] = MappingProxyType(
-    {
-        "openrouter": openrouter.parse,
-        "lmarena": lmarena.parse,
-        "litellm": litellm.parse,
-        "huggingface": huggingface.parse,
-        "lmsys": lmarena.parse_model_table,
-    }
-)
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog or _prog(),
+        description="Rebuild the benchmark DB from the public sources (rules/sources.yaml) or "
+        "from saved snapshots, atomically; a failing source keeps its previous rows.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-c", "--config", metavar="FILE",
+                   help=f"orchestrator.yaml: providers, rules dir, data.benchmarks [default: {DEFAULT_CONFIG} if present]")  # fmt: skip
+    p.add_argument("--out", type=Path, metavar="PATH",
+                   help="benchmark DB to write [default: data.benchmarks from the config]")  # fmt: skip
+    p.add_argument("--from", dest="from_dir", type=Path, metavar="DIR",
+                   help="read saved snapshots (openrouter_models_<date>.json, ...) instead of the network")  # fmt: skip
+    p.add_argument("--aliases", type=Path, metavar="FILE",
+                   help="manual name-matching rules [default: <rules>/aliases.yaml]")  # fmt: skip
+    p.add_argument("--sources", type=Path, metavar="FILE",
+                   help="source list [default: <rules>/sources.yaml, else built-in defaults]")  # fmt: skip
+    p.add_argument("--only", action="append", metavar="KIND",
+                   help=f"refresh only these kinds ({', '.join(KINDS)}); comma-separated or repeated; the others keep their data")  # fmt: skip
+    p.add_argument("--every", metavar="DURATION",
+                   help="keep running; refresh each source every max(its interval, DURATION), e.g. 1h")  # fmt: skip
+    p.add_argument("--report", action="store_true",
+                   help="also print every match and every unmatched name with its score")  # fmt: skip
+    p.add_argument("--save", type=Path, metavar="DIR",
+                   help="also write each fetched body to DIR (readable later with --from)")  # fmt: skip
+    return p
 
 
-def _parse_kind(
-    kind: str, snapshots: Sequence[Snapshot]
-) -> tuple[list[ParseResult[Any]], str | None]:
-    results: list[ParseResult[Any]] = []
-    errors: list[str] = []
-    for snap in snapshots:
+def make_job(args: argparse.Namespace) -> Job:
+    """Resolve flags against orchestrator.yaml; UsageError/ConfigError/AliasRulesError."""
+    cfg = None
+    cfg_path = Path(args.config or DEFAULT_CONFIG)
+    if args.config is not None or cfg_path.exists():
+        cfg = configload.load(cfg_path)
+    out = args.out or (cfg.benchmarks_path if cfg else None)
+    if out is None:
+        raise UsageError(f"no {DEFAULT_CONFIG} here — pass --out PATH or -c orchestrator.yaml")
+    rules_dir = cfg.rules_dir if cfg else Path("rules")
+    aliases = args.aliases or (rules_dir / "aliases.yaml")
+    if args.aliases is None and not aliases.exists():
+        aliases = None
+    if aliases is not None:
+        load_alias_rules(aliases)  # report a broken file now, not after fetching
+    sources = load_sources(args.sources or rules_dir / "sources.yaml", required=bool(args.sources))
+    if args.from_dir is not None and not args.from_dir.is_dir():
+        raise UsageError(f"--from {args.from_dir}: not a directory — pass a folder of snapshots")
+    every = None
+    if args.every is not None:
+        if args.from_dir is not None:
+            raise UsageError("--every refreshes from the network; drop --from (or --every)")
         try:
-            results.append(_PARSERS[kind](snap.path.read_bytes(), snap.path.name))
-        except SourceFormatError as exc:
-            errors.append(str(exc))
-        except OSError as exc:
-            errors.append(f"{snap.path}: cannot be read ({exc.strerror}) — check the file")
-    if errors and (kind != "huggingface" or not results):
-        return [], "; ".join(errors)
-    return results, ("; ".join(errors) or None)
+            every = parse_duration(args.every)
+        except ValueError as exc:
+            raise UsageError(f"--every: {exc}") from None
+    only = None
+    if args.only:
+        only = frozenset(k.strip() for v in args.only for k in v.split(",") if k.strip())
+        unknown = sorted(only - set(KINDS))
+        if unknown:
+            raise UsageError(f"--only {','.join(unknown)}: unknown kind — use {', '.join(KINDS)}")
+    providers = cfg.settings.providers if cfg else {}
+    return Job(Path(out), aliases, sources, providers, args.from_dir, only, every, args.report,
+               args.save)  # fmt: skip
 
 
-def build_db(snapshot_dir: Path, out_path: Path, overrides: Path | None = None) -> RefreshSummary:
-    """Build the benchmark DB at ``out_path`` from the snapshots in ``snapshot_dir``."""
-    snapshot_dir, out_path = Path(snapshot_dir), Path(out_path)
-    rules = load_alias_rules(overrides) if overrides else AliasRules()
-    chosen = find_snapshots(snapshot_dir)
-    parsed: dict[str, list[ParseResult[Any]]] = {}
-    errors: dict[str, str | None] = {}
-    for kind in SOURCES:
-        if kind in chosen:
-            parsed[kind], errors[kind] = _parse_kind(kind, chosen[kind])
-    if not parsed.get("openrouter") and not parsed.get("litellm"):
-        detail = "; ".join(e for e in errors.values() if e) or f"none found in {snapshot_dir}"
-        raise RefreshError(
-            f"no price source could be read ({detail}) — add an openrouter_models_*.json or "
-            f"litellm_model_prices_*.json snapshot; the existing DB at {out_path} is unchanged"
-        )
-    inputs = Inputs(
-        openrouter=_records(parsed, "openrouter"),
-        litellm=_records(parsed, "litellm"),
-        arena=_records(parsed, "lmarena"),
-        arena_file=_first_name(parsed, "lmarena"),
-        huggingface=_records(parsed, "huggingface"),
-        lmsys=_records(parsed, "lmsys"),
-        rules=rules,
-    )
-    assembly = assemble(inputs)
-    dates = [s.date for snaps in chosen.values() for s in snaps if s.date and parsed.get(s.kind)]
-    built_at = max(dates) if dates else None
-    old = _old_rows(out_path)
-    stats = tuple(
-        _stats(kind, chosen.get(kind, ()), parsed.get(kind), errors.get(kind), assembly, old)
-        for kind in SOURCES
-    )
-    refreshes = [
-        benchmarks.RefreshRecord(
-            s.source,
-            _fetched_at(chosen.get(s.source, ())),
-            s.status,
-            assembly.rows_by_source.get(s.source, 0),
-            s.error,
-            s.snapshot,
-        )
-        for s in stats
-    ]
-    meta = [("schema_version", str(benchmarks.SCHEMA_VERSION)), ("built_at", built_at or "")]
-    meta += [(f"snapshot:{s.source}", s.snapshot or "") for s in stats]
-    counts = _write(out_path, assembly, refreshes, meta)
-    return RefreshSummary(out_path, built_at, stats, counts, assembly.matches, assembly.misses)
+def refresh_once(
+    job: Job,
+    kinds: Collection[str] | None,
+    *,
+    fetcher: Fetcher | None,
+    runtime: Runtime,
+    progress: Progress,
+    stopping: Callable[[], bool] = lambda: False,
+) -> RefreshSummary:
+    """One rebuild: ``kinds`` fresh (None: all), the others from the previous DB."""
+    previous, problem = load_stored(job.out)
+    rules = load_alias_rules(job.aliases) if job.aliases else AliasRules()
+    wanted = frozenset(kinds if kinds is not None else KINDS) & (job.only or frozenset(KINDS))
+    drop: frozenset[str] = frozenset()
+    if job.from_dir is not None:
+        fresh = read_folder(job.from_dir, wanted)
+    else:
+        assert fetcher is not None, "network mode needs a Fetcher"
+        fresh = collect(
+            job.sources, job.providers, fetcher, wanted, previous,
+            now=lambda: datetime.fromtimestamp(runtime.clock(), UTC),
+            progress=progress, stopping=stopping,
+        )  # fmt: skip
+        drop = frozenset(NETWORK_KINDS) - set(job.sources.enabled())
+    if job.save is not None:
+        save(fresh, job.save)
+    summary = ingest.build(fresh, job.out, rules, previous=previous, drop=drop, progress=progress)
+    return replace(summary, notes=summary.notes + ((problem,) if problem else ()))
 
 
-def _records(parsed: dict[str, list[ParseResult[Any]]], kind: str) -> tuple[Any, ...]:
-    return tuple(r for result in parsed.get(kind, ()) for r in result.records)
+def _print(summary: RefreshSummary, job: Job, out: TextIO) -> None:
+    if job.report:
+        print(summary.format_report(), file=out)
+        print(file=out)
+    print(summary.format_table(), file=out, flush=True)
 
 
-def _first_name(parsed: dict[str, list[ParseResult[Any]]], kind: str) -> str | None:
-    results = parsed.get(kind)
-    return results[0].name if results else None
+_ERRORS = (ingest.RefreshError, AliasRulesError, benchmarks.BenchmarkDBError, OSError,
+           sqlite3.Error)  # fmt: skip
 
 
-def _fetched_at(snaps: Sequence[Snapshot]) -> str | None:
-    dates = [s.date for s in snaps if s.date]
-    return max(dates) if dates else None
-
-
-def _stats(
-    kind: str,
-    snaps: Sequence[Snapshot],
-    results: list[ParseResult[Any]] | None,
-    error: str | None,
-    assembly: Assembly,
-    old: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]],
-) -> SourceStats:
-    names = ", ".join(s.path.name for s in snaps) if len(snaps) <= 2 else f"{len(snaps)} files"
-    if not snaps:
-        return SourceStats(kind, "missing")
-    if not results:
-        return SourceStats(kind, "failed", names, error=error)
-    new_rows = assembly.keyed_rows.get(kind, {})
-    old_rows = old.get(kind, {})
-    added = sum(1 for k in new_rows if k not in old_rows)
-    updated = sum(1 for k, v in new_rows.items() if k in old_rows and old_rows[k] != v)
-    warnings = tuple(str(w) for r in results for w in r.warnings)
-    failed = len(warnings) + (1 if error else 0)
-    dupes = assembly.duplicates.get(kind, 0)
-    if dupes:
-        warnings += (f"{dupes} offerings repeat a (provider, model id) already seen; kept first",)
-    matched = sum(1 for m in assembly.matches if m.source == kind)
-    if kind == "lmsys":  # the table only fills licences of arena-matched models
-        matched = assembly.rows_by_source.get(kind, 0)
-    fetched = assembly.fetched.get(kind, sum(len(r.records) for r in results))
-    return SourceStats(
-        source=kind,
-        status="ok",
-        snapshot=names,
-        fetched=fetched,
-        added=added,
-        updated=updated,
-        matched=matched,
-        unmatched=sum(1 for m in assembly.misses if m.source == kind),
-        new=assembly.new_models.get(kind, 0),
-        failed=failed,
-        skipped=sum(r.skipped_total for r in results),
-        error=error,
-        warnings=warnings,
-    )
-
-
-def _old_rows(path: Path) -> dict[str, dict[tuple[Any, ...], tuple[Any, ...]]]:
-    """The previous DB's rows keyed like ``Assembly.keyed_rows`` (empty if unusable)."""
+def run_once(job: Job, fetcher: Fetcher | None, runtime: Runtime, progress: Progress) -> int:
     try:
-        offerings = benchmarks.read_table(path, "offerings")
-        models = benchmarks.read_table(path, "models")
-    except benchmarks.BenchmarkDBError:
-        return {}
-    old: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]] = {}
-    for row in offerings:
-        source = row[12]
-        old.setdefault(source, {})[(row[1], row[2])] = tuple(row)
-    for row in models:
-        if row[5] is not None:
-            old.setdefault("lmarena", {})[(row[0],)] = (row[5], row[6], row[7])
-        if row[12] is not None:
-            old.setdefault("huggingface", {})[(row[0],)] = (row[10], row[11], row[12])
-    return old
-
-
-def _write(
-    out_path: Path,
-    assembly: Assembly,
-    refreshes: list[benchmarks.RefreshRecord],
-    meta: list[tuple[str, str]],
-) -> dict[str, int]:
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        conn = benchmarks.open_db(tmp, readonly=False)
-        try:
-            with conn:
-                counts = {
-                    "models": benchmarks.insert(conn, assembly.models),
-                    "model_categories": benchmarks.insert(conn, assembly.categories),
-                    "offerings": benchmarks.insert(conn, assembly.offerings),
-                    "aliases": benchmarks.insert(conn, assembly.aliases),
-                    "unmatched": benchmarks.insert(conn, assembly.unmatched),
-                    "refreshes": benchmarks.insert(conn, refreshes),
-                }
-                benchmarks.write_meta(conn, meta)
-            problems = conn.execute("PRAGMA foreign_key_check").fetchall()
-            if problems:
-                raise RefreshError(f"internal error: offerings without a model: {problems[:3]}")
-        finally:
-            conn.close()
-        os.replace(tmp, out_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return counts
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m addon.refresh",
-        description="Build the benchmark DB from saved public data snapshots.",
-    )
-    parser.add_argument("--from", dest="source_dir", required=True, type=Path, metavar="DIR",
-                        help="folder of snapshots (openrouter_models_*.json, ...)")  # fmt: skip
-    parser.add_argument("--out", required=True, type=Path, metavar="PATH",
-                        help="benchmark DB to write (replaced atomically)")  # fmt: skip
-    parser.add_argument("--aliases", type=Path, metavar="FILE",
-                        help="manual entity-resolution rules (rules/aliases.yaml)")  # fmt: skip
-    parser.add_argument("--report", action="store_true",
-                        help="also print every match and every unmatched name")  # fmt: skip
-    args = parser.parse_args(argv)
-    try:
-        summary = build_db(args.source_dir, args.out, args.aliases)
-    except (RefreshError, AliasRulesError, benchmarks.BenchmarkDBError, OSError,
-            sqlite3.Error) as exc:  # fmt: skip
+        summary = refresh_once(job, None, fetcher=fetcher, runtime=runtime, progress=progress)
+    except _ERRORS as exc:
         print(f"refresh failed: {exc}", file=sys.stderr)
-        return 1
-    if args.report:
-        print(summary.format_report())
-        print()
-    print(summary.format_table())
-    return 0 if summary.ok else 1
+        return EXIT_NOT_WRITTEN
+    _print(summary, job, sys.stdout)
+    return EXIT_OK if summary.ok else EXIT_SOURCE_FAILED
+
+
+def run_every(
+    job: Job, fetcher: Fetcher, runtime: Runtime, progress: Progress, stop: threading.Event
+) -> int:
+    """Refresh each source when it is due until ``wait`` reports a stop; returns 0."""
+    assert job.every is not None
+    wait = runtime.wait or stop.wait
+    clock = runtime.clock
+    previous, _ = load_stored(job.out)
+    intervals = {kind: s.interval_s for kind, s in job.sources.enabled().items()
+                 if job.only is None or kind in job.only}  # fmt: skip
+    if not intervals:
+        print("refresh: no enabled source to refresh — check rules/sources.yaml and --only",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
+    last = {kind: max((e for s in previous.get(kind, ()) if (e := epoch(s.fetched_at))),
+                      default=None) for kind in intervals}  # fmt: skip
+    schedule = Schedule(intervals, every=job.every, jitter=job.sources.jitter,
+                        retry_failed_after=job.sources.retry_failed_after,
+                        rng=runtime.rng or random.Random(), last_fetched=last, now=clock())  # fmt: skip
+    plan = ", ".join(f"{k} every {format_duration(p)}" for k, p in sorted(schedule.periods.items()))
+    print(f"refresh: running; {plan} (±{job.sources.jitter:.0%})", file=sys.stderr, flush=True)
+    while True:
+        due = schedule.due(clock())
+        if due:
+            stamp = datetime.fromtimestamp(clock(), UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+            print(f"[{stamp}] refreshing {', '.join(sorted(due))}", flush=True)
+            try:
+                summary = refresh_once(job, due, fetcher=fetcher, runtime=runtime,
+                                       progress=progress, stopping=stop.is_set)  # fmt: skip
+            except Interrupted:
+                return EXIT_OK
+            except _ERRORS as exc:
+                print(f"refresh failed: {exc}", file=sys.stderr, flush=True)
+                failed = due
+            else:
+                _print(summary, job, sys.stdout)
+                failed = frozenset(s.source for s in summary.sources if s.status == FAILED)
+            for kind in due:
+                schedule.done(kind, clock(), ok=kind not in failed)
+        if stop.is_set() or wait(max(0.0, schedule.next_wake() - clock())):
+            return EXIT_OK
+
+
+class _Signals:
+    """SIGINT/SIGTERM: in a loop the first one asks it to stop; otherwise (or a second
+    time) abort now with KeyboardInterrupt, which removes the temporary file."""
+
+    def __init__(self, stop: threading.Event, loop: bool) -> None:
+        self.stop = stop
+        self.loop = loop
+        self.saved: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.loop and not self.stop.is_set():
+            self.stop.set()
+            print("refresh: stopping after the current step (signal again to abort)",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            return
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+
+def _stderr(message: str) -> None:
+    print(f"refresh: {message}", file=sys.stderr, flush=True)
+
+
+def _quiet(message: str) -> None:
+    """Non-interactive runs print only the summary."""
+
+
+def main(argv: list[str] | None = None, *, runtime: Runtime | None = None) -> int:
+    runtime = runtime or Runtime()
+    args = build_parser().parse_args(argv)
+    try:
+        job = make_job(args)
+    except ConfigError as exc:
+        print(f"error: invalid configuration\n{exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (UsageError, AliasRulesError) as exc:
+        print(f"refresh: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    progress = runtime.progress or (_stderr if sys.stderr.isatty() else _quiet)
+    stop = threading.Event()
+    with _Signals(stop, loop=job.every is not None):
+        try:
+            if job.from_dir is not None:
+                return run_once(job, None, runtime, progress)
+            with Fetcher(
+                job.sources.fetch, job.sources.allowed_hosts,
+                local_hosts=local_hosts(job.providers), allow_loopback=runtime.allow_loopback,
+                resolver=runtime.resolver, sleep=runtime.wait or stop.wait, rng=runtime.rng,
+            ) as fetcher:  # fmt: skip
+                if job.every is not None:
+                    return run_every(job, fetcher, runtime, progress, stop)
+                return run_once(job, fetcher, runtime, progress)
+        except KeyboardInterrupt:
+            print("refresh: interrupted; the DB is the previous one or the complete new one, "
+                  "never a mix", file=sys.stderr)  # fmt: skip
+            return 130
 
 
 if __name__ == "__main__":

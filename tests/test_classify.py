@@ -15,7 +15,7 @@ def test_token_estimate_is_conservative() -> None:
     text = "word " * 1000  # ~1000 real tokens in BPE tokenizers
     f = features({"model": "x", "messages": [msg(text)]})
     assert f.prompt_tokens >= len(text) / 4
-    assert f.prompt_tokens == int(len(text) / CHARS_PER_TOKEN + 0.999) + 4
+    assert f.prompt_tokens == int(len(text) / CHARS_PER_TOKEN + 0.999) + 4 + 3
 
 
 @pytest.mark.parametrize(
