@@ -69,7 +69,11 @@ class AdminServer:
         return web.json_response({"status": "ok", "config": self.rt.view.config.version})
 
     async def status(self, request: web.Request) -> web.Response:
-        return web.json_response(await asyncio.to_thread(self.rt.status))
+        st = await asyncio.to_thread(self.rt.status)
+        d = self.rt.dispatcher
+        st["runtime"] = {"tasks": len(asyncio.all_tasks()), "streams_waiting": d.pipe.waiting,
+                         "upstream_connections": d.engine.connections()}  # fmt: skip
+        return web.json_response(st)
 
     async def metrics(self, request: web.Request) -> web.Response:
         body = await asyncio.to_thread(self.rt.metrics.render)

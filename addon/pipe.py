@@ -89,6 +89,11 @@ class Pipe:
         self._entries[token] = _Entry(live, status, headers, strip_usage, report, stall_s)
         return token
 
+    @property
+    def waiting(self) -> int:
+        """Streams handed over but not yet fetched by mitmproxy."""
+        return len(self._entries)
+
     def discard(self, token: str) -> None:
         """The flow ended without fetching its stream (client gone): close the upstream."""
         entry = self._entries.pop(token, None)

@@ -117,6 +117,14 @@ class Engine:
             )
         return self._session
 
+    def connections(self) -> dict[str, int]:
+        """Upstream connections in use and idle in the pool (for /status and leak checks)."""
+        conn = self._session.connector if self._session is not None else None
+        if conn is None:
+            return {"active": 0, "idle": 0}
+        idle = sum(len(v) for v in getattr(conn, "_conns", {}).values())
+        return {"active": len(getattr(conn, "_acquired", ())), "idle": idle}
+
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:
             await self._session.close()

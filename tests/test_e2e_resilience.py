@@ -8,6 +8,7 @@ The routing config is the shared one (tests/e2e.py). Routes used here:
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import itertools
 import json
@@ -27,6 +28,7 @@ from tests.e2e import (
     RULES,
     _clean,
     _config,
+    all_ledger_rows,
     chat,
     client,
     ledger_row,
@@ -35,10 +37,12 @@ from tests.e2e import (
 )
 from tests.fakeupstream import (
     RATE_LIMIT,
+    CutStream,
     Delay,
     FakeUpstream,
     MalformedEvent,
     NoDone,
+    Reset,
     SlowFirstToken,
     Stall,
     Status,
@@ -309,3 +313,112 @@ def test_flapping_primary_breaker_opens_probes_once_and_closes(
         c.close()
         p.stop()
     assert "half_open -> closed" in p.log() or "-> closed" in p.log()
+
+
+# --------------------------------------------------------------------------- 16: client abort
+
+
+def _admin_status(p: ProxyProcess) -> dict[str, Any]:
+    return httpx.get(f"{p.admin_url()}/status", timeout=10).json()
+
+
+def test_client_abort_mid_stream_closes_the_upstream(
+    proxy: ProxyProcess, ups: dict[str, FakeUpstream]
+) -> None:
+    ups["alpha"].events, ups["alpha"].event_gap = 20, 0.2  # a 4 s answer
+    ctx = ssl.create_default_context(cafile=str(proxy.ca_cert))
+    try:
+        with httpx.Client(proxy=proxy.url, verify=ctx, timeout=10) as c:  # noqa: SIM117
+            with c.stream("POST", "https://api.openai.com/v1/chat/completions",
+                          json={"model": "gpt-4o", "stream": True,
+                                "messages": [{"role": "user", "content": "hi"}]},
+                          headers={**QUALITY, "Authorization": f"Bearer {CLIENT_KEY}"}) as r:  # fmt: skip
+                rid = r.headers["x-orchestrator-request-id"]
+                got = 0
+                for line in r.iter_lines():
+                    got += line.startswith("data: ")
+                    if got == 3:
+                        break
+        aborted = time.monotonic()
+        row = ledger_row(proxy, rid)
+        assert row["outcome"] == "client_abort"
+        assert row["latency_ms"] < 2500, "recorded long before the upstream would have finished"
+        deadline = aborted + 2.0
+        while True:
+            rt = _admin_status(proxy)["runtime"]
+            if rt["upstream_connections"]["active"] == 0 and rt["streams_waiting"] == 0:
+                break
+            assert time.monotonic() < deadline, f"upstream stream still open: {rt}"
+            time.sleep(0.05)
+    finally:
+        ups["alpha"].events = 5
+
+
+# --------------------------------------------------------------------------- soak
+
+
+def test_soak_2000_requests_mixed_faults(proxy: ProxyProcess, ups: dict[str, FakeUpstream]) -> None:
+    faults = [Status(500), Status(503, "busy"), Reset(), Status(502), CutStream(after_events=1)]
+    ups["alpha"].fail(*(faults[i % len(faults)] for i in range(250)))
+    before = _admin_status(proxy)["runtime"]
+    rss_at: dict[int, int] = {}
+
+    def rss() -> int:
+        assert proxy.proc is not None
+        status = Path(f"/proc/{proxy.proc.pid}/status").read_text()
+        return int(next(x for x in status.splitlines() if x.startswith("VmRSS")).split()[1])
+
+    async def run() -> list[tuple[int, str, str]]:
+        ctx = ssl.create_default_context(cafile=str(proxy.ca_cert))
+        sem = asyncio.Semaphore(32)
+        limits = httpx.Limits(max_connections=32)
+        async with httpx.AsyncClient(proxy=proxy.url, verify=ctx, timeout=20, limits=limits) as c:
+
+            async def one(i: int) -> tuple[int, str, str]:
+                body = {"model": "gpt-4o", "stream": i % 2 == 0,
+                        "messages": [{"role": "user", "content": f"request {i}"}]}  # fmt: skip
+                async with sem:
+                    if i in (1000, 1999):
+                        rss_at[i] = rss()
+                    try:
+                        async with c.stream(
+                            "POST", "https://api.openai.com/v1/chat/completions", json=body,
+                            headers={**QUALITY, "Authorization": f"Bearer {CLIENT_KEY}"},
+                        ) as r:  # fmt: skip
+                            text = (await r.aread()).decode()
+                            return (
+                                r.status_code,
+                                r.headers.get("x-orchestrator-request-id", ""),
+                                text,
+                            )
+                    except httpx.RemoteProtocolError as e:  # a cut stream: a clean, visible error
+                        return -1, "", repr(e)
+
+            return await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(2000))), 300)
+
+    results = asyncio.run(run())
+    complete = [r for r in results if r[0] == 200 and ("[DONE]" in r[2] or '"choices"' in r[2])]
+    clean_errors = [r for r in results if r[0] == -1 or r[0] >= 400]
+    assert len(complete) + len(clean_errors) == 2000
+    assert len(complete) >= 1900, f"{len(clean_errors)} errors"
+    # one ledger row per request that reached the router
+    ids = {r[1] for r in results if r[1]}
+    deadline = time.monotonic() + 15
+    while True:
+        rows = {r["id"] for r in all_ledger_rows(proxy)}
+        if ids <= rows or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert ids <= rows
+    # nothing leaked: tasks, waiting streams and upstream connections back to their level
+    deadline = time.monotonic() + 5
+    while True:
+        after = _admin_status(proxy)["runtime"]
+        settled = (after["streams_waiting"] == 0
+                   and after["upstream_connections"]["active"] == 0
+                   and after["tasks"] <= before["tasks"] + 5)  # fmt: skip
+        if settled or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert settled, (before, after)
+    assert rss_at[1999] <= rss_at[1000] * 1.10 + 4096, rss_at  # flat within 10% (+4 MB slack)
