@@ -314,3 +314,36 @@ def test_status_page_in_a_browser(ops: ProxyProcess, http: httpx.Client, tmp_pat
         == http.get(f"{ops.admin_url()}/status").json()["config"]["version"]
     )
     print(f"status page screenshot: {shot}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- benchmark DB swap
+
+
+def test_new_benchmark_db_is_picked_up_and_a_bad_one_is_refused(ops: ProxyProcess) -> None:
+    bundled = Path(__file__).resolve().parents[1] / "addon" / "bundled" / "benchmarks.db"
+    target = ops.workdir / "data" / "benchmarks.db"
+    admin = ops.admin_url()
+
+    def catalog() -> dict[str, Any]:
+        return httpx.get(f"{admin}/status", timeout=10).json()
+
+    assert catalog()["catalog"]["source"].startswith("bundled:")
+    staged = target.with_suffix(".tmp")
+    shutil.copy(bundled, staged)
+    os.replace(staged, target)  # what the sidecar does: build aside, then swap atomically
+    deadline = time.monotonic() + 5
+    while catalog()["catalog"]["source"] != str(target):
+        assert time.monotonic() < deadline, "the proxy did not pick up the new DB"
+        time.sleep(0.05)
+    before = catalog()
+    staged.write_bytes(b"this is not a sqlite database" * 100)
+    os.replace(staged, target)
+    while catalog()["config"]["last_error"] is None:
+        assert time.monotonic() < deadline + 5, "a corrupt DB was not reported"
+        time.sleep(0.05)
+    after = catalog()
+    assert str(target) in after["config"]["last_error"]
+    # the old catalog stays in service
+    assert after["catalog"]["candidates"] == before["catalog"]["candidates"]
+    assert after["config"]["version"] == before["config"]["version"]
+    target.unlink()
