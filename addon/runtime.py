@@ -124,8 +124,6 @@ class Runtime:
                 return False, str(e)
             finally:
                 self._fingerprint = fingerprint(watch_paths(self.view.config))
-            if view.config.version == old.config.version and reason == "file change":
-                return True, f"config {old.config.version} unchanged"
             self.dispatcher.swap(view)
             self._fingerprint = fingerprint(watch_paths(view.config))
             self.loaded_at, self.last_error, self.last_error_at = time.time(), None, None
