@@ -136,8 +136,11 @@ def _fetch_many(
             return Failure(name, str(exc))
         return Snapshot(kind, name, got.body, _stamp(now()), url)
 
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(targets)))) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(targets))))
+    try:
         results = list(pool.map(one, targets))
+    finally:  # interrupted: drop queued fetches; closing the Fetcher ends those in flight
+        pool.shutdown(wait=False, cancel_futures=True)
     if stopping():
         raise Interrupted(f"stopped while fetching {kind}")
     snaps = tuple(r for r in results if isinstance(r, Snapshot))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -39,9 +40,23 @@ class DataPaths(Strict):
     ledger: str = "data/ledger.db"
 
 
+def address_kind(host: str) -> str | None:
+    """'loopback', 'private', 'link-local', ... for an IP literal that is not public; None
+    for a public address or a host name (names are checked again when they resolve)."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return "loopback" if host.lower() == "localhost" else None
+    for kind in ("loopback", "link_local", "private", "multicast", "reserved", "unspecified"):
+        if getattr(ip, f"is_{kind}"):
+            return kind.replace("_", "-")
+    return None
+
+
 class Provider(Strict):
     base_url: str
     api_key_env: str | None = None
+    max_connections: Annotated[int, Field(ge=1)] | None = None
     catalog: str | None = Field(
         default=None,
         description="Which provider's offerings in the benchmark DB this provider serves "
@@ -58,6 +73,46 @@ class Provider(Strict):
                 f"{v!r} is not an http(s) URL; write it like https://api.openai.com/v1"
             )
         return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _reachable(self) -> Provider:
+        parts = urlsplit(self.base_url)
+        kind = address_kind(parts.hostname or "")
+        if kind and not self.local:
+            raise ValueError(
+                f"{self.base_url} points at a {kind} address; only providers marked "
+                "`local: true` may reach internal addresses; add `local: true` if this is "
+                "your own server"
+            )
+        if parts.scheme != "https" and not self.local:
+            raise ValueError(
+                f"{self.base_url} is plain http: provider keys would cross the network in "
+                "clear text; use https, or mark a server on your own network `local: true`"
+            )
+        return self
+
+
+class Client(Strict):
+    """A router client: who may use the proxy (see README "Security")."""
+
+    name: str
+    key_env: str | None = None
+    key_sha256: str | None = None
+    policies: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_key(self) -> Client:
+        if (self.key_env is None) == (self.key_sha256 is None):
+            raise ValueError(
+                f"client {self.name!r} needs exactly one of key_env or key_sha256; "
+                "key_sha256 is the hex SHA-256 of the key (`printf %s KEY | sha256sum`)"
+            )
+        if self.key_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", self.key_sha256):
+            raise ValueError(
+                f"key_sha256 of client {self.name!r} is not 64 lower-case hex digits; "
+                "compute it with `printf %s KEY | sha256sum`"
+            )
+        return self
 
 
 class Breaker(Strict):
@@ -103,6 +158,10 @@ class Settings(Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     admin: Admin = Field(default_factory=Admin)
     retention_days: Annotated[int, Field(ge=1)] = 30
+    clients: list[Client] = Field(default_factory=list)
+    max_request_bytes: Annotated[int, Field(ge=1024)] = 10 * 1024 * 1024
+    log_prompts: Literal["off", "hash", "full"] = "off"
+    provider_hosts: list[str] = Field(default_factory=list)
 
     @field_validator("listen")
     @classmethod

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import fnmatch
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
@@ -15,11 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from addon import config as schema
+from addon.config import address_kind
 from addon.errors import ConfigError, ConfigIssue
 
 Marks = dict[tuple[str | int, ...], tuple[int, int]]
@@ -345,6 +348,28 @@ def load(path: str | Path) -> Config:
                     f"provider {t.provider!r} is not configured",
                     f"use one of: {', '.join(settings.providers)}",
                 )
+    if not settings.clients and address_kind(settings.listen_host) != "loopback":
+        issue(cfg_path, marks, ("listen",), f"{settings.listen} is reachable from other machines "
+              "and no `clients:` are configured, so anyone there could spend your provider keys",
+              "add `clients:` (README: Security) or listen on 127.0.0.1")  # fmt: skip
+    if settings.provider_hosts:
+        for name, prov in settings.providers.items():
+            host = urlsplit(prov.base_url).hostname or ""
+            if not prov.local and not any(fnmatch.fnmatchcase(host, h)
+                                          for h in settings.provider_hosts):  # fmt: skip
+                issue(cfg_path, marks, ("providers", name, "base_url"),
+                      f"host {host!r} is not in provider_hosts",
+                      f"add it to provider_hosts or fix the URL; allowed: "
+                      f"{', '.join(settings.provider_hosts)}")  # fmt: skip
+    names = [c.name for c in settings.clients]
+    for i, c in enumerate(settings.clients):
+        if names.count(c.name) > 1:
+            issue(cfg_path, marks, ("clients", i, "name"), f"client name {c.name!r} is used twice",
+                  "client names must be unique")  # fmt: skip
+        for pol in c.policies:
+            if pol not in {p.name for p in policies}:
+                issue(cfg_path, marks, ("clients", i, "policies"), f"policy {pol!r} is not defined",
+                      f"use one of: {', '.join(p.name for p in policies) or '(none)'}")  # fmt: skip
     if settings.mode.startswith("reverse:") is False and not settings.intercept:
         issue(
             cfg_path,

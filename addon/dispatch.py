@@ -14,6 +14,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from urllib.parse import urlsplit
 
 from addon import breaker as brk
 from addon import budget, budgetgate, classify, configload, cost, routing, wire
@@ -128,6 +129,10 @@ class Dispatcher:
         self.budgets = budgets if budgets is not None else budget.BudgetBook()
         self.metrics = metrics
         self.engine = Engine(view.config.settings.resilience)
+        self.engine.local_hosts = _local_hosts(view)
+        self.engine.set_limits(
+            {n: p.max_connections for n, p in view.config.settings.providers.items()}
+        )
         self.pipe = Pipe()
         self.breakers: dict[str, brk.BreakerState] = {}
         self.cooldown: dict[str, float] = {}  # candidate key -> monotonic time it may be retried
@@ -137,6 +142,10 @@ class Dispatcher:
     def swap(self, view: View) -> None:
         self.view = view
         self.engine.resilience = view.config.settings.resilience
+        self.engine.local_hosts = _local_hosts(view)
+        self.engine.set_limits(
+            {n: p.max_connections for n, p in view.config.settings.providers.items()}
+        )
 
     async def close(self) -> None:
         await self.pipe.close()
@@ -144,8 +153,27 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ decide & attempt
 
+    def too_large(self, inc: Incoming, size: int) -> Reply | None:
+        """413 in OpenAI format for an LLM request whose body is over `max_request_bytes`."""
+        limit = self.view.config.settings.max_request_bytes
+        path = inc.path.split("?", 1)[0]
+        if size <= limit or inc.method != "POST" or not path.endswith(LLM_PATHS):
+            return None
+        pending = Pending(_request_id(), time.monotonic(), inc, "routed")
+        msg = (f"request body of {size} bytes is over max_request_bytes ({limit}); send a "
+               "smaller request or raise `max_request_bytes` in orchestrator.yaml")  # fmt: skip
+        pending.error = msg
+        pending.reasons.append(msg)
+        return Reply(413, [("content-type", "application/json"),
+                           ("x-orchestrator-request-id", pending.id)],
+                     wire.error_body(msg, type_="invalid_request_error",
+                                     code="request_too_large"), pending)  # fmt: skip
+
     async def handle(self, inc: Incoming) -> Passthrough | Reply | ToPipe:
         view = self.view  # one config version for the whole request
+        too_large = self.too_large(inc, len(inc.body))  # a chunked body, seen whole
+        if too_large is not None:
+            return too_large
         path = inc.path.split("?", 1)[0]
         endpoint = next((p for p in LLM_PATHS if path.endswith(p)), None)
         if inc.method != "POST" or endpoint is None:
@@ -596,6 +624,14 @@ class Dispatcher:
             log.warning("%s", alert.message)
             if self.metrics is not None:
                 self.metrics.budget_alerts.labels(alert.rule).inc()
+
+
+def _local_hosts(view: View) -> frozenset[str]:
+    return frozenset(
+        (urlsplit(p.base_url).hostname or "").lower()
+        for p in view.config.settings.providers.values()
+        if p.local
+    )
 
 
 def environ() -> Mapping[str, str]:

@@ -15,8 +15,8 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
 from addon import configload, dispatch
-from addon.errors import ConfigError
 from addon.config import Settings
+from addon.errors import ConfigError
 from addon.runtime import Runtime
 
 log = logging.getLogger("orchestrator")
@@ -146,30 +146,58 @@ class Orchestrator:
 
     # ------------------------------------------------------------------ hooks
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def _incoming(self, flow: http.HTTPFlow, with_body: bool) -> dispatch.Incoming | None:
+        """The flow as plain values, or None when it is not ours (host not intercepted)."""
         d = self.dispatcher
         if d is None or flow.response is not None or flow.error is not None:
-            return
+            return None
         req = flow.request
         settings = d.view.config.settings
         reverse = settings.mode.startswith("reverse:")
         host = _authority(req)
         if not reverse and not dispatch.intercepted(host, settings.intercept):
-            return
-        inc = dispatch.Incoming(
+            return None
+        return dispatch.Incoming(
             method=req.method,
             host=host,
             path=req.path,
             headers=tuple(req.headers.items(multi=True)),
-            body=req.raw_content or b"",
+            body=(req.raw_content or b"") if with_body else b"",
             client_addr=flow.client_conn.peername[0] if flow.client_conn.peername else "",
             reverse=reverse,
         )
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """An LLM request that announces a body over `max_request_bytes` is answered 413
+        without buffering the body: it streams into the pipe, which drops it."""
+        d = self.dispatcher
+        inc = self._incoming(flow, with_body=False)
+        if d is None or inc is None or d.pipe.port == 0:
+            return
+        try:
+            size = int(flow.request.headers.get("content-length", "0"))
+        except ValueError:
+            return
+        out = d.too_large(inc, size)
+        if out is None:
+            return
+        self._track(flow, out.pending)
+        token = d.pipe.register_reply(out.status, out.headers, out.body)
+        _point_at_pipe(flow.request, d.pipe.port, f"/reply/{token}", keep_length=True)
+        flow.request.stream = True
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.id in self._pending:  # already answered in requestheaders
+            return
+        d = self.dispatcher
+        inc = self._incoming(flow, with_body=True)
+        if d is None or inc is None:
+            return
         try:
             out = await d.handle(inc)
             self._apply(flow, out)
         except Exception as e:  # never take the flow (or the proxy) down
-            log.exception("internal error while routing %s %s", req.method, req.path)
+            log.exception("internal error while routing %s %s", inc.method, inc.path)
             flow.response = http.Response.make(
                 500, _internal_error(e), {"content-type": "application/json"}
             )
@@ -186,18 +214,8 @@ class Orchestrator:
             flow.response = http.Response.make(out.status, out.body, _headers(out.headers))
             return
         # a live stream: point the flow at the loopback pipe
-        req = flow.request
-        req.scheme = "http"
-        req.host = "127.0.0.1"
-        req.port = out.port
-        req.path = f"/pipe/{out.token}"
-        keep = [
-            (k, v)
-            for k, v in req.headers.items(multi=True)
-            if k.lower() in ("content-type", "accept")
-        ]
-        req.headers = _headers([*keep, ("host", f"127.0.0.1:{out.port}")])
-        req.content = b""
+        _point_at_pipe(flow.request, out.port, f"/pipe/{out.token}", keep_length=False)
+        flow.request.content = b""
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         p = self._pending.get(flow.id)
@@ -233,6 +251,17 @@ def _authority(req: http.Request) -> str:
     host = req.pretty_host.lower()
     default = 443 if req.scheme == "https" else 80
     return host if req.port == default else f"{host}:{req.port}"
+
+
+def _point_at_pipe(req: http.Request, port: int, path: str, *, keep_length: bool) -> None:
+    """Send this flow to the in-process loopback pipe instead of any upstream."""
+    keep = {"content-type", "accept"} | ({"content-length"} if keep_length else set())
+    pairs = [(k, v) for k, v in req.headers.items(multi=True) if k.lower() in keep]
+    req.scheme = "http"
+    req.host = "127.0.0.1"
+    req.port = port
+    req.path = path
+    req.headers = _headers([*pairs, ("host", f"127.0.0.1:{port}")])
 
 
 def _headers(pairs: list[tuple[str, str]]) -> http.Headers:

@@ -53,9 +53,17 @@ class _Entry:
     created: float = field(default_factory=time.monotonic)
 
 
+@dataclass(frozen=True)
+class _Reply:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
 class Pipe:
     def __init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
+        self._replies: dict[str, _Reply] = {}
         self._runner: web.AppRunner | None = None
         self._lock = asyncio.Lock()
         self.port = 0
@@ -65,6 +73,7 @@ class Pipe:
             if self._runner is None:
                 app = web.Application(handler_args={"max_field_size": 65536})
                 app.router.add_post("/pipe/{token}", self._handle)
+                app.router.add_post("/reply/{token}", self._reply)
                 runner = web.AppRunner(app, access_log=None, handle_signals=False)
                 await runner.setup()
                 site = web.TCPSite(runner, "127.0.0.1", 0, reuse_address=True)
@@ -88,6 +97,21 @@ class Pipe:
         token = secrets.token_urlsafe(24)
         self._entries[token] = _Entry(live, status, headers, strip_usage, report, stall_s)
         return token
+
+    def register_reply(self, status: int, headers: list[tuple[str, str]], body: bytes) -> str:
+        """A fixed answer for a request whose body must not be buffered (it is read and
+        dropped as it arrives): how an oversized request gets a proper 413."""
+        token = secrets.token_urlsafe(24)
+        self._replies[token] = _Reply(status, headers, body)
+        return token
+
+    async def _reply(self, request: web.Request) -> web.Response:
+        reply = self._replies.pop(request.match_info["token"], None)
+        if reply is None:
+            return web.Response(status=404, text="unknown or used reply token")
+        async for _ in request.content.iter_any():  # drain without keeping anything
+            pass
+        return web.Response(status=reply.status, headers=reply.headers, body=reply.body)
 
     @property
     def waiting(self) -> int:
@@ -132,6 +156,10 @@ class Pipe:
                     await self._write(resp, entry, live.parser.flush())
                     break
                 await self._write(resp, entry, live.parser.feed(chunk))
+                if live.parser.oversized:
+                    await self._fail(resp, request, report, "upstream sent an SSE event larger "
+                                     f"than {live.parser.max_event_bytes} bytes")  # fmt: skip
+                    return resp
         except (ConnectionResetError, asyncio.CancelledError) as e:
             # the client (via mitmproxy) went away
             report.outcome = "client_abort"

@@ -32,6 +32,7 @@ from addon.collect import Interrupted, collect, local_hosts
 from addon.config import Provider
 from addon.errors import ConfigError
 from addon.fetch import Fetcher
+from addon.ingest import Progress
 from addon.refresh_summary import FAILED, RefreshSummary
 from addon.resolve import AliasRules, AliasRulesError, load_alias_rules
 from addon.schedule import Schedule, epoch
@@ -48,9 +49,9 @@ EXIT_CODES = f"""exit codes:
   {EXIT_USAGE}    bad option or invalid orchestrator.yaml / sources.yaml / aliases.yaml
   {EXIT_NOT_WRITTEN}    nothing written (no price source usable, or the DB could not be written);
        the previous DB is unchanged
-  130  interrupted (SIGINT/SIGTERM) during a single run; the previous DB is unchanged
+  130  interrupted (SIGINT/SIGTERM) during a single run: the DB is the previous one
+       or, if the swap had already happened, the complete new one
   --every runs until SIGINT/SIGTERM and then exits {EXIT_OK}."""
-Progress = Callable[[str], None]
 
 
 class UsageError(Exception):
@@ -93,8 +94,8 @@ def _prog() -> str:
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog or _prog(),
-        description="Rebuild the benchmark DB from the public sources (rules/sources.yaml) or "
-        "from saved snapshots, atomically; a failing source keeps its previous rows.",
+        description="Rebuild the benchmark DB from the public sources (rules/sources.yaml) or\n"
+        "from saved snapshots (--from), atomically; a failing source keeps its previous rows.",
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

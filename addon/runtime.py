@@ -77,6 +77,7 @@ class Runtime:
         from addon.admin import AdminServer
 
         self._reload_lock = asyncio.Lock()
+        await self.dispatcher.pipe.ensure_started()  # hooks that cannot await need its port
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._watch()), loop.create_task(self._rerank())]
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):

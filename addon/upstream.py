@@ -18,15 +18,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import ThreadedResolver
 
 from addon import wire
 from addon.catalog import Candidate
-from addon.config import Resilience
+from addon.config import Resilience, address_kind
 from addon.fallback import AttemptRecord, Fallback, GiveUp, Outcome, OutcomeKind, Retry, next_step
 
 log = logging.getLogger("orchestrator")
@@ -69,9 +72,13 @@ class LiveStream:
     first: list[wire.SSEEvent]
     started: float  # monotonic time the attempt started
     first_event_at: float
+    on_close: Callable[[], None] | None = None  # gives back the provider's connection slot
 
     def close(self) -> None:
         self.response.close()
+        if self.on_close is not None:
+            release, self.on_close = self.on_close, None
+            release()
 
 
 @dataclass
@@ -96,6 +103,34 @@ def _response_headers(resp: aiohttp.ClientResponse) -> list[tuple[str, str]]:
     return [(k, v) for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP]
 
 
+class GuardedResolver(AbstractResolver):
+    """DNS answers are checked when a connection is made, not only at config load: a provider
+    host that resolves (or re-binds) to a loopback, private or link-local address is refused
+    unless that provider is marked `local: true`."""
+
+    def __init__(self, internal_ok: Callable[[str], bool], inner: AbstractResolver | None = None):
+        self.internal_ok = internal_ok
+        self._inner = inner
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:  # fmt: skip
+        if self._inner is None:
+            self._inner = ThreadedResolver()
+        infos = await self._inner.resolve(host, port, family)
+        if self.internal_ok(host):
+            return infos
+        for info in infos:
+            kind = address_kind(info["host"])
+            if kind:
+                raise OSError(f"{host} resolves to {kind} address {info['host']}; only providers "
+                              "marked `local: true` may reach internal addresses")  # fmt: skip
+        return infos
+
+    async def close(self) -> None:
+        if self._inner is not None:
+            await self._inner.close()
+
+
 class Engine:
     """Owns the pooled aiohttp session; created on first use inside the event loop."""
 
@@ -103,11 +138,18 @@ class Engine:
         self.resilience = resilience
         self._session: aiohttp.ClientSession | None = None
         self._rng = random.Random()
+        self.local_hosts: frozenset[str] = frozenset()  # hosts of `local: true` providers
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._caps: dict[str, int | None] = {}
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
-                limit=0, limit_per_host=0, ttl_dns_cache=60, enable_cleanup_closed=True
+                resolver=GuardedResolver(lambda host: host.lower() in self.local_hosts),
+                limit=0,
+                limit_per_host=0,
+                ttl_dns_cache=60,
+                enable_cleanup_closed=True,
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
@@ -200,7 +242,34 @@ class Engine:
                     break
         return result
 
+    def set_limits(self, limits: Mapping[str, int | None]) -> None:
+        """Per-provider caps on concurrent upstream requests (`max_connections`)."""
+        for name, cap in limits.items():
+            if cap is None:
+                self._slots.pop(name, None)
+            elif name not in self._slots or self._caps.get(name) != cap:
+                self._slots[name] = asyncio.Semaphore(cap)
+            self._caps[name] = cap
+
     async def _attempt(self, t: Target, deadline: float) -> tuple[Answer | None, Outcome]:
+        slot = self._slots.get(t.candidate.provider)
+        if slot is None:
+            return await self._attempt_unlimited(t, deadline)
+        try:  # over the cap: queue (within the request's time budget) rather than fail
+            async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
+                await slot.acquire()
+        except TimeoutError:
+            return None, Outcome(OutcomeKind.TIMEOUT, None,
+                                 f"no free connection to {t.candidate.provider} within the "
+                                 "time budget (max_connections)")  # fmt: skip
+        answer, outcome = await self._attempt_unlimited(t, deadline)
+        if answer is not None and answer.stream is not None:
+            answer.stream.on_close = slot.release  # held until the stream is relayed
+        else:
+            slot.release()
+        return answer, outcome
+
+    async def _attempt_unlimited(self, t: Target, deadline: float) -> tuple[Answer | None, Outcome]:
         res = self.resilience
         started = time.monotonic()
         first_limit = min(res.first_token_timeout_ms / 1000, max(0.001, deadline - started))

@@ -209,7 +209,7 @@ class SSEEvent:
 class SSEParser:
     """Incremental SSE splitter: feed bytes, get whole events back. Never raises."""
 
-    max_event_bytes: int = 8 * 1024 * 1024
+    max_event_bytes: int = 4 * 1024 * 1024  # one event this large is a broken upstream
     _buf: bytearray = field(default_factory=bytearray)
     oversized: bool = False
 

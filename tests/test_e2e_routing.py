@@ -578,6 +578,7 @@ def test_bundled_catalog_drives_routing(ups: dict[str, FakeUpstream], tmp_path: 
             "base_url": ups["alpha"].base_url,
             "api_key_env": "ORQ_TEST_KEY_ALPHA",
             "catalog": "openai",
+            "local": True,
         }
     }
     rules = {
