@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from addon import classify, configload, dispatch, ledger, reports, routing
+from addon import ca, classify, configload, dispatch, ledger, reports, routing
 from addon.errors import ConfigError, OrchestratorError
 from addon.scoring import Scored, effective_weights
 
@@ -68,8 +68,8 @@ def run(
     """Run the proxy (mitmdump with the orchestrator addon)."""
     cfg = _load(config)
     s = cfg.settings
-    conf = Path(confdir) if confdir else cfg.base_dir / "data" / "mitmproxy"
-    conf.mkdir(parents=True, exist_ok=True)
+    conf = Path(confdir) if confdir else ca.default_confdir(cfg.base_dir)
+    ca.ensure_ca(conf)
     args = [
         "--mode",
         s.mode,
@@ -352,6 +352,25 @@ def prune(config: str, days: int | None) -> None:
     finally:
         conn.close()
     click.echo(f"pruned {n} rows older than {keep} days from {cfg.ledger_path}")
+
+
+@main.command("ca")
+@config_option
+@click.option("--confdir", type=click.Path(file_okay=False),
+              help="The CA's folder [default: data/mitmproxy next to the config].")  # fmt: skip
+def ca_command(config: str, confdir: str | None) -> None:
+    """Print this installation's CA and write the bundle for SSL_CERT_FILE (creating the CA
+    on first use)."""
+    cfg = _load(config)
+    conf = Path(confdir) if confdir else ca.default_confdir(cfg.base_dir)
+    cert = ca.ensure_ca(conf)
+    bundle = ca.write_bundle(conf)
+    click.echo(f"CA certificate: {cert}")
+    click.echo(f"CA bundle (system roots + this CA): {bundle}")
+    click.echo(f"  export SSL_CERT_FILE={bundle}          # Python: openai SDK, httpx")
+    click.echo(f"  export REQUESTS_CA_BUNDLE={bundle}     # requests")
+    click.echo(f"  export NODE_EXTRA_CA_CERTS={cert}      # Node")
+    click.echo(f"  curl --cacert {cert} ...")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -233,12 +233,13 @@ class Match(Strict):
     @field_validator("client")
     @classmethod
     def _client(cls, v: str | None) -> str | None:
-        if v is not None:
+        if v is not None and not re.fullmatch(r"[A-Za-z][\w.-]*", v):
             try:
                 ipaddress.ip_network(v, strict=False)
             except ValueError:
                 raise ValueError(
-                    f"{v!r} is not an IP address or network; write it like 10.0.0.0/8"
+                    f"{v!r} is neither a client name nor an IP address or network; "
+                    "write a name from `clients:` or a network like 10.0.0.0/8"
                 ) from None
         return v
 

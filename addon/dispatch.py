@@ -8,6 +8,7 @@ into exactly one ledger row.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from addon import breaker as brk
-from addon import budget, budgetgate, classify, configload, cost, routing, wire
+from addon import budget, budgetgate, classify, clients, configload, cost, routing, wire
 from addon import catalog as catmod
 from addon.config import LLM_PATHS, ROUTED_PATHS
 from addon.fallback import AttemptRecord, Outcome, OutcomeKind
@@ -44,6 +45,13 @@ class Incoming:
     body: bytes
     client_addr: str
     reverse: bool = False
+    client_name: str | None = None  # authenticated router client (`clients:`)
+
+    @property
+    def client(self) -> str:
+        """The identity for the ledger, policies and budgets: the client's name if it
+        authenticated, else its address."""
+        return self.client_name or self.client_addr
 
 
 @dataclass
@@ -64,6 +72,7 @@ class Pending:
     reasons: list[str] = field(default_factory=list)
     token: str | None = None
     reservation: budget.Reservation | None = None
+    prompt: str | None = None  # only with log_prompts: hash | full
     extra: list[budget.Reservation] = field(default_factory=list)  # top-ups for dearer fallbacks
     budget_scope: tuple[budget.BudgetRule, str] | None = None
     charge: tuple[budget.BudgetRule, str] | None = None  # downgraded call: count its spend
@@ -97,6 +106,7 @@ class View:
     catalog: catmod.Catalog
     router: routing.Router
     keys: Mapping[str, str] = field(repr=False)
+    client_digests: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 def build_view(
@@ -109,7 +119,8 @@ def build_view(
         for name, p in cfg.settings.providers.items()
         if p.api_key_env and env.get(p.api_key_env)
     }
-    return View(cfg, catalog, routing.build_router(cfg, catalog, latency), keys)
+    return View(cfg, catalog, routing.build_router(cfg, catalog, latency), keys,
+                clients.key_digests(cfg.settings, env))  # fmt: skip
 
 
 def intercepted(host: str, intercept: tuple[str, ...] | list[str]) -> bool:
@@ -192,6 +203,8 @@ class Dispatcher:
         pending.kind = "routed"
         pending.requested_model = parsed.model
         pending.stream = parsed.stream
+        if view.config.settings.log_prompts != "off":
+            pending.prompt = wire.prompt_text(parsed.data)
         headers = {k.lower(): v for k, v in inc.headers}
         client_key = any(h in headers for h in CLIENT_KEY_HEADERS)
         req = routing.RoutingRequest(
@@ -201,6 +214,8 @@ class Dispatcher:
             headers=headers,
             client_addr=inc.client_addr,
             client_key=client_key,
+            client_name=inc.client_name,
+            allowed_policies=_allowed_policies(view, inc.client_name),
         )
         res = view.config.settings.resilience
         now = time.monotonic()
@@ -273,7 +288,8 @@ class Dispatcher:
         if rule is None:
             return decision
         now = time.time()
-        key = budget.scope_key(rule, req.client_addr, rule.name, decision.profile)
+        key = budget.scope_key(rule, req.client_name or req.client_addr, rule.name,
+                               decision.profile)  # fmt: skip
         # reserve for the first target; a fallback to a dearer one tops the hold up first
         # (see _topup), so the settled spend can never pass the budget
         first = budgetgate.estimate(decision.chain[:1], req.features)
@@ -403,7 +419,7 @@ class Dispatcher:
                 *extra,
             ]
             if ans.stream is not None:
-                report = StreamReport()
+                report = StreamReport(keep_text=view.config.settings.log_prompts == "full")
                 pending.report = report
                 port = await self.pipe.ensure_started()
                 token = self.pipe.register(
@@ -533,7 +549,7 @@ class Dispatcher:
             id=pending.id,
             ts=time.time(),
             outcome=outcome,
-            client=inc.client_addr,
+            client=inc.client,
             host=inc.host,
             path=inc.path.split("?", 1)[0],
             profile=d.profile if d else None,
@@ -566,6 +582,7 @@ class Dispatcher:
             ttft_ms=round(ttft, 1) if ttft is not None else None,
             latency_ms=round((now - pending.started) * 1000, 1),
             reasons=pending.reasons,
+            **self._prompt_columns(pending, body),
             error=error or pending.error,
         )
         self._settle_budget(pending, usage, usd)
@@ -608,6 +625,24 @@ class Dispatcher:
         pending.extra.append(more)
         return True
 
+    def _prompt_columns(self, pending: Pending, body: bytes | None) -> dict[str, str | None]:
+        """Prompt and completion text only when `log_prompts` opts in (README: Security)."""
+        mode = self.view.config.settings.log_prompts
+        if mode == "off" or pending.prompt is None:
+            return {}
+        out: dict[str, str | None] = {
+            "prompt_sha256": hashlib.sha256(pending.prompt.encode()).hexdigest()
+        }
+        if mode == "full":
+            out["prompt"] = pending.prompt
+            r = pending.report
+            out["completion"] = (
+                "".join(r.text)
+                if r is not None
+                else (wire.answer_text(body) if body is not None else None)
+            )
+        return out
+
     def _settle_budget(self, pending: Pending, usage: wire.Usage | None, usd: float | None) -> None:
         now = time.time()
         if pending.charge is not None and usd is not None:
@@ -624,6 +659,11 @@ class Dispatcher:
             log.warning("%s", alert.message)
             if self.metrics is not None:
                 self.metrics.budget_alerts.labels(alert.rule).inc()
+
+
+def _allowed_policies(view: View, name: str | None) -> frozenset[str] | None:
+    c = next((c for c in view.config.settings.clients if c.name == name), None)
+    return frozenset(c.policies) if c is not None and c.policies else None
 
 
 def _local_hosts(view: View) -> frozenset[str]:

@@ -57,6 +57,14 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX requests_ts ON requests(ts);
         """,
     ),
+    (
+        "0002_prompt_logging",
+        """
+        ALTER TABLE requests ADD COLUMN prompt_sha256 TEXT;
+        ALTER TABLE requests ADD COLUMN prompt TEXT;
+        ALTER TABLE requests ADD COLUMN completion TEXT
+        """,
+    ),
 )
 
 OUTCOMES = ("ok", "error", "truncated", "client_abort", "unrouted")
@@ -91,6 +99,9 @@ class LedgerRow:
     latency_ms: float | None = None
     reasons: list[str] = field(default_factory=list)
     error: str | None = None
+    prompt_sha256: str | None = None  # log_prompts: hash (or full)
+    prompt: str | None = None  # log_prompts: full only
+    completion: str | None = None  # log_prompts: full only
 
     def as_params(self) -> dict[str, Any]:
         d = asdict(self)

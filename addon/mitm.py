@@ -10,18 +10,19 @@ import asyncio
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
-from addon import configload, dispatch
+from addon import ca, clients, configload, dispatch
 from addon.config import Settings
 from addon.errors import ConfigError
 from addon.runtime import Runtime
 
 log = logging.getLogger("orchestrator")
 META = "orchestrator"
-CA_BUNDLE = "orchestrator-ca-bundle.pem"
+AUTH_META = "orchestrator_auth"
 
 
 def allow_hosts_for(intercept: list[str]) -> list[str]:
@@ -39,6 +40,7 @@ class Orchestrator:
     def __init__(self) -> None:
         self.runtime: Runtime | None = None
         self._pending: dict[str, dispatch.Pending] = {}
+        self._conn_clients: dict[str, str] = {}  # client connection id -> authenticated client
         self._start_task: asyncio.Task[None] | None = None
 
     @property
@@ -132,17 +134,11 @@ class Orchestrator:
 
     def _write_ca_bundle(self) -> str:
         confdir = Path(ctx.options.confdir).expanduser()
-        ca = confdir / "mitmproxy-ca-cert.pem"
-        bundle = confdir / CA_BUNDLE
         try:
-            import certifi
-
-            roots = Path(certifi.where()).read_bytes()
-            bundle.write_bytes(roots.rstrip(b"\n") + b"\n" + ca.read_bytes())
+            return str(ca.write_bundle(confdir))
         except OSError as e:
-            log.warning("could not write the CA bundle %s: %s", bundle, e)
-            return str(ca)
-        return str(bundle)
+            log.warning("could not write the CA bundle in %s: %s", confdir, e)
+            return str(confdir / ca.CA_CERT)
 
     # ------------------------------------------------------------------ hooks
 
@@ -158,6 +154,7 @@ class Orchestrator:
         if not reverse and not dispatch.intercepted(host, settings.intercept):
             return None
         return dispatch.Incoming(
+            client_name=flow.metadata.get(AUTH_META, {}).get("client"),
             method=req.method,
             host=host,
             path=req.path,
@@ -167,12 +164,59 @@ class Orchestrator:
             reverse=reverse,
         )
 
+    # ------------------------------------------------------------------ client auth
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        """Regular mode: with `clients:` configured, a CONNECT must prove a client key."""
+        d = self.dispatcher
+        if d is None or not d.view.config.settings.clients:
+            return
+        name = clients.identify(flow.request.headers.get("proxy-authorization"),
+                                d.view.client_digests)  # fmt: skip
+        if name is None:
+            flow.response = _auth_required(proxy=True)
+            return
+        self._conn_clients[flow.client_conn.id] = name
+
+    def client_disconnected(self, client: Any) -> None:
+        self._conn_clients.pop(str(getattr(client, "id", "")), None)
+
+    def _authenticate(self, flow: http.HTTPFlow) -> tuple[bool, str | None]:
+        """(allowed, client name). Proxy credentials never travel further."""
+        d = self.dispatcher
+        assert d is not None
+        view = d.view
+        req = flow.request
+        reverse = view.config.settings.mode.startswith("reverse:")
+        header = "authorization" if reverse else "proxy-authorization"
+        presented = req.headers.get(header)
+        if not reverse:
+            req.headers.pop("proxy-authorization", None)
+        if not view.config.settings.clients:
+            return True, None
+        name = self._conn_clients.get(flow.client_conn.id) or clients.identify(
+            presented, view.client_digests
+        )
+        if reverse:
+            req.headers.pop("authorization", None)  # a router key, never forwarded
+        if name is None:
+            flow.response = _auth_required(proxy=not reverse)
+            return False, None
+        return True, name
+
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         """An LLM request that announces a body over `max_request_bytes` is answered 413
         without buffering the body: it streams into the pipe, which drops it."""
         d = self.dispatcher
+        if d is None or flow.response is not None:
+            return
+        allowed, name = self._authenticate(flow)
+        if not allowed:
+            return
+        if name is not None:
+            flow.metadata[AUTH_META] = {"client": name}
         inc = self._incoming(flow, with_body=False)
-        if d is None or inc is None or d.pipe.port == 0:
+        if inc is None or d.pipe.port == 0:
             return
         try:
             size = int(flow.request.headers.get("content-length", "0"))
@@ -251,6 +295,19 @@ def _authority(req: http.Request) -> str:
     host = req.pretty_host.lower()
     default = 443 if req.scheme == "https" else 80
     return host if req.port == default else f"{host}:{req.port}"
+
+
+def _auth_required(*, proxy: bool) -> http.Response:
+    from addon.wire import error_body
+
+    where = ("Proxy-Authorization (e.g. HTTPS_PROXY=http://NAME:KEY@host:port)" if proxy
+             else "Authorization: Bearer <router key>")  # fmt: skip
+    body = error_body(f"this router needs a client key: send {where}; ask its operator for one",
+                      type_="invalid_request_error", code="client_auth_required")  # fmt: skip
+    headers = {"content-type": "application/json"}
+    if proxy:
+        headers["proxy-authenticate"] = 'Basic realm="local-ai-orchestrator"'
+    return http.Response.make(407 if proxy else 401, body, headers)
 
 
 def _point_at_pipe(req: http.Request, port: int, path: str, *, keep_length: bool) -> None:

@@ -40,6 +40,8 @@ class StreamReport:
     error: str = ""
     first_event_at: float | None = None
     ended_at: float | None = None
+    keep_text: bool = False  # log_prompts: full — collect the answer's text
+    text: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -210,6 +212,8 @@ class Pipe:
                     report.usage = u
                 if entry.strip_usage and wire.is_usage_only_chunk(obj):
                     continue
+                if report.keep_text:
+                    report.text.append(wire.delta_text(obj))
             out.append(ev.raw)
         if out:
             await resp.write(b"".join(out))

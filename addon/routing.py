@@ -35,6 +35,8 @@ class RoutingRequest:
     headers: Mapping[str, str]  # lower-case names
     client_addr: str
     client_key: bool  # the client sent its own API key (usable only at `host`)
+    client_name: str | None = None  # authenticated router client (`clients:`), if any
+    allowed_policies: frozenset[str] | None = None  # that client's `policies:`, None = all
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,11 @@ def policy_matches(p: Policy, req: RoutingRequest) -> bool:
             name.lower() in req.headers and _glob(pat, req.headers[name.lower()])
             for name, pat in m.headers.items()
         )
-        and (m.client is None or _in_network(req.client_addr, m.client))
+        and (
+            m.client is None
+            or m.client == req.client_name
+            or _in_network(req.client_addr, m.client)
+        )
         and (m.task is None or m.task == f.task)
         and (m.complexity is None or m.complexity == f.complexity_class)
     )
@@ -117,7 +123,12 @@ def policy_matches(p: Policy, req: RoutingRequest) -> bool:
 
 def select_profile(cfg: Config, req: RoutingRequest) -> tuple[str, str, Policy | None] | NoRoute:
     """(profile, why, matching policy) — header > model alias > policy > default."""
-    policy = next((p for p in cfg.policies if policy_matches(p, req)), None)
+    allowed = req.allowed_policies
+    policy = next(
+        (p for p in cfg.policies
+         if (allowed is None or p.name in allowed) and policy_matches(p, req)),
+        None,
+    )  # fmt: skip
     known = ", ".join(sorted(cfg.profiles))
     header = req.headers.get(PROFILE_HEADER)
     if header:

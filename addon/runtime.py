@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -169,7 +170,7 @@ class Runtime:
             view = d.view
             router = await asyncio.to_thread(routing.rerank, view.router, dict(d.latency))
             if d.view is view:
-                d.swap(dispatch.View(view.config, view.catalog, router, view.keys))
+                d.swap(dataclasses.replace(view, router=router))
 
     # ------------------------------------------------------------------ state
 

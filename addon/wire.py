@@ -265,6 +265,39 @@ def event_json(ev: SSEEvent) -> Any:
         return None
 
 
+def delta_text(obj: dict[str, Any]) -> str:
+    """The text a streamed chunk adds (chat delta or legacy completion)."""
+    out = []
+    for ch in obj.get("choices") or ():
+        if isinstance(ch, dict):
+            delta = ch.get("delta")
+            piece = delta.get("content") if isinstance(delta, dict) else ch.get("text")
+            if isinstance(piece, str):
+                out.append(piece)
+    return "".join(out)
+
+
+def answer_text(body: bytes) -> str | None:
+    """The text of a whole (non-streamed) answer."""
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    out = []
+    for ch in (obj.get("choices") or ()) if isinstance(obj, dict) else ():
+        if isinstance(ch, dict):
+            msg = ch.get("message")
+            piece = msg.get("content") if isinstance(msg, dict) else ch.get("text")
+            if isinstance(piece, str):
+                out.append(piece)
+    return "".join(out)
+
+
+def prompt_text(data: dict[str, Any]) -> str:
+    """The request's prompt as canonical JSON (messages, or the legacy prompt)."""
+    return json.dumps(data.get("messages", data.get("prompt")), sort_keys=True, ensure_ascii=False)
+
+
 def is_usage_only_chunk(obj: Any) -> bool:
     """The extra chunk `include_usage` adds: empty `choices` and a `usage` object."""
     return isinstance(obj, dict) and obj.get("choices") == [] and isinstance(obj.get("usage"), dict)

@@ -112,9 +112,9 @@ def tree(tmp_path: Path) -> Path:
         ),
         (
             "rules/policies.yaml",
-            "policies:\n  - name: a\n    match: {client: not-an-ip}\n",
+            "policies:\n  - name: a\n    match: {client: 10.0.0.300/8}\n",
             [
-                "policies.yaml:3:21 policies.0.match.client: 'not-an-ip' is not an IP address or network"
+                "policies.yaml:3:21 policies.0.match.client: '10.0.0.300/8' is neither a client name nor an IP address or network — write a name from `clients:`"
             ],
         ),
         (
