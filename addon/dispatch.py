@@ -235,7 +235,11 @@ class Dispatcher:
 
         # a few spare targets beyond max_attempts: a context-length failure skips ahead to
         # one with a larger window
-        decision = routing.decide(view.router, req, usable, res.max_attempts + 4)
+        keyed = frozenset(
+            name for name, p in view.catalog.providers.items()
+            if p.keyless or name in view.keys or (client_key and p.host == inc.host)
+        )  # fmt: skip
+        decision = routing.decide(view.router, req, usable, res.max_attempts + 4, keyed)
         if isinstance(decision, routing.NoRoute):
             pending.error = decision.message
             pending.reasons.append(decision.message)

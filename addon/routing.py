@@ -67,9 +67,26 @@ class Router:
     catalog: Catalog
     norms: Norms
     rankings: Mapping[tuple[str, str], tuple[Scored, ...]]
+    # memo of rankings restricted to a set of providers (those with a usable key for a
+    # request): per-request work walks only candidates that can be tried
+    _subsets: dict[tuple[str, str, frozenset[str]], tuple[Scored, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def ranking(self, profile: str, complexity_class: str = "medium") -> tuple[Scored, ...]:
         return self.rankings[(profile, complexity_class)]
+
+    def ranking_for(self, profile: str, cls: str, providers: frozenset[str]) -> tuple[Scored, ...]:
+        key = (profile, cls, providers)
+        got = self._subsets.get(key)
+        if got is None:
+            got = tuple(
+                s for s in self.rankings[(profile, cls)] if s.candidate.provider in providers
+            )
+            if len(self._subsets) > 256:
+                self._subsets.clear()
+            self._subsets[key] = got
+        return got
 
 
 def build_router(config: Config, catalog: Catalog, latency_ms: Mapping[str, float]) -> Router:
@@ -232,6 +249,7 @@ def decide(
     req: RoutingRequest,
     usable: Callable[[Candidate], str | None],
     max_chain: int,
+    providers: frozenset[str] | None = None,
 ) -> RoutingDecision | NoRoute:
     """The routing decision for one request.
 
@@ -250,6 +268,11 @@ def decide(
     cls = req.features.complexity_class
     ranking = router.rankings[(profile_name, cls)]
     filtered: Counter[str] = Counter()
+    if providers is not None:
+        full = len(ranking)
+        ranking = router.ranking_for(profile_name, cls, providers)
+        if full > len(ranking):
+            filtered["no_key"] += full - len(ranking)
     requested = requested_candidate(router, req)
     model = req.features.requested_model or ""
     forced = why.startswith(("header", "model alias"))

@@ -425,3 +425,16 @@ def test_chain_skips_aliases_of_the_same_model(tmp_path: Path) -> None:
     d = decide(r, make_req())
     idents = [(s.candidate.provider, s.candidate.model_id) for s in d.chain]
     assert len(idents) == len(set(idents)) and ("or", "org/twin") in idents
+
+
+def test_provider_subset_matches_the_full_walk(router: routing.Router) -> None:
+    req = make_req(headers={"x-orchestrator-profile": "quality"})
+    full = decide(router, req)
+    keyed = frozenset({"p1", "p2", "p3"})  # p4 has no key and no client key
+    fast = routing.decide(router, req, usable_for(router, req), 4, keyed)
+    assert isinstance(full, routing.RoutingDecision) and isinstance(fast, routing.RoutingDecision)
+    assert [s.candidate.key for s in fast.chain] == [s.candidate.key for s in full.chain]
+    assert fast.filtered["no_key"] >= 1
+    assert router.ranking_for("quality", "simple", keyed) is router.ranking_for(
+        "quality", "simple", keyed
+    )
