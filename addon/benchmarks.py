@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -71,6 +71,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);
         """,
     ),
+    Migration(
+        "0002_source_snapshots",
+        """
+        CREATE TABLE IF NOT EXISTS source_snapshots(
+            source TEXT NOT NULL, name TEXT NOT NULL, fetched_at TEXT, origin TEXT,
+            sha256 TEXT NOT NULL, size INTEGER NOT NULL, body BLOB NOT NULL,
+            PRIMARY KEY(source, name));
+        """,
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = (
@@ -81,6 +90,7 @@ TABLES = (
     "unmatched",
     "refreshes",
     "meta",
+    "source_snapshots",
 )
 
 
@@ -164,8 +174,29 @@ class RefreshRecord:
     snapshot: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class SnapshotRecord:
+    """The raw body (zlib) of one source snapshot a build used: a failing or not-due
+    source is rebuilt from it by the next refresh, so its rows are never dropped."""
+
+    TABLE: ClassVar[str] = "source_snapshots"
+    source: str
+    name: str
+    fetched_at: str | None
+    origin: str | None
+    sha256: str
+    size: int
+    body: bytes
+
+
 type Record = (
-    ModelRecord | CategoryRecord | OfferingRecord | AliasRecord | UnmatchedRecord | RefreshRecord
+    ModelRecord
+    | CategoryRecord
+    | OfferingRecord
+    | AliasRecord
+    | UnmatchedRecord
+    | RefreshRecord
+    | SnapshotRecord
 )
 
 
@@ -194,6 +225,7 @@ class OfferingRow:
     quality_lo: float | None
     quality_hi: float | None
     open_weights: bool | None
+    source: str | None = None  # openrouter | litellm | local (a local provider's /models)
 
 
 _OFFERINGS_SQL = """
@@ -201,7 +233,7 @@ SELECT o.model_id, m.name, m.org, o.provider, o.provider_model_id,
        o.input_per_mtok, o.output_per_mtok, o.cached_input_per_mtok,
        COALESCE(o.context_tokens, m.context_tokens), o.max_output_tokens,
        o.supports_tools, o.supports_vision, o.supports_json_schema, o.supports_reasoning,
-       m.quality, m.quality_lo, m.quality_hi, m.open_weights
+       m.quality, m.quality_lo, m.quality_hi, m.open_weights, o.source
 FROM offerings o JOIN models m ON m.id = o.model_id
 ORDER BY o.model_id, o.provider, o.provider_model_id
 """
@@ -353,7 +385,7 @@ def insert(conn: sqlite3.Connection, records: Sequence[Record]) -> int:
         f"INSERT INTO {first.TABLE}({', '.join(columns)}) "
         f"VALUES ({', '.join('?' for _ in columns)})"
     )
-    conn.executemany(sql, (astuple(r) for r in records))
+    conn.executemany(sql, ([getattr(r, c) for c in columns] for r in records))
     return len(records)
 
 

@@ -12,6 +12,8 @@ Order matters and is fixed:
 3. LMArena names attach quality; the best-matched name per model wins.
 4. Hugging Face files add licence, parameter count and the HF id; LMSYS's table fills in
    licences for arena keys.
+5. Local providers' ``/models`` ids become offerings of that provider at price 0: of the
+   model they match, or of a model of their own (``local/<id>``, no quality) otherwise.
 
 Manual rules (``rules/aliases.yaml``, ``addon.resolve.AliasRules``) win over everything:
 ``overrides`` pin a name to a model, ``never`` forbids one pairing.
@@ -33,46 +35,24 @@ from addon.benchmarks import (
     UnmatchedRecord,
 )
 from addon.model_names import ROUTING_TAGS, DateTag, NameSig, parse_name, strip_prefixes
+from addon.model_orgs import (
+    FIRST_PARTY,
+    PROVIDER_OWNER,
+    family,
+    family_owner,
+    is_org,
+    params_from_name,
+)
 from addon.resolve import AliasRules, Match, Method, Miss, NameIndex, settle
 from addon.sources.huggingface import HFModel
 from addon.sources.litellm import LiteLLMModel
 from addon.sources.lmarena import OVERALL, ArenaModelInfo, ArenaScore
+from addon.sources.local import LocalModel
 from addon.sources.openrouter import OpenRouterModel
 
-_FIRST_PARTY = frozenset(
-    {"openai", "anthropic", "gemini", "mistral", "deepseek", "xai", "cohere_chat", "ai21",
-     "zai", "moonshot", "minimax", "dashscope", "amazon_nova", "meta_llama", "perplexity"}
-)  # fmt: skip
-_PROVIDER_OWNER = MappingProxyType({
-    "openai": "openai", "azure": "openai", "anthropic": "anthropic", "gemini": "google",
-    "vertex_ai-language-models": "google", "vertex_ai-anthropic_models": "anthropic",
-    "vertex_ai-mistral_models": "mistralai", "vertex_ai-llama_models": "meta-llama",
-    "mistral": "mistralai", "codestral": "mistralai", "xai": "x-ai", "zai": "z-ai",
-    "moonshot": "moonshotai", "dashscope": "qwen", "amazon_nova": "amazon",
-    "meta_llama": "meta-llama", "cohere_chat": "cohere", "deepseek": "deepseek",
-    "perplexity": "perplexity", "minimax": "minimax", "ai21": "ai21",
-})  # fmt: skip
-_FAMILY_OWNER = (
-    (re.compile(r"^(gpt|o\d|chatgpt|codex)"), "openai"),
-    (re.compile(r"^claude"), "anthropic"),
-    (re.compile(r"^(gemini|gemma)"), "google"),
-    (re.compile(r"^(meta-)?llama"), "meta-llama"),
-    (re.compile(r"^(mistral|mixtral|codestral|magistral|ministral|pixtral|devstral)"), "mistralai"),
-    (re.compile(r"^(qwen|qwq)"), "qwen"),
-    (re.compile(r"^deepseek"), "deepseek"),
-    (re.compile(r"^grok"), "x-ai"),
-    (re.compile(r"^glm"), "z-ai"),
-    (re.compile(r"^kimi"), "moonshotai"),
-    (re.compile(r"^(command|c4ai|aya)"), "cohere"),
-    (re.compile(r"^phi-?\d"), "microsoft"),
-    (re.compile(r"^nova"), "amazon"),
-    (re.compile(r"^jamba"), "ai21"),
-)
-_PATH_WORDS = frozenset({"models", "accounts", "fireworks", "global", "invoke", "converse", "ps"})
 _METHOD_RANK = MappingProxyType(
     {Method.MANUAL: 0, Method.EXACT: 1, Method.NORMALIZED: 2, Method.EVIDENCE: 3}
 )
-_PLAIN_SIZE = re.compile(r"^(\d+)(?:p(\d+))?b$")
 _ORG_PREFIX = re.compile(r"^[^:]{1,40}:\s+")
 
 
@@ -84,6 +64,7 @@ class Inputs:
     arena_file: str | None = None
     huggingface: tuple[HFModel, ...] = ()
     lmsys: tuple[ArenaModelInfo, ...] = ()
+    local: tuple[LocalModel, ...] = ()
     rules: AliasRules = field(default_factory=AliasRules)
 
 
@@ -150,9 +131,9 @@ class _Build:
         else:
             self.misses.setdefault(key, result)
 
-    def add_offering(self, offering: OfferingRecord) -> None:
+    def add_offering(self, offering: OfferingRecord, *, replace: bool = False) -> None:
         key = (offering.provider, offering.provider_model_id)
-        if key in self.offerings:
+        if key in self.offerings and not replace:
             self.duplicates[offering.source] += 1
         else:
             self.offerings[key] = offering
@@ -237,9 +218,9 @@ class _Build:
         _, org, _ = strip_prefixes(rep.key)
         slug = re.sub(r"[:@]+", "-", parse_name(rep.key).base)
         path = rep.provider_model_id.lower().split("/")
-        owner = _family_owner(slug) or _PROVIDER_OWNER.get(rep.provider)
+        owner = family_owner(slug) or PROVIDER_OWNER.get(rep.provider)
         if owner is None:
-            orgs = [o for o in (org, path[0] if len(path) > 1 else None) if _is_org(o, rep)]
+            orgs = [o for o in (org, path[0] if len(path) > 1 else None) if is_org(o, rep.provider)]
             owner = orgs[0] if orgs else None
         base_id = candidate = f"{owner or rep.provider}/{slug}"
         serial = 1
@@ -308,6 +289,40 @@ class _Build:
                 if rec.license:
                     model["license"] = rec.license
 
+    def local(self, records: tuple[LocalModel, ...]) -> None:
+        ordered = sorted(records, key=lambda r: (r.id, r.provider))
+        results = settle(
+            self.index, [self.resolve("local", r.id) for r in ordered], self.attached_dates
+        )
+        own: dict[str, str] = {}  # the same unmatched id on two servers is one model
+        for rec, result in zip(ordered, results, strict=True):
+            if isinstance(result, Match):
+                self.record(result)
+                model_id = result.model_id
+            elif rec.id in own:
+                model_id = own[rec.id]
+            else:
+                if result.uncertain:
+                    self.record(result)
+                model_id = own[rec.id] = self._local_model_id(rec.id)
+                self.models[model_id] = {"id": model_id, "name": rec.id, "org": None,
+                                         "context_tokens": rec.context_tokens, "slug": None}  # fmt: skip
+                self.new_models["local"] += 1
+                self.created.append(Match("local", rec.id, model_id, Method.EXACT, 100.0))
+            self.add_offering(
+                OfferingRecord(model_id, rec.provider, rec.id, 0.0, 0.0, None, rec.context_tokens,
+                               None, None, None, None, None, "local"),
+                replace=True,  # the server's own list beats a price map's guess for it
+            )  # fmt: skip
+
+    def _local_model_id(self, name: str) -> str:
+        base = candidate = "local/" + re.sub(r"[^\w.:@-]+", "-", name.lower()).strip("-")
+        serial = 1
+        while candidate in self.models:
+            serial += 1
+            candidate = f"{base}-{serial}"
+        return candidate
+
 
 def _name_family(sig: NameSig) -> tuple[object, ...]:
     return (sig.names, sig.guard_key)
@@ -338,23 +353,8 @@ def _set_license(model: dict[str, Any], license_text: str | None) -> None:
             model["open_weights"] = "propr" not in license_text.lower()  # sic: "Propretary"
 
 
-def _is_org(word: str | None, rep: LiteLLMModel) -> bool:
-    """Whether a path segment names a model maker (not a provider, region or folder)."""
-    return bool(
-        word
-        and word != rep.provider
-        and word not in _PATH_WORDS
-        and not word.startswith("@")
-        and not re.match(r"^[a-z]{2}(-gov)?(-[a-z]+-\d)?$", word)
-    )
-
-
-def _family_owner(base: str) -> str | None:
-    return next((owner for pattern, owner in _FAMILY_OWNER if pattern.match(base)), None)
-
-
 def _representative(rec: LiteLLMModel) -> tuple[int, int, str]:
-    return (0 if rec.provider in _FIRST_PARTY else 1, len(rec.key), rec.key)
+    return (0 if rec.provider in FIRST_PARTY else 1, len(rec.key), rec.key)
 
 
 def _litellm_offering(model_id: str, rec: LiteLLMModel) -> OfferingRecord:
@@ -365,28 +365,14 @@ def _litellm_offering(model_id: str, rec: LiteLLMModel) -> OfferingRecord:
     )  # fmt: skip
 
 
-def _family(model_id: str) -> str | None:
-    first = re.split(r"[-_.:\s]", model_id.split("/")[-1])[0]
-    split = re.match(r"^([a-z]{3,})\d", first)
-    return (split.group(1) if split else first) or None
-
-
-def _params_from_name(model_id: str) -> float | None:
-    found = [m for m in map(_PLAIN_SIZE.match, parse_name(model_id).sizes) if m]
-    if len(found) != 1:
-        return None
-    whole, fraction = found[0].groups()
-    return float(f"{whole}.{fraction or 0}")
-
-
 def _model_record(model: dict[str, Any]) -> ModelRecord:
     hf_id = model.get("hf_id")
     open_weights = True if hf_id else model.get("open_weights")
     params = model.get("params_b")
     if params is None and open_weights:
-        params = _params_from_name(model["id"])
+        params = params_from_name(model["id"])
     return ModelRecord(
-        id=model["id"], name=model["name"], org=model.get("org"), family=_family(model["id"]),
+        id=model["id"], name=model["name"], org=model.get("org"), family=family(model["id"]),
         context_tokens=model.get("context_tokens"), quality=model.get("quality"),
         quality_lo=model.get("quality_lo"), quality_hi=model.get("quality_hi"),
         quality_source=model.get("quality_source"), open_weights=open_weights,
@@ -401,6 +387,7 @@ def assemble(inputs: Inputs) -> Assembly:
     build.arena(inputs.arena, inputs.arena_file)
     lmsys_rows = build.lmsys(inputs.lmsys)
     build.huggingface(inputs.huggingface)
+    build.local(inputs.local)
     models = tuple(_model_record(m) for _, m in sorted(build.models.items()))
     offerings = tuple(o for _, o in sorted(build.offerings.items()))
     matches = tuple(m for _, m in sorted(build.matches.items()))
@@ -435,6 +422,7 @@ def assemble(inputs: Inputs) -> Assembly:
             "lmarena": len({s.model for s in inputs.arena}),
             "huggingface": len(inputs.huggingface),
             "lmsys": len(inputs.lmsys),
+            "local": len(inputs.local),
         },
         new_models=dict(build.new_models),
         duplicates=dict(build.duplicates),
@@ -444,6 +432,7 @@ def assemble(inputs: Inputs) -> Assembly:
             "lmarena": sum(1 for m in models if m.quality is not None),
             "huggingface": len(keyed["huggingface"]),
             "lmsys": lmsys_rows,
+            "local": sum(1 for o in offerings if o.source == "local"),
         },
         keyed_rows=dict(keyed),
     )

@@ -274,7 +274,7 @@ class AliasRulesError(ValueError):
 
 class AliasRule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    source: Literal["litellm", "lmarena", "huggingface"]
+    source: Literal["litellm", "lmarena", "huggingface", "local"]
     name: str = Field(min_length=1)
     model: str = Field(min_length=1)
 
@@ -307,7 +307,7 @@ def load_alias_rules(path: Path) -> AliasRules:
             for e in exc.errors()
         )
         raise AliasRulesError(
-            f"{path}: {problems} — each rule is {{source: litellm|lmarena|huggingface, "
+            f"{path}: {problems} — each rule is {{source: litellm|lmarena|huggingface|local, "
             "name: ..., model: ...}"
         ) from exc
     seen = Counter((r.source, r.name) for r in rules.overrides)

@@ -1,6 +1,8 @@
-"""Build the benchmark DB from saved snapshots: a thin wrapper over ``addon.refresh``.
+"""Refresh the benchmark DB: a thin wrapper over ``addon.refresh.main`` (the same code as
+``orchestrator refresh``; ``--help`` lists every option and the exit codes).
 
-python scripts/refresh_benchmarks.py --from DIR --out PATH [--aliases FILE] [--report]
+python scripts/refresh_benchmarks.py [-c orchestrator.yaml] [--from DIR] [--out PATH]
+    [--aliases FILE] [--sources FILE] [--only KIND] [--every DURATION] [--report] [--save DIR]
 """
 
 from __future__ import annotations

@@ -114,16 +114,28 @@ def _config(ups: dict[str, FakeUpstream], mode: str = "regular") -> dict[str, An
         "data": {"benchmarks": "data/benchmarks.db", "ledger": "data/ledger.db"},
         "providers": {
             # loopback fakes stand in for remote providers: `local: true` lets them be http
-            "alpha": {"base_url": ups["alpha"].base_url, "api_key_env": "ORQ_TEST_KEY_ALPHA",
-                      "local": True},
-            "beta": {"base_url": ups["beta"].base_url, "api_key_env": "ORQ_TEST_KEY_BETA",
-                     "local": True},
+            "alpha": {
+                "base_url": ups["alpha"].base_url,
+                "api_key_env": "ORQ_TEST_KEY_ALPHA",
+                "local": True,
+            },
+            "beta": {
+                "base_url": ups["beta"].base_url,
+                "api_key_env": "ORQ_TEST_KEY_BETA",
+                "local": True,
+            },
             "gamma": {"base_url": ups["gamma"].base_url, "local": True},
             # only reachable through routes: rate-limit tests leave cooldowns behind
-            "delta": {"base_url": ups["delta"].base_url, "api_key_env": "ORQ_TEST_KEY_ALPHA",
-                      "local": True},
-            "nokey": {"base_url": "http://127.0.0.1:9/v1", "api_key_env": "ORQ_TEST_UNSET",
-                      "local": True},
+            "delta": {
+                "base_url": ups["delta"].base_url,
+                "api_key_env": "ORQ_TEST_KEY_ALPHA",
+                "local": True,
+            },
+            "nokey": {
+                "base_url": "http://127.0.0.1:9/v1",
+                "api_key_env": "ORQ_TEST_UNSET",
+                "local": True,
+            },
             "dead": {
                 "base_url": f"http://127.0.0.1:{_free_port()}/v1",
                 "api_key_env": "ORQ_TEST_KEY_ALPHA",

@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
-from addon import benchmarks, refresh
+from addon import benchmarks, cli, ingest, refresh, snapshots
 from addon.benchmarks import BenchmarkDBError, OfferingRow
+from addon.refresh_summary import RefreshSummary
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = REPO.parent / "shared" / "fixtures" / "sources"
@@ -20,9 +22,9 @@ BUNDLED = REPO / "addon" / "bundled" / "benchmarks.db"
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, refresh.RefreshSummary]:
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RefreshSummary]:
     out = tmp_path_factory.mktemp("bench") / "benchmarks.db"
-    return out, refresh.build_db(SOURCES, out, REPO / "rules" / "aliases.yaml")
+    return out, ingest.build_from_folder(SOURCES, out, REPO / "rules" / "aliases.yaml")
 
 
 def _link_dir(tmp_path: Path, names: list[str], extra: dict[str, bytes] | None = None) -> Path:
@@ -130,7 +132,7 @@ def test_readonly_open_never_creates_the_file(tmp_path: Path) -> None:
     assert not (tmp_path / "missing.db").exists()
 
 
-def test_read_table_rejects_unknown_tables(built: tuple[Path, refresh.RefreshSummary]) -> None:
+def test_read_table_rejects_unknown_tables(built: tuple[Path, RefreshSummary]) -> None:
     with pytest.raises(ValueError, match="unknown benchmark DB table"):
         benchmarks.read_table(built[0], "sqlite_master")
 
@@ -138,7 +140,7 @@ def test_read_table_rejects_unknown_tables(built: tuple[Path, refresh.RefreshSum
 # --- the built DB ---------------------------------------------------------------------------
 
 
-def test_load_offerings_rows(built: tuple[Path, refresh.RefreshSummary]) -> None:
+def test_load_offerings_rows(built: tuple[Path, RefreshSummary]) -> None:
     rows = benchmarks.load_offerings(built[0])
     assert len(rows) > 3000
     assert rows == sorted(rows, key=lambda r: (r.model_id, r.provider, r.provider_model_id))
@@ -152,6 +154,7 @@ def test_load_offerings_rows(built: tuple[Path, refresh.RefreshSummary]) -> None
         supports_vision=True, supports_json_schema=True, supports_reasoning=False,
         quality=row.quality, quality_lo=row.quality_lo, quality_hi=row.quality_hi,
         open_weights=False,  # LMSYS lists the licence as Proprietary
+        source="openrouter",
     )  # fmt: skip
     assert row.quality is not None and row.quality_lo < row.quality < row.quality_hi
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -174,7 +177,7 @@ def test_load_offerings_rows(built: tuple[Path, refresh.RefreshSummary]) -> None
 
 
 def test_offerings_exclude_pseudo_models_and_non_chat(
-    built: tuple[Path, refresh.RefreshSummary],
+    built: tuple[Path, RefreshSummary],
 ) -> None:
     conn = sqlite3.connect(built[0])
     try:
@@ -191,7 +194,7 @@ def test_offerings_exclude_pseudo_models_and_non_chat(
     assert all(m == m.lower() and "/" in m for m in models)
 
 
-def test_db_info(built: tuple[Path, refresh.RefreshSummary]) -> None:
+def test_db_info(built: tuple[Path, RefreshSummary]) -> None:
     path, summary = built
     info = benchmarks.db_info(path)
     assert info["built_at"] == "2026-11-23" == summary.built_at
@@ -203,14 +206,15 @@ def test_db_info(built: tuple[Path, refresh.RefreshSummary]) -> None:
     assert info["sources"]["huggingface"]["fetched_at"] is None
 
 
-def test_summary_counts_and_table(built: tuple[Path, refresh.RefreshSummary]) -> None:
+def test_summary_counts_and_table(built: tuple[Path, RefreshSummary]) -> None:
     summary = built[1]
     stats = {s.source: s for s in summary.sources}
     assert stats["openrouter"].fetched == stats["openrouter"].matched == 345
     assert stats["openrouter"].skipped == 11 and stats["openrouter"].added == 345
     assert stats["litellm"].matched > 1000 and stats["litellm"].new > 0
     assert stats["lmarena"].matched + stats["lmarena"].unmatched == stats["lmarena"].fetched
-    assert all(s.status == "ok" for s in summary.sources) and summary.ok
+    assert summary.ok and stats["local"].status == "missing"  # no local_models_*.json
+    assert all(s.status == "ok" for s in summary.sources if s.source != "local")
     table = summary.format_table()
     header = table.splitlines()[0].split()
     assert header == ["source", "status", "fetched", "added", "updated", "matched", "unmatched",
@@ -222,16 +226,16 @@ def test_summary_counts_and_table(built: tuple[Path, refresh.RefreshSummary]) ->
 
 
 def test_build_is_deterministic_and_tracks_updates(
-    built: tuple[Path, refresh.RefreshSummary], tmp_path: Path
+    built: tuple[Path, RefreshSummary], tmp_path: Path
 ) -> None:
     first = built[0]
     second = tmp_path / "again.db"
-    refresh.build_db(SOURCES, second, REPO / "rules" / "aliases.yaml")
+    second.write_bytes(first.read_bytes())
+    # a rebuild over an existing DB gives the same rows and reports nothing added or updated
+    again = ingest.build_from_folder(SOURCES, second, REPO / "rules" / "aliases.yaml")
+    assert all(s.added == 0 and s.updated == 0 for s in again.sources)
     for table in benchmarks.TABLES:
         assert benchmarks.read_table(first, table) == benchmarks.read_table(second, table), table
-    # a rebuild over an existing DB reports nothing added or updated
-    again = refresh.build_db(SOURCES, second, REPO / "rules" / "aliases.yaml")
-    assert all(s.added == 0 and s.updated == 0 for s in again.sources)
 
 
 # --- snapshot choice, failures, atomicity -----------------------------------------------------
@@ -247,9 +251,9 @@ def test_find_snapshots_picks_newest_and_prefers_arena_json(tmp_path: Path) -> N
     (folder / "lmarena_leaderboard_text_2027-01-01.csv").symlink_to(
         SOURCES / "lmarena_leaderboard_text_2025-08-04.csv"
     )
-    chosen = refresh.find_snapshots(folder)
-    assert chosen["openrouter"][0].path.name == "openrouter_models_2026-05-22.json"
-    assert chosen["lmarena"][0].path.name == "lmarena_leaderboard_text_2026-07-14.json"
+    chosen = snapshots.find_files(folder)
+    assert chosen["openrouter"][0].name == "openrouter_models_2026-05-22.json"
+    assert chosen["lmarena"][0].name == "lmarena_leaderboard_text_2026-07-14.json"
     assert len(chosen["huggingface"]) == 2
     assert "litellm" not in chosen and "lmsys" not in chosen
 
@@ -259,7 +263,7 @@ def test_arena_csv_used_when_no_json(tmp_path: Path) -> None:
         tmp_path, ["openrouter_models_2026-05-22.json", "lmarena_leaderboard_text_2025-08-04.csv"]
     )
     out = tmp_path / "b.db"
-    summary = refresh.build_db(folder, out)
+    summary = ingest.build_from_folder(folder, out)
     stats = {s.source: s for s in summary.sources}
     assert stats["lmarena"].status == "ok" and stats["lmarena"].matched > 50
     assert stats["litellm"].status == "missing"
@@ -281,7 +285,7 @@ def test_corrupt_source_fails_alone(tmp_path: Path) -> None:
          "lmarena_leaderboard_text_2026-06-01.json": b"[]"},
     )  # fmt: skip
     out = tmp_path / "b.db"
-    summary = refresh.build_db(folder, out)
+    summary = ingest.build_from_folder(folder, out)
     stats = {s.source: s for s in summary.sources}
     assert stats["openrouter"].status == "failed" and not summary.ok
     assert "openrouter_models_2026-06-01.json: not valid JSON" in (stats["openrouter"].error or "")
@@ -293,24 +297,23 @@ def test_corrupt_source_fails_alone(tmp_path: Path) -> None:
     assert info["sources"]["openrouter"]["status"] == "failed"
 
 
-def test_old_db_stays_when_the_build_fails(
-    built: tuple[Path, refresh.RefreshSummary], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_old_db_stays_when_the_build_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = _link_dir(tmp_path, ["openrouter_models_2026-05-22.json"])
     out = tmp_path / "benchmarks.db"
-    out.write_bytes(built[0].read_bytes())
+    ingest.build_from_folder(folder, out)
     before = out.read_bytes()
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(refresh.RefreshError, match="no price source could be read"):
-        refresh.build_db(empty, out)
+    with pytest.raises(ingest.RefreshError, match="no price source could be read"):
+        ingest.build_from_folder(empty, tmp_path / "new.db")
+    assert not (tmp_path / "new.db").exists()
 
     def explode(*args: object) -> int:
         raise sqlite3.OperationalError("disk I/O error")
 
     monkeypatch.setattr(benchmarks, "insert", explode)
-    folder = _link_dir(tmp_path, ["openrouter_models_2026-05-22.json"])
     with pytest.raises(sqlite3.OperationalError):
-        refresh.build_db(folder, out)
+        ingest.build_from_folder(folder, out)
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["benchmarks.db", "empty", "snapshots"]
 
@@ -330,14 +333,17 @@ def test_main_prints_table_and_report(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_main_reports_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert refresh.main(["--from", str(tmp_path / "nope"), "--out", str(tmp_path / "b.db")]) == 1
+    assert refresh.main(["--from", str(tmp_path / "nope"), "--out", str(tmp_path / "b.db")]) == 2
     err = capsys.readouterr().err
-    assert "refresh failed:" in err and "not a directory" in err
+    assert "--from" in err and "not a directory" in err
     bad = tmp_path / "aliases.yaml"
     bad.write_text("overrides: [\n")
     argv = ["--from", str(tmp_path), "--out", str(tmp_path / "b.db"), "--aliases", str(bad)]
-    assert refresh.main(argv) == 1
+    assert refresh.main(argv) == 2
     assert "invalid YAML" in capsys.readouterr().err
+    assert refresh.main(["--from", str(tmp_path), "--out", str(tmp_path / "b.db")]) == 3
+    assert "no price source could be read" in capsys.readouterr().err
+    assert not (tmp_path / "b.db").exists()
 
 
 def test_script_wrapper_runs() -> None:
@@ -349,7 +355,27 @@ def test_script_wrapper_runs() -> None:
         timeout=60,
         check=False,
     )
-    assert proc.returncode == 1 and "not a directory" in proc.stderr
+    assert proc.returncode == 2 and "not a directory" in proc.stderr
+
+
+def test_orchestrator_refresh_is_the_same_command(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli.main, ["refresh", "--from", str(tmp_path / "no"), "--out", "x"])
+    assert result.exit_code == 2 and "not a directory" in result.output
+    result = CliRunner().invoke(cli.main, ["refresh", "--help"])
+    assert result.exit_code == 0 and "exit codes:" in result.output and "--every" in result.output
+
+
+def test_bench_refresh_script_runs(tmp_path: Path) -> None:
+    folder = _link_dir(tmp_path, ["openrouter_models_2026-05-22.json"])
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench_refresh.py"), "--from", str(folder)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[1].strip().startswith("329 models") and "345 offerings" in lines[1]
+    assert lines[2].startswith("  wall time") and "target < 5 s" in lines[2]
+    assert lines[3].startswith("  peak RSS") and "target < 300 MB" in lines[3]
 
 
 def test_bundled_db_is_usable() -> None:
@@ -363,9 +389,7 @@ def test_bundled_db_is_usable() -> None:
 @pytest.mark.parametrize(
     "table", ["models", "model_categories", "offerings", "aliases", "unmatched", "meta"]
 )
-def test_bundled_db_is_what_the_code_builds(
-    built: tuple[Path, refresh.RefreshSummary], table: str
-) -> None:
+def test_bundled_db_is_what_the_code_builds(built: tuple[Path, RefreshSummary], table: str) -> None:
     """The shipped DB is our ingestion of the shared snapshots, not a hand-edited file:
     `make bundle` after a change to the ingestion code keeps this green."""
     fresh, _ = built

@@ -9,17 +9,21 @@ from pathlib import Path
 
 import pytest
 
+from addon.errors import ConfigError
 from addon.sources import (
     SourceFormatError,
     huggingface,
     litellm,
     lmarena,
+    local,
     openrouter,
     per_million,
+    schema,
     to_float,
 )
 
-SOURCES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "sources"
+REPO = Path(__file__).resolve().parents[1]
+SOURCES = REPO.parent / "shared" / "fixtures" / "sources"
 OR_NEW = "openrouter_models_2026-05-22.json"
 OR_OLD = "openrouter_models_2025-12-02.json"
 LITELLM = "litellm_model_prices_2026-11-23.json"
@@ -321,3 +325,100 @@ def test_huggingface_optional_fields_and_errors() -> None:
     assert missing.records == () and missing.warnings[0].reason == "missing repo id"
     with pytest.raises(SourceFormatError, match=re.escape("hf.json: expected the JSON object")):
         huggingface.parse(b"[]", "hf.json")
+
+
+# --- local providers' /v1/models --------------------------------------------------------------
+
+
+def test_local_models_list_shapes() -> None:
+    raw = json.dumps({"object": "list", "data": [
+        {"id": "llama3.1:8b", "object": "model", "owned_by": "library"},
+        {"id": "Qwen/Qwen3-32B", "max_model_len": 32768},
+        {"id": "phi-4.gguf", "meta": {"n_ctx_train": 16384}},
+        {"object": "model"},
+        "nonsense",
+    ]})  # fmt: skip
+    result = local.parse(raw, "local_models_lab.json", "lab")
+    assert [(r.provider, r.id, r.context_tokens) for r in result.records] == [
+        ("lab", "llama3.1:8b", None), ("lab", "Qwen/Qwen3-32B", 32768), ("lab", "phi-4.gguf", 16384),
+    ]  # fmt: skip
+    assert [str(w) for w in result.warnings] == [
+        "local_models_lab.json: data[3]: missing id", "local_models_lab.json: data[4]: missing id",
+    ]  # fmt: skip
+    with pytest.raises(SourceFormatError, match="check that provider lab's base_url ends in /v1"):
+        local.parse(b'{"models": []}', "local_models_lab.json", "lab")
+
+
+# --- rules/sources.yaml ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("15m", 900), ("1h", 3600), ("1h30m", 5400), ("24h", 86400), ("1d", 86400),
+     ("0.5h", 1800), (45, 45), ("2 h", 7200)],
+)  # fmt: skip
+def test_durations(text: object, seconds: float) -> None:
+    assert schema.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "1x", "h", "-1h", "0m", "1h junk", True])
+def test_bad_durations(text: object) -> None:
+    with pytest.raises(ValueError, match=r"write it like 30m, 1h or 24h|positive duration"):
+        schema.parse_duration(text)
+
+
+def test_format_duration() -> None:
+    assert [schema.format_duration(s) for s in (86400, 3600, 5400, 90, 2.5)] == [
+        "1d", "1h", "90m", "90s", "2.5s",
+    ]  # fmt: skip
+
+
+def test_shipped_sources_file_matches_the_defaults() -> None:
+    shipped = schema.load_sources(REPO / "rules" / "sources.yaml", required=True)
+    defaults = schema.SourcesFile()
+    assert shipped.allowed_hosts == defaults.allowed_hosts
+    assert shipped.fetch == defaults.fetch and shipped.jitter == defaults.jitter
+    assert {s.kind: (s.url, s.interval_s, s.enabled) for s in shipped.sources} == {
+        s.kind: (s.url, s.interval_s, s.enabled) for s in defaults.sources
+    }
+    assert {s.kind: s.interval_s for s in defaults.sources} == {
+        "openrouter": 3600, "lmarena": 86400, "litellm": 86400, "huggingface": 86400,
+        "local": 86400,
+    }  # fmt: skip
+    assert schema.load_sources(REPO / "rules" / "no-such-file.yaml") == defaults
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("sources:\n  - kind: openrouter\n    url: https://o.test/m\n    repos: [a/b]\n",
+         "sources.yaml:2:5 sources.0: `repos` applies to kind huggingface only — remove it "
+         "from this openrouter source"),
+        ("sources:\n  - kind: lmarena\n", "sources.yaml:2:5 sources.0: kind lmarena needs a url "
+         "— add `url: https://...`"),
+        ("sources:\n  - kind: local\n    url: http://127.0.0.1:11434/v1\n",
+         "sources.yaml:2:5 sources.0: kind local takes no url"),
+        ("sources:\n  - kind: huggingface\n    url: https://huggingface.co/api/models/\n",
+         "sources.yaml:2:5 sources.0: the huggingface url must contain {repo}"),
+        ("sources:\n  - {kind: huggingface, url: 'https://h.test/{repo}', repos: [nope]}\n",
+         "sources.0.repos: 'nope' is not a Hugging Face repo id — write it like Qwen/Qwen3-32B"),
+        ("sources:\n  - {kind: arxiv, url: 'https://a.test/x'}\n", "sources.0.kind: Input should "
+         "be 'openrouter', 'lmarena', 'litellm', 'huggingface' or 'local'"),
+        ("sources:\n  - {kind: local}\n  - {kind: local}\n",
+         "sources: kind 'local' is listed twice — keep one entry per kind"),
+        ("sources:\n  - {kind: openrouter, url: 'https://o.test/m', interval: soon}\n",
+         "sources.yaml:2:59 sources.0.interval: 'soon' is not a duration — write it like 30m"),
+        ("allowed_hosts: [https://openrouter.ai/]\n",
+         "allowed_hosts: 'https://openrouter.ai/' is not a host name — write it like openrouter.ai"),
+        ("fetch: {retries: 3}\n",
+         "sources.yaml:1:9 fetch.retries: unknown key — allowed here: connect_timeout_s"),
+        ("jitter: 2\n", "sources.yaml:1:9 jitter: Input should be less than or equal to 0.5"),
+    ],
+)  # fmt: skip
+def test_sources_file_errors_are_located(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "sources.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        schema.load_sources(path)
+    assert expected in str(info.value)
+    assert str(info.value).startswith(str(path))
