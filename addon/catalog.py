@@ -9,7 +9,7 @@ ships inside the package when the configured file is missing or unreadable.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -137,10 +137,15 @@ def build_catalog(
         # kind: it joins DB offerings only when `catalog:` says so explicitly.
         if p.catalog or not p.local:
             by_catalog.setdefault(p.catalog or name, []).append(name)
+    # ... but what the refresh discovered on that very server (its /v1/models) is real
+    local_names = {n for n, p in cfg.settings.providers.items() if p.local and not p.catalog}
 
     raw: dict[str, dict] = {}
     for r in rows:
-        for prov in by_catalog.get(r.provider, ()):
+        serving: Sequence[str] = by_catalog.get(r.provider, ())
+        if r.provider in local_names and r.source == "local":
+            serving = (r.provider,)
+        for prov in serving:
             key = f"{prov}:{r.provider_model_id}"
             raw[key] = dict(
                 key=key,

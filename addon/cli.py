@@ -16,6 +16,7 @@ import click
 from addon import ca, classify, configload, dispatch, ledger, reports, routing
 from addon.errors import ConfigError, OrchestratorError
 from addon.scoring import Scored, effective_weights
+from addon.sources.schema import load_sources
 
 DEFAULT_CONFIG = "orchestrator.yaml"
 ENTRY = Path(__file__).resolve().parent / "entry.py"
@@ -100,6 +101,12 @@ def run(
 def check(config: str) -> None:
     """Validate the configuration and rules; print what the router would use."""
     cfg = _load(config)
+    sources_file = cfg.rules_dir / "sources.yaml"
+    try:
+        sources = load_sources(sources_file)
+    except ConfigError as e:
+        click.echo(f"error: invalid configuration\n{e}", err=True)
+        sys.exit(2)
     env = dispatch.environ()
     view = dispatch.build_view(cfg, env, {})
     cat = view.catalog
@@ -138,6 +145,8 @@ def check(config: str) -> None:
             if t.provider is None or c.provider == t.provider
         )
         click.echo(f"  {model}: {len(chain)} targets, {resolved} offerings in the catalog")
+    enabled = [src.kind for src in sources.sources if src.enabled]
+    click.echo(f"refresh sources ({sources_file.name}): {', '.join(enabled) or 'none'}")
     click.echo(
         f"catalog: {len(cat.candidates)} offerings from {cat.source} "
         f"+ {len(cfg.models)} declared in rules/models.yaml"

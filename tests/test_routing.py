@@ -385,12 +385,14 @@ def test_catalog_joins_db_rows_to_providers(tmp_path: Path) -> None:
         _row("p1", "big", input_per_mtok=99.0),
         _row("unconfigured", "zzz"),
         _row("p5", "llama-listed-in-a-price-map"),
+        _row("p5", "llama-installed", source="local"),
     ]
     cat = catmod.build_catalog(cfg, rows, ENV)
     keys = {c.key for c in cat.candidates}
     assert "or:org/alpha" in keys  # joined through `catalog: openrouter`
     assert not any(k.endswith(":zzz") for k in keys)  # no configured provider serves it
-    assert "p5:llama-listed-in-a-price-map" not in keys  # local: only declared models
+    assert "p5:llama-listed-in-a-price-map" not in keys  # local: only what it really serves
+    assert "p5:llama-installed" in keys  # ... as found on its /v1/models by the refresh
     big = next(c for c in cat.candidates if c.key == "p1:big")
     assert big.source == "models.yaml" and big.price.input_per_mtok == 10  # rules win
     assert cat.lookup("ALPHA") and cat.lookup("org/alpha")
