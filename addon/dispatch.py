@@ -8,20 +8,19 @@ into exactly one ledger row.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import secrets
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from addon import breaker as brk
-from addon import budget, budgetgate, classify, clients, configload, cost, routing, wire
+from addon import budget, budgetgate, classify, clients, configload, recording, routing, wire
 from addon import catalog as catmod
 from addon.config import LLM_PATHS, ROUTED_PATHS
-from addon.fallback import AttemptRecord, Outcome, OutcomeKind
+from addon.exchange import Incoming, Passthrough, Pending, Reply, ToPipe, json_reply, request_id
+from addon.fallback import Outcome, OutcomeKind
 from addon.ledger import Ledger, LedgerRow
 from addon.metrics import Metrics
 from addon.pipe import Pipe, StreamReport
@@ -34,68 +33,6 @@ CLIENT_KEY_HEADERS = ("authorization", "api-key", "x-api-key")
 # Headers that identify the client's account at its own provider: never sent elsewhere.
 ACCOUNT_HEADERS = ("openai-organization", "openai-project", "cookie")
 LATENCY_ALPHA = 0.3
-
-
-@dataclass(frozen=True)
-class Incoming:
-    method: str
-    host: str  # host[:port] the client addressed (default port omitted)
-    path: str  # path with query
-    headers: tuple[tuple[str, str], ...]
-    body: bytes
-    client_addr: str
-    reverse: bool = False
-    client_name: str | None = None  # authenticated router client (`clients:`)
-
-    @property
-    def client(self) -> str:
-        """The identity for the ledger, policies and budgets: the client's name if it
-        authenticated, else its address."""
-        return self.client_name or self.client_addr
-
-
-@dataclass
-class Pending:
-    """What the ledger needs when the flow ends. Lives only in the addon, never in metadata."""
-
-    id: str
-    started: float
-    incoming: Incoming
-    kind: str  # routed | unrouted
-    requested_model: str | None = None
-    stream: bool = False
-    decision: routing.RoutingDecision | None = None
-    attempts: list[AttemptRecord] = field(default_factory=list)
-    answered_by: Scored | None = None
-    report: StreamReport | None = None
-    error: str | None = None
-    reasons: list[str] = field(default_factory=list)
-    token: str | None = None
-    reservation: budget.Reservation | None = None
-    prompt: str | None = None  # only with log_prompts: hash | full
-    extra: list[budget.Reservation] = field(default_factory=list)  # top-ups for dearer fallbacks
-    budget_scope: tuple[budget.BudgetRule, str] | None = None
-    charge: tuple[budget.BudgetRule, str] | None = None  # downgraded call: count its spend
-
-
-@dataclass(frozen=True)
-class Passthrough:
-    pending: Pending | None
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-    pending: Pending
-
-
-@dataclass(frozen=True)
-class ToPipe:
-    port: int
-    token: str
-    pending: Pending
 
 
 @dataclass(frozen=True)
@@ -126,10 +63,6 @@ def build_view(
 def intercepted(host: str, intercept: tuple[str, ...] | list[str]) -> bool:
     bare = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
     return any(entry in (host, bare) for entry in intercept)
-
-
-def _request_id() -> str:
-    return "orq-" + secrets.token_hex(8)
 
 
 class Dispatcher:
@@ -170,15 +103,11 @@ class Dispatcher:
         path = inc.path.split("?", 1)[0]
         if size <= limit or inc.method != "POST" or not path.endswith(LLM_PATHS):
             return None
-        pending = Pending(_request_id(), time.monotonic(), inc, "routed")
+        pending = Pending(request_id(), time.monotonic(), inc, "routed")
         msg = (f"request body of {size} bytes is over max_request_bytes ({limit}); send a "
                "smaller request or raise `max_request_bytes` in orchestrator.yaml")  # fmt: skip
-        pending.error = msg
-        pending.reasons.append(msg)
-        return Reply(413, [("content-type", "application/json"),
-                           ("x-orchestrator-request-id", pending.id)],
-                     wire.error_body(msg, type_="invalid_request_error",
-                                     code="request_too_large"), pending)  # fmt: skip
+        return json_reply(413, msg, type_="invalid_request_error", code="request_too_large",
+                          pending=pending)  # fmt: skip
 
     async def handle(self, inc: Incoming) -> Passthrough | Reply | ToPipe:
         view = self.view  # one config version for the whole request
@@ -189,7 +118,7 @@ class Dispatcher:
         endpoint = next((p for p in LLM_PATHS if path.endswith(p)), None)
         if inc.method != "POST" or endpoint is None:
             return Passthrough(None)
-        pending = Pending(_request_id(), time.monotonic(), inc, "unrouted")
+        pending = Pending(request_id(), time.monotonic(), inc, "unrouted")
         if endpoint not in ROUTED_PATHS:
             pending.reasons.append(f"endpoint {endpoint} is not routed; forwarded as sent")
             pending.requested_model = wire.response_model(inc.body)
@@ -241,21 +170,11 @@ class Dispatcher:
         )  # fmt: skip
         decision = routing.decide(view.router, req, usable, res.max_attempts + 4, keyed)
         if isinstance(decision, routing.NoRoute):
-            pending.error = decision.message
-            pending.reasons.append(decision.message)
-            return Reply(
-                decision.status,
-                [("content-type", "application/json"), ("x-orchestrator-request-id", pending.id)],
-                wire.error_body(
-                    decision.message,
-                    type_="invalid_request_error"
-                    if decision.status == 400
-                    else "service_unavailable",
-                    code=decision.code,
-                ),
-                pending,
-            )
-        gated = self._budget_gate(view, pending, req, decision, usable, res.max_attempts + 4)
+            kind = "invalid_request_error" if decision.status == 400 else "service_unavailable"
+            return json_reply(decision.status, decision.message, type_=kind, code=decision.code,
+                              pending=pending)  # fmt: skip
+        gated = budgetgate.gate(self.budgets, self.metrics, view.config.policies, view.router,
+                                pending, req, decision, usable, res.max_attempts + 4)  # fmt: skip
         if isinstance(gated, Reply):
             return gated
         decision = gated
@@ -269,63 +188,13 @@ class Dispatcher:
         features = req.features
 
         def acquire(c: catmod.Candidate) -> bool:
-            return self._acquire(c) and self._topup(pending, c, features)
+            return self._acquire(c) and budgetgate.topup(self.budgets, pending, c, features)
 
         result = await self.engine.run(plan, on_outcome=self._on_outcome, acquire=acquire)
         for key in result.skipped:
             pending.reasons.append(f"skipped {key}: breaker half-open, probe in flight")
         pending.attempts = result.attempts
         return await self._answer(view, pending, result, decision, inject_usage)
-
-    def _budget_gate(
-        self,
-        view: View,
-        pending: Pending,
-        req: routing.RoutingRequest,
-        decision: routing.RoutingDecision,
-        usable: Callable[[catmod.Candidate], str | None],
-        max_chain: int,
-    ) -> routing.RoutingDecision | Reply:
-        """Reserve the call's maximum cost against its policy's budget, or refuse / downgrade."""
-        policy = next((p for p in view.config.policies if p.name == decision.policy), None)
-        rule = budgetgate.rule_of(policy) if policy else None
-        if rule is None:
-            return decision
-        now = time.time()
-        key = budget.scope_key(rule, req.client_name or req.client_addr, rule.name,
-                               decision.profile)  # fmt: skip
-        # reserve for the first target; a fallback to a dearer one tops the hold up first
-        # (see _topup), so the settled spend can never pass the budget
-        first = budgetgate.estimate(decision.chain[:1], req.features)
-        held = self.budgets.reserve(rule, key, first, now)
-        if isinstance(held, budget.Reservation):
-            pending.reservation = held
-            pending.budget_scope = (rule, key)
-            return decision
-        down = rule.downgrade_to
-        if self.metrics is not None:
-            self.metrics.budget_blocks.labels(rule.name, "downgrade" if down else "block").inc()
-        if down is None:
-            pending.error = held.message
-            pending.reasons.append(held.message)
-            return Reply(
-                429,
-                [("content-type", "application/json"), ("retry-after", str(held.retry_after_s)),
-                 ("x-orchestrator-request-id", pending.id)],
-                wire.error_body(held.message, type_="budget_exceeded", code=held.code),
-                pending,
-            )  # fmt: skip
-        forced = replace(req, headers={**req.headers, routing.PROFILE_HEADER: down})
-        again = routing.decide(view.router, forced, usable, max_chain)
-        if isinstance(again, routing.NoRoute):
-            pending.error = again.message
-            return Reply(again.status, [("content-type", "application/json")],
-                         wire.error_body(again.message, type_="invalid_request_error",
-                                         code=again.code), pending)  # fmt: skip
-        pending.charge = (rule, key)
-        pending.reasons.append(f"{held.message}: downgraded to profile {down}")
-        return replace(again, policy=decision.policy, profile_reason=f"budget {rule.name} "
-                       f"exceeded: downgraded from {decision.profile}")  # fmt: skip
 
     def _target(
         self,
@@ -501,168 +370,24 @@ class Dispatcher:
         error: str | None = None,
         client_abort: bool = False,
     ) -> LedgerRow:
-        """Build and queue the one ledger row for this request."""
-        inc = pending.incoming
-        now = time.monotonic()
-        s = pending.answered_by
-        usage: wire.Usage | None = None
-        ttft = None
-        outcome = "unrouted" if pending.kind == "unrouted" else "ok"
-        report = pending.report
-        routed_model = s.candidate.provider_model_id if s else None
-        if report is not None:
-            usage = report.usage
-            if report.first_event_at is not None:
-                ttft = (report.first_event_at - pending.started) * 1000
-            if report.model:
-                routed_model = report.model
-            if report.malformed:
-                pending.reasons.append(f"dropped {report.malformed} malformed SSE event(s)")
-            if report.outcome == "ok" and not report.saw_done:
-                pending.reasons.append("upstream ended the stream without [DONE]")
-            if report.outcome in ("truncated", "client_abort"):
-                outcome = report.outcome
-                error = report.error or error
-        elif body is not None:
-            usage = wire.usage_from_json(body)
-            routed_model = wire.response_model(body) or routed_model
-        if client_abort and outcome == "ok":
-            outcome = "client_abort"
-        if (
-            pending.kind == "routed"
-            and outcome == "ok"
-            and (status is None or status >= 400 or error or pending.error)
-        ):
-            outcome = "error"
-        usd = requested_usd = None
-        unpriced = False
+        """Build and queue the one ledger row for this request; settle its budget."""
         view = self.view
-        if usage is not None:
-            price = s.candidate.price if s else None
-            if price is None and pending.kind == "unrouted" and pending.requested_model:
-                found = view.catalog.lookup(pending.requested_model)
-                same = [c for c in found if view.catalog.providers[c.provider].host == inc.host]
-                price = (same or list(found))[0].price if found else None
-            usd = cost.cost(usage, price) if price is not None else None
-            unpriced = usd is None
-            req_c = pending.decision.requested if pending.decision else None
-            if req_c is not None:
-                requested_usd = cost.cost(usage, req_c.price)
-        d = pending.decision
-        row = LedgerRow(
-            id=pending.id,
-            ts=time.time(),
-            outcome=outcome,
-            client=inc.client,
-            host=inc.host,
-            path=inc.path.split("?", 1)[0],
-            profile=d.profile if d else None,
-            profile_reason=d.profile_reason if d else None,
-            policy=d.policy if d else None,
-            requested_model=pending.requested_model,
-            routed_model=routed_model,
-            provider=s.candidate.provider if s else None,
-            attempts=len(pending.attempts),
-            attempt_log=[
-                {
-                    "provider": a.provider,
-                    "model": a.model,
-                    "outcome": a.outcome.kind.value,
-                    "status": a.outcome.status,
-                    "ms": a.elapsed_ms,
-                    "message": a.outcome.message[:300],
-                }
-                for a in pending.attempts
-            ],
-            status=status,
-            stream=pending.stream,
-            prompt_tokens=usage.prompt_tokens if usage else None,
-            completion_tokens=usage.completion_tokens if usage else None,
-            cached_tokens=usage.cached_tokens if usage else None,
-            reasoning_tokens=usage.reasoning_tokens if usage else None,
-            cost_usd=usd,
-            unpriced=unpriced,
-            requested_cost_usd=requested_usd,
-            ttft_ms=round(ttft, 1) if ttft is not None else None,
-            latency_ms=round((now - pending.started) * 1000, 1),
-            reasons=pending.reasons,
-            **self._prompt_columns(pending, body),
-            error=error or pending.error,
-        )
-        self._settle_budget(pending, usage, usd)
+        row, usage = recording.build_row(view.catalog, view.config.settings, pending,
+                                         status=status, body=body, error=error,
+                                         client_abort=client_abort)  # fmt: skip
+        budgetgate.settle(self.budgets, self.metrics, pending, usage, row.cost_usd)
         if self.ledger is not None:
             self.ledger.record(row)
         if self.metrics is not None:
             self.metrics.observe(row)
         log.info(
             "%s %s %s -> %s/%s status=%s outcome=%s attempts=%d tokens=%s/%s cost=%s %.0fms",
-            row.id,
-            row.profile or "-",
-            row.requested_model,
-            row.provider or "-",
-            row.routed_model or "-",
-            status,
-            outcome,
-            row.attempts,
-            row.prompt_tokens,
-            row.completion_tokens,
-            "unpriced" if unpriced else row.cost_usd,
+            row.id, row.profile or "-", row.requested_model, row.provider or "-",
+            row.routed_model or "-", status, row.outcome, row.attempts, row.prompt_tokens,
+            row.completion_tokens, "unpriced" if row.unpriced else row.cost_usd,
             row.latency_ms or 0,
-        )
+        )  # fmt: skip
         return row
-
-    def _topup(
-        self, pending: Pending, c: catmod.Candidate, features: classify.RequestFeatures
-    ) -> bool:
-        """Before trying `c` under a budget: make the hold cover `c`'s maximum cost."""
-        if pending.reservation is None or pending.budget_scope is None:
-            return True
-        need = budgetgate.estimate([c], features)
-        have = pending.reservation.amount + sum(r.amount for r in pending.extra)
-        if need <= have:
-            return True
-        rule, key = pending.budget_scope
-        more = self.budgets.reserve(rule, key, need - have, time.time())
-        if isinstance(more, budget.Exceeded):
-            pending.reasons.append(f"skipped {c.key}: {more.message}")
-            return False
-        pending.extra.append(more)
-        return True
-
-    def _prompt_columns(self, pending: Pending, body: bytes | None) -> dict[str, str | None]:
-        """Prompt and completion text only when `log_prompts` opts in (README: Security)."""
-        mode = self.view.config.settings.log_prompts
-        if mode == "off" or pending.prompt is None:
-            return {}
-        out: dict[str, str | None] = {
-            "prompt_sha256": hashlib.sha256(pending.prompt.encode()).hexdigest()
-        }
-        if mode == "full":
-            out["prompt"] = pending.prompt
-            r = pending.report
-            out["completion"] = (
-                "".join(r.text)
-                if r is not None
-                else (wire.answer_text(body) if body is not None else None)
-            )
-        return out
-
-    def _settle_budget(self, pending: Pending, usage: wire.Usage | None, usd: float | None) -> None:
-        now = time.time()
-        if pending.charge is not None and usd is not None:
-            budgetgate.charge(self.budgets, *pending.charge, usd, now)
-        for extra in pending.extra:  # the actual cost is charged once, to the first hold
-            self.budgets.release(extra)
-        r = pending.reservation
-        if r is None:
-            return
-        if usage is None:  # nothing was billed: give the reservation back
-            self.budgets.release(r)
-            return
-        for alert in self.budgets.settle(r, usd, now):
-            log.warning("%s", alert.message)
-            if self.metrics is not None:
-                self.metrics.budget_alerts.labels(alert.rule).inc()
 
 
 def _allowed_policies(view: View, name: str | None) -> frozenset[str] | None:
