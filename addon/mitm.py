@@ -97,7 +97,7 @@ class Orchestrator:
         host, port = _listen()
         log.info(
             "Local AI Orchestrator %s: listening on %s:%s, mode %s, default profile %s, "
-            "%d candidates (%s), providers with keys: %s, config %s",
+            "%d candidates (%s), providers usable without a client key: %s, config %s",
             cfg.version,
             host,
             port,
