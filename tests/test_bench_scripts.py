@@ -1,0 +1,59 @@
+"""The bench scripts run end to end in their tiny configuration (`--quick`) and print their
+tables. No timing is asserted: this only keeps the scripts from rotting."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts"
+
+
+def _run(script: str, *args: str, timeout: float) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / script), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def test_bench_routing_quick(tmp_path: Path) -> None:
+    out_json = tmp_path / "routing.json"
+    out = _run("bench_routing.py", "--quick", "--json", str(out_json), timeout=60)
+    assert "routing work per request" in out
+    for label in ("100B", "1KB", "8KB", "64KB", "200KB", "200KB utf8", "route gpt-4o"):
+        assert f"\n{label} " in out, label
+    for stage in ("parse p50/p99", "features p50/p99", "decide p50/p99", "rewrite×chain p50/p99"):
+        assert stage in out
+    assert "targets: p99 ≤ 100 µs" in out
+    data = json.loads(out_json.read_text())
+    assert data["catalog_offerings"] >= 2000
+    assert {r["label"] for r in data["sizes"]} >= {"100B", "200KB"}
+
+
+@pytest.mark.e2e
+def test_bench_proxy_quick(tmp_path: Path) -> None:
+    out_json = tmp_path / "proxy.json"
+    out = _run("bench_proxy.py", "--quick", "--json", str(out_json), timeout=120)
+    for heading in (
+        "non-streaming, 2 KB POST",
+        "streaming, 20 events",
+        "C (orchestrator) against B",
+    ):
+        assert heading in out
+    for target in ("A direct", "B mitmdump", "C orchestrator"):
+        assert target in out
+    assert "req/s C/B" in out and "added TTFE p50 C-B" in out
+    assert "upstream check: 15/15 runs" in out
+    runs = json.loads(out_json.read_text())["runs"]
+    assert len(runs) == 15  # 5 cases x 3 targets x 1 repeat
+    assert all(r["upstream_seen"] == r["requests"] == r["ok"] for r in runs)
