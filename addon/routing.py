@@ -7,11 +7,12 @@ applying the hard filters until the chain is full.
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import ipaddress
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from addon import cost as costmod
 from addon.catalog import Candidate, Catalog
@@ -66,12 +67,25 @@ class Router:
     config: Config
     catalog: Catalog
     norms: Norms
-    rankings: Mapping[tuple[str, str], tuple[Scored, ...]]
+    base: Mapping[tuple[str, str], tuple[Scored, ...]]  # with the neutral latency prior
+    rankings: Mapping[tuple[str, str], tuple[Scored, ...]]  # with observed latencies
     # memo of rankings restricted to a set of providers (those with a usable key for a
     # request): per-request work walks only candidates that can be tried
     _subsets: dict[tuple[str, str, frozenset[str]], tuple[Scored, ...]] = field(
         default_factory=dict, compare=False, repr=False
     )
+
+    _positions: dict[tuple[str, str], dict[str, Scored]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def position(self, profile: str, cls: str) -> dict[str, Scored]:
+        """candidate key -> its Scored entry in a ranking (memoized)."""
+        got = self._positions.get((profile, cls))
+        if got is None:
+            got = {s.candidate.key: s for s in self.rankings[(profile, cls)]}
+            self._positions[(profile, cls)] = got
+        return got
 
     def ranking(self, profile: str, complexity_class: str = "medium") -> tuple[Scored, ...]:
         return self.rankings[(profile, complexity_class)]
@@ -90,17 +104,42 @@ class Router:
 
 
 def build_router(config: Config, catalog: Catalog, latency_ms: Mapping[str, float]) -> Router:
+    """Rank every candidate per (profile, complexity class) with the neutral latency prior,
+    then move the few candidates the proxy has observed to their places."""
     norms = static_norms(catalog.candidates)
-    rankings = {
-        (name, cls): tuple(rank(catalog.candidates, effective_weights(p, cls), norms, latency_ms))
+    base = {
+        (name, cls): tuple(rank(catalog.candidates, effective_weights(p, cls), norms, {}))
         for name, p in config.profiles.items()
         for cls in CLASSES
     }
-    return Router(config, catalog, norms, rankings)
+    return _with_latency(Router(config, catalog, norms, base, base), latency_ms)
 
 
 def rerank(router: Router, latency_ms: Mapping[str, float]) -> Router:
-    return build_router(router.config, router.catalog, latency_ms)
+    """The same router with observed latencies applied: only the observed candidates are
+    re-scored and re-inserted (a few bisections), never the whole catalog."""
+    return _with_latency(router, latency_ms)
+
+
+def _order(s: Scored) -> tuple[float, str]:
+    return (-s.score, s.candidate.key)
+
+
+def _with_latency(router: Router, latency_ms: Mapping[str, float]) -> Router:
+    if not latency_ms:
+        return replace(router, rankings=router.base, _subsets={}, _positions={})
+    rankings = {}
+    for (name, cls), base in router.base.items():
+        weights = effective_weights(router.config.profiles[name], cls)
+        kept = [s for s in base if s.candidate.key not in latency_ms]
+        if len(kept) == len(base):
+            rankings[(name, cls)] = base
+            continue
+        seen = [s.candidate for s in base if s.candidate.key in latency_ms]
+        for s in rank(seen, weights, router.norms, latency_ms):
+            bisect.insort(kept, s, key=_order)
+        rankings[(name, cls)] = tuple(kept)
+    return replace(router, rankings=rankings, _subsets={}, _positions={})
 
 
 # --------------------------------------------------------------------------- policy & profile
@@ -146,10 +185,10 @@ def select_profile(cfg: Config, req: RoutingRequest) -> tuple[str, str, Policy |
          if (allowed is None or p.name in allowed) and policy_matches(p, req)),
         None,
     )  # fmt: skip
-    known = ", ".join(sorted(cfg.profiles))
     header = req.headers.get(PROFILE_HEADER)
     if header:
         if header not in cfg.profiles:
+            known = ", ".join(sorted(cfg.profiles))
             return NoRoute(
                 400,
                 f"unknown profile {header!r} in X-Orchestrator-Profile; use one of: {known}",
@@ -286,7 +325,7 @@ def decide(
     mode = "scored"
     chain: list[Scored] = []
     if not forced and (model in cfg.routes or (policy and policy.pin)):
-        position = {s.candidate.key: s for s in ranking}
+        position = router.position(profile_name, cls)
         targets: list[Candidate] = []
         if policy and policy.pin:
             targets.extend(router.catalog.lookup(model))

@@ -440,3 +440,16 @@ def test_provider_subset_matches_the_full_walk(router: routing.Router) -> None:
     assert router.ranking_for("quality", "simple", keyed) is router.ranking_for(
         "quality", "simple", keyed
     )
+
+
+def test_incremental_rerank_equals_a_full_ranking(tmp_path: Path) -> None:
+    cfg = write_tree(tmp_path)
+    cat = catmod.build_catalog(cfg, [], ENV)
+    latency = {"p2:small": 4000.0, "p1:big": 20.0}
+    fast = routing.rerank(routing.build_router(cfg, cat, {}), latency)
+    for (name, cls), ranking in fast.rankings.items():
+        full = scoring.rank(cat.candidates, scoring.effective_weights(cfg.profiles[name], cls),
+                            fast.norms, latency)  # fmt: skip
+        assert [(s.candidate.key, s.score) for s in ranking] == [
+            (s.candidate.key, s.score) for s in full
+        ]
