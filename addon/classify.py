@@ -28,26 +28,46 @@ CHARS_PER_TOKEN = 3.5
 TOKENS_PER_MESSAGE = 4
 REPLY_PRIMING = 3  # every reply is primed with <|start|>assistant<|message|>
 TOKENS_PER_IMAGE = 765
-SAMPLE_CHARS = 8000
+SAMPLE_CHARS = 1000  # head and tail of the last user turn read for keywords
 
-_CODE = re.compile(
-    r"```|\bdef \w+\(|\bclass \w+[:(]|\bfunction\s+\w+\s*\(|\bSELECT\b[^;]{1,200}?\bFROM\b|#include\s*<"
-    r"|\bimport \w+|=>|\bconsole\.log\(|\bTraceback \(most recent call last\)",
-    re.S,
+# Each keyword feature: cheap substring hints on the lower-cased text first (C speed), the
+# regex only to confirm when a hint is present.
+_CODE = (
+    ("```", "def ", "class ", "function", "select", "#include", "import ", "=>", "console.log",
+     "traceback"),
+    re.compile(r"```|\bdef \w+\(|\bclass \w+[:(]|\bfunction\s+\w+\s*\(|\bselect\b[^;]{1,200}?"
+               r"\bfrom\b|#include\s*<|\bimport \w+|=>|\bconsole\.log\(|\btraceback \(most recent"
+               r" call last\)", re.S),
+)  # fmt: skip
+_REASONING = (
+    ("prov", "proof", "deriv", "step", "analy", "design", "architect", "trade", "compar",
+     "evaluat", "optimi", "reason", "explain why", "debug"),
+    re.compile(r"\b(prove|proof|derive|step[- ]by[- ]step|analy[sz]e|design|architect|trade-?offs?"
+               r"|compare|evaluate|optimi[sz]e|reason|explain why|debug)\b"),
+)  # fmt: skip
+_MATH = (
+    ("solve", "integral", "derivative", "equation", "theorem", "probab", "matrix", "calculat",
+     "^", "*", "/", "$"),
+    re.compile(r"\b(solve|integral|derivative|equation|theorem|probability|matrix|calculate)\b"
+               r"|\d+\s*[\^*/]\s*\d+|\$[^$]+\$"),
+)  # fmt: skip
+_CREATIVE = (
+    ("poem", "story", "lyric", "haiku", "novel", "screenplay", "fiction"),
+    re.compile(r"\b(poem|story|lyrics|haiku|novel|screenplay|fiction)\b"),
 )
-_REASONING = re.compile(
-    r"\b(prove|proof|derive|step[- ]by[- ]step|analy[sz]e|design|architect|trade-?offs?"
-    r"|compare|evaluate|optimi[sz]e|reason|explain why|debug)\b",
-    re.I,
+_SUMMARIZE = (
+    ("summar", "tl", "key points"),
+    re.compile(r"\b(summari[sz]e|summary|tl;?dr|key points)\b"),
 )
-_MATH = re.compile(
-    r"\b(solve|integral|derivative|equation|theorem|probability|matrix|calculate)\b"
-    r"|\d+\s*[\^*/]\s*\d+|\$[^$]+\$",
-    re.I,
+_EXTRACT = (
+    ("extract", "parse", "classif", "label", "fill in the json"),
+    re.compile(r"\b(extract|parse|classify|label|fill in the json)\b"),
 )
-_CREATIVE = re.compile(r"\b(poem|story|lyrics|haiku|novel|screenplay|fiction)\b", re.I)
-_SUMMARIZE = re.compile(r"\b(summari[sz]e|summary|tl;?dr|key points)\b", re.I)
-_EXTRACT = re.compile(r"\b(extract|parse|classify|label|fill in the json)\b", re.I)
+
+
+def _has(low: str, feature: tuple[tuple[str, ...], re.Pattern[str]]) -> bool:
+    hints, rx = feature
+    return any(h in low for h in hints) and rx.search(low) is not None
 
 
 @dataclass(frozen=True)
@@ -140,12 +160,13 @@ def features(body: dict[str, Any]) -> RequestFeatures:
 
     if len(last_user) > 2 * SAMPLE_CHARS:  # keyword features: the head and tail suffice
         last_user = last_user[:SAMPLE_CHARS] + "\n" + last_user[-SAMPLE_CHARS:]
-    has_code = bool(_CODE.search(last_user))
-    task = _task(last_user, has_code)
+    low = last_user.lower()
+    has_code = _has(low, _CODE)
+    task = _task(low, has_code)
     size = 0.35 * min(1.0, max(0.0, math.log10(max(prompt_tokens, 1) / 100) / 2))
     complexity = (
         size
-        + (0.25 if _REASONING.search(last_user) else 0.0)
+        + (0.25 if _has(low, _REASONING) else 0.0)
         + (0.15 if has_code else 0.0)
         + (0.15 if (tools or needs_json_schema) else 0.0)
         + (0.10 if n_messages > 6 else 0.0)
@@ -164,15 +185,11 @@ def features(body: dict[str, Any]) -> RequestFeatures:
     )
 
 
-def _task(text: str, has_code: bool) -> str:
+def _task(low: str, has_code: bool) -> str:
     if has_code:
         return "code"
-    if _MATH.search(text):
-        return "math"
-    if _CREATIVE.search(text):
-        return "creative"
-    if _SUMMARIZE.search(text):
-        return "summarize"
-    if _EXTRACT.search(text):
-        return "extraction"
+    for name, feature in (("math", _MATH), ("creative", _CREATIVE), ("summarize", _SUMMARIZE),
+                          ("extraction", _EXTRACT)):  # fmt: skip
+        if _has(low, feature):
+            return name
     return "chat"

@@ -85,6 +85,11 @@ class Orchestrator:
         for name in ("httpx", "hpack", "aiohttp", "aiohttp.access", "asyncio"):
             logging.getLogger(name).setLevel(logging.WARNING)
         log.setLevel(s.log_level.upper())
+        # mitmproxy's per-connection lines ("client connect", "Streaming response from …")
+        # cost as much as a routed request's own work: only at debug
+        logging.getLogger("mitmproxy.proxy.server").setLevel(
+            logging.DEBUG if s.log_level == "debug" else logging.WARNING
+        )
 
     def running(self) -> None:
         if self.runtime is None:

@@ -55,6 +55,14 @@ class _Entry:
     created: float = field(default_factory=time.monotonic)
 
 
+def _worth_parsing(data: bytes) -> bool:
+    """Only events that may carry usage, or that do not look like one JSON object, are
+    parsed on the relay's hot path."""
+    if b'"usage"' in data and b'"usage":null' not in data and b'"usage": null' not in data:
+        return True
+    return not (data[:1] == b"{" and data.rstrip()[-1:] == b"}")
+
+
 @dataclass(frozen=True)
 class _Reply:
     status: int
@@ -198,6 +206,9 @@ class Pipe:
                 out.append(ev.raw)
                 continue
             report.events += 1
+            if not (report.model is None or report.keep_text or _worth_parsing(ev.data)):
+                out.append(ev.raw)  # an ordinary content chunk: passed on without parsing
+                continue
             obj = wire.event_json(ev)
             if obj is None:
                 # not JSON: a client SDK would raise on it and lose the whole answer, so it

@@ -45,8 +45,8 @@ def build_row(
             outcome = report.outcome
             error = report.error or error
     elif body is not None:
-        usage = wire.usage_from_json(body)
-        routed_model = wire.response_model(body) or routed_model
+        usage, answered = wire.answer_facts(body)
+        routed_model = answered or routed_model
     if client_abort and outcome == "ok":
         outcome = "client_abort"
     if (

@@ -373,7 +373,7 @@ def _next_larger(plan: Sequence[Target], idx: int) -> int:
     for j in range(idx + 1, len(plan)):
         if (plan[j].candidate.context_tokens or 0) > have:
             return j
-    return len(plan)
+    return len(plan)  # (building a skipped target is cheap next to a failed attempt)
 
 
 def _describe(e: BaseException) -> str:

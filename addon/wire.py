@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from addon.fallback import Outcome, OutcomeKind
 
 _WS = re.compile(rb"[ \t\n\r]*")
@@ -64,12 +66,17 @@ def parse_request(raw: bytes) -> ParsedBody:
 
 def _parse_multibyte(raw: bytes, text: str) -> ParsedBody:
     data, spans, close = _scan(text)
-
-    # convert character offsets to byte offsets (only a handful of top-level keys)
-    def b(i: int) -> int:
-        return len(text[:i].encode("utf-8"))
-
-    return ParsedBody(raw, data, {k: (b(s), b(e)) for k, (s, e) in spans.items()}, b(close))
+    # character offsets -> byte offsets, encoding each stretch of text once (linear)
+    marks = sorted({i for span in spans.values() for i in span} | {close})
+    to_byte: dict[int, int] = {}
+    pos = nbytes = 0
+    for m in marks:
+        nbytes += len(text[pos:m].encode("utf-8"))
+        pos = m
+        to_byte[m] = nbytes
+    return ParsedBody(
+        raw, data, {k: (to_byte[s], to_byte[e]) for k, (s, e) in spans.items()}, to_byte[close]
+    )
 
 
 def _scan(text: str) -> tuple[dict[str, Any], dict[str, tuple[int, int]], int]:
@@ -173,6 +180,18 @@ class Usage:
             cached_tokens=num(ptd.get("cached_tokens")) if isinstance(ptd, dict) else 0,
             reasoning_tokens=num(ctd.get("reasoning_tokens")) if isinstance(ctd, dict) else 0,
         )
+
+
+def answer_facts(body: bytes) -> tuple[Usage | None, str | None]:
+    """Usage and model of a whole JSON answer, parsed once."""
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(obj, dict):
+        return None, None
+    model = obj.get("model")
+    return Usage.from_obj(obj.get("usage")), model if isinstance(model, str) else None
 
 
 def usage_from_json(body: bytes) -> Usage | None:
