@@ -30,44 +30,67 @@ REPLY_PRIMING = 3  # every reply is primed with <|start|>assistant<|message|>
 TOKENS_PER_IMAGE = 765
 SAMPLE_CHARS = 1000  # head and tail of the last user turn read for keywords
 
-# Each keyword feature: cheap substring hints on the lower-cased text first (C speed), the
-# regex only to confirm when a hint is present.
-_CODE = (
-    ("```", "def ", "class ", "function", "select", "#include", "import ", "=>", "console.log",
-     "traceback"),
-    re.compile(r"```|\bdef \w+\(|\bclass \w+[:(]|\bfunction\s+\w+\s*\(|\bselect\b[^;]{1,200}?"
-               r"\bfrom\b|#include\s*<|\bimport \w+|=>|\bconsole\.log\(|\btraceback \(most recent"
-               r" call last\)", re.S),
-)  # fmt: skip
-_REASONING = (
-    ("prov", "proof", "deriv", "step", "analy", "design", "architect", "trade", "compar",
-     "evaluat", "optimi", "reason", "explain why", "debug"),
-    re.compile(r"\b(prove|proof|derive|step[- ]by[- ]step|analy[sz]e|design|architect|trade-?offs?"
-               r"|compare|evaluate|optimi[sz]e|reason|explain why|debug)\b"),
-)  # fmt: skip
-_MATH = (
-    ("solve", "integral", "derivative", "equation", "theorem", "probab", "matrix", "calculat",
-     "^", "*", "/", "$"),
-    re.compile(r"\b(solve|integral|derivative|equation|theorem|probability|matrix|calculate)\b"
-               r"|\d+\s*[\^*/]\s*\d+|\$[^$]+\$"),
-)  # fmt: skip
-_CREATIVE = (
-    ("poem", "story", "lyric", "haiku", "novel", "screenplay", "fiction"),
-    re.compile(r"\b(poem|story|lyrics|haiku|novel|screenplay|fiction)\b"),
+# Keyword features read the words of the last user turn once (a set), plus a few phrases
+# and code patterns, each a regex with a literal prefix that only runs when that literal is
+# present: linear and cheap even on long prompts.
+_WORD = re.compile(r"[a-z0-9][a-z0-9;'-]*")
+_CODE_LITERALS = ("```", "#include <", "console.log(", "traceback (most recent call last)", "=>")
+_CODE_PATTERNS = (  # (literal, what must follow it), tried only where the literal occurs
+    ("def ", re.compile(r"def \w+\(")),
+    ("class ", re.compile(r"class \w+[:(]")),
+    ("function", re.compile(r"function\s+\w+\s*\(")),
+    ("select ", re.compile(r"select\b[^;]{1,200}?\bfrom\b")),
+    ("import ", re.compile(r"import \w+")),
 )
-_SUMMARIZE = (
-    ("summar", "tl", "key points"),
-    re.compile(r"\b(summari[sz]e|summary|tl;?dr|key points)\b"),
+_REASONING = frozenset(
+    [
+        "prove",
+        "proof",
+        "derive",
+        "analyze",
+        "analyse",
+        "design",
+        "architect",
+        "architecture",
+        "tradeoff",
+        "tradeoffs",
+        "trade-off",
+        "trade-offs",
+        "compare",
+        "evaluate",
+        "optimize",
+        "optimise",
+        "reason",
+        "debug",
+    ]
 )
-_EXTRACT = (
-    ("extract", "parse", "classif", "label", "fill in the json"),
-    re.compile(r"\b(extract|parse|classify|label|fill in the json)\b"),
+_REASONING_PHRASES = ("step by step", "step-by-step", "explain why")
+_MATH = frozenset(
+    ["solve", "integral", "derivative", "equation", "theorem", "probability", "matrix", "calculate"]
 )
+_MATH_EXPR = re.compile(r"\d\s*[\^*/]\s*\d|\$[^$\n]{1,200}\$")
+_CREATIVE = frozenset(["poem", "story", "lyrics", "haiku", "novel", "screenplay", "fiction"])
+_SUMMARIZE = frozenset(["summarize", "summarise", "summary", "tldr", "tl;dr"])
+_EXTRACT = frozenset(["extract", "parse", "classify", "label"])
 
 
-def _has(low: str, feature: tuple[tuple[str, ...], re.Pattern[str]]) -> bool:
-    hints, rx = feature
-    return any(h in low for h in hints) and rx.search(low) is not None
+def _at_word(low: str, literal: str, rx: re.Pattern[str]) -> bool:
+    i = low.find(literal)
+    while i >= 0:
+        if (i == 0 or not low[i - 1].isalnum()) and rx.match(low, i):
+            return True
+        i = low.find(literal, i + 1)
+    return False
+
+
+def _has_code(low: str) -> bool:
+    return any(lit in low for lit in _CODE_LITERALS) or any(
+        _at_word(low, lit, rx) for lit, rx in _CODE_PATTERNS
+    )
+
+
+def _has_math_expr(low: str) -> bool:
+    return ("^" in low or "*" in low or "/" in low or "$" in low) and bool(_MATH_EXPR.search(low))
 
 
 @dataclass(frozen=True)
@@ -161,12 +184,13 @@ def features(body: dict[str, Any]) -> RequestFeatures:
     if len(last_user) > 2 * SAMPLE_CHARS:  # keyword features: the head and tail suffice
         last_user = last_user[:SAMPLE_CHARS] + "\n" + last_user[-SAMPLE_CHARS:]
     low = last_user.lower()
-    has_code = _has(low, _CODE)
-    task = _task(low, has_code)
+    words = set(_WORD.findall(low))
+    has_code = _has_code(low)
+    task = _task(low, words, has_code)
     size = 0.35 * min(1.0, max(0.0, math.log10(max(prompt_tokens, 1) / 100) / 2))
     complexity = (
         size
-        + (0.25 if _has(low, _REASONING) else 0.0)
+        + (0.25 if words & _REASONING or any(p in low for p in _REASONING_PHRASES) else 0.0)
         + (0.15 if has_code else 0.0)
         + (0.15 if (tools or needs_json_schema) else 0.0)
         + (0.10 if n_messages > 6 else 0.0)
@@ -185,11 +209,15 @@ def features(body: dict[str, Any]) -> RequestFeatures:
     )
 
 
-def _task(low: str, has_code: bool) -> str:
+def _task(low: str, words: set[str], has_code: bool) -> str:
     if has_code:
         return "code"
-    for name, feature in (("math", _MATH), ("creative", _CREATIVE), ("summarize", _SUMMARIZE),
-                          ("extraction", _EXTRACT)):  # fmt: skip
-        if _has(low, feature):
-            return name
+    if words & _MATH or _has_math_expr(low):
+        return "math"
+    if words & _CREATIVE:
+        return "creative"
+    if words & _SUMMARIZE or "key points" in low:
+        return "summarize"
+    if words & _EXTRACT or "fill in the json" in low:
+        return "extraction"
     return "chat"
