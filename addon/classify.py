@@ -4,8 +4,8 @@ Token estimate
     No tokenizer download is possible offline (tiktoken fetches its files at first use), so
     prompt tokens are estimated from text length: ``ceil(chars / 3.5)`` per text part
     (English BPE tokenizers average ~4 characters per token; 3.5 adds a ~15% safety margin),
-    plus 4 tokens of framing per message, plus 765 tokens per image (a high-detail 512px
-    tile budget) — deliberately on the high side so a context-fit check never admits a
+    plus 4 tokens of framing per message, 3 of reply priming, plus 765 tokens per image (a
+    high-detail 512px tile budget) — deliberately on the high side so a context-fit check never admits a
     request that the provider would reject.
 
 Complexity (0..1), from four features, each documented by the term it adds:
@@ -15,6 +15,7 @@ Complexity (0..1), from four features, each documented by the term it adds:
     structure  0.15 if the request carries tools or a JSON schema; +0.10 for >6 messages
     Classes: simple < 0.33 ≤ medium < 0.66 ≤ complex. The scorer shifts weight from cost to
     quality for complex requests and from quality to cost for simple ones (see scoring).
+    Keywords are read from the first and last 1,000 characters of the last user turn.
 """
 
 from __future__ import annotations
