@@ -110,6 +110,17 @@ class Dispatcher:
         return json_reply(413, msg, type_="invalid_request_error", code="request_too_large",
                           pending=pending)  # fmt: skip
 
+    def length_required(self, inc: Incoming) -> Reply | None:
+        """411 for an LLM request sent without Content-Length (chunked, size unknown)."""
+        path = inc.path.split("?", 1)[0]
+        if inc.method != "POST" or not path.endswith(LLM_PATHS):
+            return None
+        pending = Pending(request_id(), time.monotonic(), inc, "routed")
+        msg = ("request body sent without Content-Length; send it with a Content-Length "
+               "header (a body of unknown size could exhaust the router's memory)")  # fmt: skip
+        return json_reply(411, msg, type_="invalid_request_error", code="length_required",
+                          pending=pending)  # fmt: skip
+
     async def handle(self, inc: Incoming) -> Passthrough | Reply | ToPipe:
         view = self.view  # one config version for the whole request
         too_large = self.too_large(inc, len(inc.body))  # a chunked body, seen whole

@@ -210,8 +210,9 @@ class Orchestrator:
         return True, name
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        """An LLM request that announces a body over `max_request_bytes` is answered 413
-        without buffering the body: it streams into the pipe, which drops it."""
+        """An LLM request that announces a body over `max_request_bytes` (413) or no size at
+        all (411) is answered without buffering the body: it streams into the pipe, which
+        drops it."""
         d = self.dispatcher
         if d is None or flow.response is not None:
             return
@@ -223,11 +224,17 @@ class Orchestrator:
         inc = self._incoming(flow, with_body=False)
         if inc is None or d.pipe.port == 0:
             return
-        try:
-            size = int(flow.request.headers.get("content-length", "0"))
-        except ValueError:
-            return
-        out = d.too_large(inc, size)
+        headers = flow.request.headers
+        if "content-length" not in headers and "chunked" in headers.get("transfer-encoding", ""):
+            # an LLM request of unknown size could grow without bound in memory: refuse it
+            # (every OpenAI SDK sends Content-Length)
+            out = d.length_required(inc)
+        else:
+            try:
+                size = int(headers.get("content-length", "0"))
+            except ValueError:
+                return
+            out = d.too_large(inc, size)
         if out is None:
             return
         self._track(flow, out.pending)
@@ -317,7 +324,8 @@ def _auth_required(*, proxy: bool) -> http.Response:
 
 def _point_at_pipe(req: http.Request, port: int, path: str, *, keep_length: bool) -> None:
     """Send this flow to the in-process loopback pipe instead of any upstream."""
-    keep = {"content-type", "accept"} | ({"content-length"} if keep_length else set())
+    framing = {"content-length", "transfer-encoding"} if keep_length else set()
+    keep = {"content-type", "accept"} | framing
     pairs = [(k, v) for k, v in req.headers.items(multi=True) if k.lower() in keep]
     req.scheme = "http"
     req.host = "127.0.0.1"
