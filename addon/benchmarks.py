@@ -15,7 +15,10 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from addon.configload import Config
 
 REBUILD = "rebuild it with `orchestrator refresh --from DIR`"
 _SQLITE_HEADER = b"SQLite format 3\x00"
@@ -407,3 +410,29 @@ def read_table(path: Path | str, table: str) -> list[tuple[Any, ...]]:
         raise BenchmarkDBError(path, f"cannot be read ({exc})") from exc
     finally:
         conn.close()
+
+
+BUNDLED_DB = Path(__file__).resolve().parent / "bundled" / "benchmarks.db"
+
+
+def load_catalog_rows(cfg: Config) -> tuple[list[OfferingRow], str, list[str]]:
+    """Offerings from the configured benchmark DB, or from the bundled one with a warning."""
+    path = cfg.benchmarks_path
+    warnings: list[str] = []
+    if path.exists():
+        try:
+            return load_offerings(path), str(path), warnings
+        except BenchmarkDBError as e:
+            warnings.append(f"{e}; using the bundled benchmark DB instead")
+    else:
+        warnings.append(
+            f"benchmark DB {path} does not exist yet; using the bundled one "
+            "(run `orchestrator refresh` to build a fresh one)"
+        )
+    if BUNDLED_DB.exists():
+        try:
+            return load_offerings(BUNDLED_DB), f"bundled:{BUNDLED_DB}", warnings
+        except BenchmarkDBError as e:
+            warnings.append(f"bundled benchmark DB is unusable: {e}")
+    warnings.append("no benchmark DB: only models declared in rules/models.yaml are candidates")
+    return [], "none", warnings

@@ -1,9 +1,8 @@
 """The candidate table: benchmark DB offerings plus `rules/models.yaml`, joined to the
 configured providers.
 
-`build_catalog` is pure (rows, config and an environment mapping in; a Catalog out).
-`load_rows` is the only I/O here: it reads the benchmark DB, falling back to the DB that
-ships inside the package when the configured file is missing or unreadable.
+`build_catalog` is pure (rows, config and an environment mapping in; a Catalog out); the
+rows come from `addon.benchmarks.load_catalog_rows`.
 """
 
 from __future__ import annotations
@@ -11,17 +10,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from addon import benchmarks
 from addon.config import DeclaredModel, Provider
 from addon.configload import Config
+
+if TYPE_CHECKING:
+    from addon.benchmarks import OfferingRow
 from addon.cost import Price
 
 log = logging.getLogger("orchestrator")
 
-BUNDLED_DB = Path(__file__).resolve().parent / "bundled" / "benchmarks.db"
 UNKNOWN_QUALITY_PRIOR = 0.25  # normalized quality assumed for an unrated model (below median)
 
 
@@ -83,29 +83,6 @@ class Catalog:
         return self.by_name.get(name.lower(), ())
 
 
-def load_rows(cfg: Config) -> tuple[list[benchmarks.OfferingRow], str, list[str]]:
-    """Offerings from the configured benchmark DB, or from the bundled one with a warning."""
-    path = cfg.benchmarks_path
-    warnings: list[str] = []
-    if path.exists():
-        try:
-            return benchmarks.load_offerings(path), str(path), warnings
-        except benchmarks.BenchmarkDBError as e:
-            warnings.append(f"{e}; using the bundled benchmark DB instead")
-    else:
-        warnings.append(
-            f"benchmark DB {path} does not exist yet; using the bundled one "
-            "(run `orchestrator refresh` to build a fresh one)"
-        )
-    if BUNDLED_DB.exists():
-        try:
-            return benchmarks.load_offerings(BUNDLED_DB), f"bundled:{BUNDLED_DB}", warnings
-        except benchmarks.BenchmarkDBError as e:
-            warnings.append(f"bundled benchmark DB is unusable: {e}")
-    warnings.append("no benchmark DB: only models declared in rules/models.yaml are candidates")
-    return [], "none", warnings
-
-
 def provider_infos(
     providers: Mapping[str, Provider], env: Mapping[str, str]
 ) -> dict[str, ProviderInfo]:
@@ -125,7 +102,7 @@ def provider_infos(
 
 def build_catalog(
     cfg: Config,
-    rows: list[benchmarks.OfferingRow],
+    rows: list[OfferingRow],
     env: Mapping[str, str],
     source: str = "",
     warnings: list[str] | None = None,

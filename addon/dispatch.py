@@ -16,8 +16,18 @@ from dataclasses import dataclass, field
 from typing import overload
 from urllib.parse import urlsplit
 
+from addon import (
+    benchmarks,
+    budget,
+    budgetgate,
+    classify,
+    clients,
+    configload,
+    recording,
+    routing,
+    wire,
+)
 from addon import breaker as brk
-from addon import budget, budgetgate, classify, clients, configload, recording, routing, wire
 from addon import catalog as catmod
 from addon.config import LLM_PATHS, ROUTED_PATHS
 from addon.exchange import Incoming, Passthrough, Pending, Reply, ToPipe, json_reply, request_id
@@ -50,7 +60,7 @@ class View:
 def build_view(
     cfg: configload.Config, env: Mapping[str, str], latency: Mapping[str, float]
 ) -> View:
-    rows, source, warnings = catmod.load_rows(cfg)
+    rows, source, warnings = benchmarks.load_catalog_rows(cfg)
     catalog = catmod.build_catalog(cfg, rows, env, source, warnings)
     keys = {
         name: env[p.api_key_env]

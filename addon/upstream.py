@@ -289,7 +289,7 @@ class Engine:
                     allow_redirects=False,
                 )
                 if resp.status >= 400 or not t.stream:
-                    body = await self._read_body(resp, started, first_limit)
+                    body = await self._read_body(resp)
                     headers = _response_headers(resp)
                     status = resp.status
                     resp.release()
@@ -329,7 +329,7 @@ class Engine:
         except aiohttp.ClientError as e:
             return None, Outcome(OutcomeKind.CONNECT_ERROR, None, _describe(e))
 
-    async def _read_body(self, resp: aiohttp.ClientResponse, started: float, limit: float) -> bytes:
+    async def _read_body(self, resp: aiohttp.ClientResponse) -> bytes:
         # Headers came within the first-byte limit; the rest of the body may take up to the
         # stall timeout between chunks.
         chunks: list[bytes] = []
