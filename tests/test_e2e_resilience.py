@@ -300,11 +300,19 @@ def test_flapping_primary_breaker_opens_probes_once_and_closes(
             "breaker gamma" not in p.log() and "breaker alpha:m-premium: closed -> open" in p.log()
         )
         ups["alpha"].always(Delay(0.8))  # healthy again, but slow: the probe is in flight
-        while time.monotonic() - opened < 1.0:  # cooldown: poll with traffic, all to beta
+        # the breaker opened just before `opened`, so its cooldown ends by opened + 1.0 s
+        while time.monotonic() - opened < 0.7:  # still cooling down: all traffic to beta
             assert call() == "beta"
             time.sleep(0.05)
+        # bursts of 6 concurrent calls until the half-open probe reaches alpha: never more
+        # than one call of a burst may go there
+        deadline = time.monotonic() + 5
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
-            answered = list(pool.map(lambda _: call(), range(6)))
+            while len(ups["alpha"].requests()) == 3:
+                answered = list(pool.map(lambda _: call(), range(6)))
+                assert answered.count("alpha") <= 1, answered
+                assert time.monotonic() < deadline, "no half-open probe after the cooldown"
+                time.sleep(0.05)
         assert len(ups["alpha"].requests()) == 4, "exactly one half-open probe"
         assert answered.count("alpha") == 1
         assert call() == "alpha"  # the probe succeeded: closed again
