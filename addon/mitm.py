@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,9 @@ from mitmproxy.addonmanager import Loader
 from addon import ca, clients, configload, dispatch
 from addon.config import Settings
 from addon.errors import ConfigError
+from addon.pipe import StreamReport
 from addon.runtime import Runtime
+from addon.wire import SSEParser, Usage, event_json
 
 log = logging.getLogger("orchestrator")
 META = "orchestrator"
@@ -274,9 +277,16 @@ class Orchestrator:
         flow.request.content = b""
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
+        resp = flow.response
+        if resp is None:
+            return
         p = self._pending.get(flow.id)
-        if p is not None and p.token is not None and flow.response is not None:
-            flow.response.stream = True
+        if p is not None and p.token is not None:
+            resp.stream = True  # our pipe: already relayed event by event
+        elif "text/event-stream" in resp.headers.get("content-type", ""):
+            # a stream passing through untouched (e.g. /responses): never buffer it; read
+            # usage on the side for its ledger row
+            resp.stream = _usage_tap(p) if p is not None else True
 
     def response(self, flow: http.HTTPFlow) -> None:
         p = self._pending.pop(flow.id, None)
@@ -301,6 +311,31 @@ class Orchestrator:
     def _track(self, flow: http.HTTPFlow, p: dispatch.Pending) -> None:
         self._pending[flow.id] = p
         flow.metadata[META] = {"request_id": p.id, "kind": p.kind}
+
+
+def _usage_tap(p: dispatch.Pending) -> Callable[[bytes], bytes]:
+    """Pass SSE bytes through unchanged, noting usage and model as they go by."""
+    report = StreamReport(outcome="ok")
+    parser = SSEParser()
+    p.report = report
+
+    def tap(chunk: bytes) -> bytes:
+        for ev in parser.feed(chunk) if chunk else parser.flush():
+            obj = event_json(ev)
+            if isinstance(obj, dict):
+                inner = obj.get("response")  # the Responses API nests it
+                usage = Usage.from_obj(
+                    obj.get("usage") or (inner.get("usage") if isinstance(inner, dict) else None)
+                )
+                if usage is not None:
+                    report.usage = usage
+                if report.model is None and isinstance(obj.get("model"), str):
+                    report.model = obj["model"]
+            elif ev.done:
+                report.saw_done = True
+        return chunk
+
+    return tap
 
 
 def _authority(req: http.Request) -> str:

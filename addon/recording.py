@@ -39,7 +39,7 @@ def build_row(
             routed_model = report.model
         if report.malformed:
             pending.reasons.append(f"dropped {report.malformed} malformed SSE event(s)")
-        if report.outcome == "ok" and not report.saw_done:
+        if report.outcome == "ok" and not report.saw_done and pending.kind == "routed":
             pending.reasons.append("upstream ended the stream without [DONE]")
         if report.outcome in ("truncated", "client_abort"):
             outcome = report.outcome
