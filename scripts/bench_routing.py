@@ -42,7 +42,8 @@ if str(REPO) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO))
 
 from addon import breaker, classify, configload, dispatch, routing, wire  # noqa: E402
-from addon.catalog import BUNDLED_DB, Candidate  # noqa: E402
+from addon.benchmarks import BUNDLED_DB  # noqa: E402
+from addon.catalog import Candidate  # noqa: E402
 
 KEY_ENV = "BENCH_PROVIDER_KEY"
 BENCH_MODEL = "bench-model"  # declared in the generated rules/models.yaml
