@@ -19,7 +19,6 @@ from addon.scoring import Scored, effective_weights
 from addon.sources.schema import load_sources
 
 DEFAULT_CONFIG = "orchestrator.yaml"
-ENTRY = Path(__file__).resolve().parent / "entry.py"
 
 
 def _load(config: str) -> configload.Config:
@@ -66,34 +65,23 @@ config_option = click.option(
 def run(
     config: str, port: int | None, host: str | None, confdir: str | None, extra: tuple[str, ...]
 ) -> None:
-    """Run the proxy (mitmdump with the orchestrator addon)."""
+    """Run the proxy (a mitmproxy Master with only the addons the router needs)."""
     cfg = _load(config)
     s = cfg.settings
     conf = Path(confdir) if confdir else ca.default_confdir(cfg.base_dir)
     ca.ensure_ca(conf)
-    args = [
-        "--mode",
-        s.mode,
-        "--listen-host",
-        host or s.listen_host,
-        "--listen-port",
-        str(port if port is not None else s.listen_port),
-        "-s",
-        str(ENTRY),
-        "--set",
-        f"orchestrator_config={cfg.path}",
-        "--set",
-        f"confdir={conf.resolve()}",
-        "--set",
-        "connection_strategy=lazy",
-        "--set",
-        "flow_detail=0",
-    ]
-    for opt in extra:
-        args += ["--set", opt]
-    from mitmproxy.tools.main import mitmdump
+    from addon.mitm import serve
 
-    mitmdump(args)
+    sys.exit(
+        serve(
+            cfg.path,
+            mode=s.mode,
+            host=host or s.listen_host,
+            port=port if port is not None else s.listen_port,
+            confdir=conf.resolve(),
+            extra=extra,
+        )
+    )
 
 
 @main.command()
