@@ -99,10 +99,14 @@ class ProxyProcess:
         )
         self._pump_thread = threading.Thread(target=self._pump, daemon=True)
         self._pump_thread.start()
-        self.wait_for_log(LISTEN_RE, timeout)
-        m = next(LISTEN_RE.search(line) for line in self.lines if LISTEN_RE.search(line))
-        self.port = int(m.group(1))
-        self.wait_for_log(re.compile("Local AI Orchestrator"), timeout)
+        try:
+            self.wait_for_log(LISTEN_RE, timeout)
+            m = next(LISTEN_RE.search(line) for line in self.lines if LISTEN_RE.search(line))
+            self.port = int(m.group(1))
+            self.wait_for_log(re.compile("Local AI Orchestrator"), timeout)
+        except BaseException:
+            self.stop()  # never leave a half-started proxy behind
+            raise
         return self
 
     def admin_url(self, timeout: float = 10.0) -> str:
