@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -112,14 +112,6 @@ class LedgerRow:
             for name in _COLUMNS
             for v in (getattr(self, name),)
         )  # fmt: skip
-
-    def as_params(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["attempt_log"] = json.dumps(d["attempt_log"])
-        d["reasons"] = json.dumps(d["reasons"])
-        d["stream"] = int(self.stream)
-        d["unpriced"] = int(self.unpriced)
-        return d
 
 
 _COLUMNS = tuple(LedgerRow.__dataclass_fields__)

@@ -3,7 +3,7 @@
 - `parse_request` reads a JSON request body once and remembers where each top-level value
   sits, so `rewrite` can splice in a new `model` (and `stream_options`) without
   re-serialising anything else: every other byte reaches the upstream unchanged.
-- `usage_from_json` / `SSEParser` read token usage from a JSON body or an SSE stream.
+- `answer_facts` / `SSEParser` read token usage from a JSON body or an SSE stream.
 - `classify_failure` turns an upstream status and error body into an `Outcome`.
 """
 
@@ -192,14 +192,6 @@ def answer_facts(body: bytes) -> tuple[Usage | None, str | None]:
         return None, None
     model = obj.get("model")
     return Usage.from_obj(obj.get("usage")), model if isinstance(model, str) else None
-
-
-def usage_from_json(body: bytes) -> Usage | None:
-    try:
-        obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return Usage.from_obj(obj.get("usage")) if isinstance(obj, dict) else None
 
 
 def response_model(body: bytes) -> str | None:
