@@ -105,7 +105,7 @@ class AdminServer:
         by = request.query.get("by", "model")
         try:
             since = reports.parse_since(request.query.get("since", "24h"), time.time())
-            rows = await asyncio.to_thread(reports.load, self.rt.view.config.ledger_path, since)
+            rows = await asyncio.to_thread(reports.load, self.rt.reader, since)
             groups = reports.cost_report(rows, by)
         except ValueError as e:
             return _error(400, str(e))
@@ -120,7 +120,7 @@ class AdminServer:
                 raise ValueError(f"buckets {buckets} is out of range; use 1 to 1000")
         except ValueError as e:
             return _error(400, str(e))
-        rows = await asyncio.to_thread(reports.load, self.rt.view.config.ledger_path, since)
+        rows = await asyncio.to_thread(reports.load, self.rt.reader, since)
         return web.json_response({"series": reports.spend_series(rows, since, now, buckets)})
 
 

@@ -3,12 +3,11 @@ maximum cost before it is sent, and seed the book from the ledger at startup."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from pathlib import Path
 
 from addon import budget, routing, wire
 from addon import cost as costmod
@@ -19,6 +18,8 @@ from addon.configload import Config
 from addon.exchange import Pending, Reply, json_reply
 from addon.metrics import Metrics
 from addon.scoring import Scored
+from addon.state import Budgets, StateUnavailable
+from addon.store import LedgerError, LedgerReader
 
 log = logging.getLogger("orchestrator")
 SCOPE_COLUMN = {"client": "client", "policy": "policy", "profile": "profile"}
@@ -43,45 +44,28 @@ def estimate(chain: Sequence[Scored] | Sequence[Candidate], features: RequestFea
     return worst
 
 
-def seed(book: budget.BudgetBook, cfg: Config, ledger_path: Path, now: float | None = None) -> None:
-    """Charge what the ledger already holds for each budget's current window."""
+async def seed(budgets: Budgets, cfg: Config, reader: LedgerReader,
+               now: float | None = None) -> None:  # fmt: skip
+    """Charge what the ledger already holds for each budget's current window, so a restart
+    does not reset a budget."""
     now = time.time() if now is None else now
     rules = [r for p in cfg.policies if (r := rule_of(p)) is not None]
-    if not rules or not ledger_path.exists():
-        return
-    try:
-        conn = sqlite3.connect(f"file:{ledger_path}?mode=ro", uri=True)
-    except sqlite3.Error as e:
-        log.error("budgets: cannot read %s to restore spend: %s", ledger_path, e)
-        return
-    try:
-        for rule in rules:
-            start, _ = budget.window(rule.per, now)
-            col = SCOPE_COLUMN[rule.scope]
-            q = (f"SELECT COALESCE({col}, ''), SUM(cost_usd) FROM requests "
-                 f"WHERE policy = ? AND ts >= ? AND cost_usd IS NOT NULL GROUP BY 1")  # fmt: skip
-            for key, spent in conn.execute(q, (rule.name, start)):
-                if spent:
-                    book.seed(rule, key, start, spent)
-    except sqlite3.Error as e:
-        log.error("budgets: cannot read %s to restore spend: %s", ledger_path, e)
-    finally:
-        conn.close()
-
-
-def charge(book: budget.BudgetBook, rule: budget.BudgetRule, key: str, usd: float,
-           now: float) -> None:  # fmt: skip
-    """Count a call that went ahead without a reservation (downgraded after the budget ran
-    out) so the window's spend stays true."""
-    if usd > 0:
-        book.seed(rule, key, budget.window(rule.per, now)[0], usd)
+    for rule in rules:
+        start, _ = budget.window(rule.per, now)
+        try:
+            spent = await asyncio.to_thread(reader.spend, rule.name, SCOPE_COLUMN[rule.scope], start)
+        except LedgerError as e:
+            log.error("budgets: cannot restore spend for %s from the ledger: %s", rule.name, e)
+            continue
+        for key, usd in spent:
+            await budgets.seed(rule, key, start, usd)
 
 
 # --------------------------------------------------------------------------- request path
 
 
-def gate(
-    book: budget.BudgetBook,
+async def gate(
+    book: Budgets,
     metrics: Metrics | None,
     policies: Sequence[Policy],
     router: routing.Router,
@@ -100,7 +84,14 @@ def gate(
     key = budget.scope_key(rule, req.client_name or req.client_addr, rule.name, decision.profile)
     # reserve for the first target; a fallback to a dearer one tops the hold up first
     # (see `topup`), so the settled spend can never pass the budget
-    held = book.reserve(rule, key, estimate(decision.chain[:1], req.features), now)
+    try:
+        held = await book.reserve(rule, key, estimate(decision.chain[:1], req.features), now)
+    except StateUnavailable as e:
+        msg = (f"budget {rule.name!r} cannot be checked: the shared state store is "
+               f"unavailable ({e}); retry shortly — the router refuses budgeted calls rather "
+               "than risk overspending")  # fmt: skip
+        return json_reply(503, msg, type_="service_unavailable", code="budget_unavailable",
+                          pending=pending, headers=(("retry-after", "1"),))  # fmt: skip
     if isinstance(held, budget.Reservation):
         pending.reservation = held
         pending.budget_scope = (rule, key)
@@ -122,9 +113,7 @@ def gate(
                    profile_reason=f"budget {rule.name} exceeded: downgraded from {decision.profile}")  # fmt: skip
 
 
-def topup(
-    book: budget.BudgetBook, pending: Pending, c: Candidate, features: RequestFeatures
-) -> bool:
+async def topup(book: Budgets, pending: Pending, c: Candidate, features: RequestFeatures) -> bool:
     """Before trying `c` under a budget: make the hold cover `c`'s maximum cost."""
     if pending.reservation is None or pending.budget_scope is None:
         return True
@@ -133,7 +122,11 @@ def topup(
     if need <= have:
         return True
     rule, key = pending.budget_scope
-    more = book.reserve(rule, key, need - have, time.time())
+    try:
+        more = await book.reserve(rule, key, need - have, time.time())
+    except StateUnavailable as e:
+        pending.reasons.append(f"skipped {c.key}: budget store unavailable ({e})")
+        return False
     if isinstance(more, budget.Exceeded):
         pending.reasons.append(f"skipped {c.key}: {more.message}")
         return False
@@ -141,12 +134,13 @@ def topup(
     return True
 
 
-def settle(book: budget.BudgetBook, metrics: Metrics | None, pending: Pending,
-           usage: wire.Usage | None, usd: float | None) -> None:  # fmt: skip
+def settle(book: Budgets, pending: Pending, usage: wire.Usage | None,
+           usd: float | None) -> None:  # fmt: skip
     """After the call: charge the real cost once, give back every other hold."""
     now = time.time()
     if pending.charge is not None and usd is not None:
-        charge(book, *pending.charge, usd, now)
+        rule, key = pending.charge
+        book.charge(rule, key, usd, now)
     for extra in pending.extra:
         book.release(extra)
     r = pending.reservation
@@ -155,7 +149,15 @@ def settle(book: budget.BudgetBook, metrics: Metrics | None, pending: Pending,
     if usage is None:  # nothing was billed: give the reservation back
         book.release(r)
         return
-    for alert in book.settle(r, usd, now):
+    book.settle(r, usd, now)
+
+
+def alert_sink(metrics: Metrics | None) -> Callable[[budget.Alert], None]:
+    """Where budget alerts go: the log and the alerts counter."""
+
+    def on_alert(alert: budget.Alert) -> None:
         log.warning("%s", alert.message)
         if metrics is not None:
             metrics.budget_alerts.labels(alert.rule).inc()
+
+    return on_alert

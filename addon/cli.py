@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sqlite3
 import sys
 import time
 from collections import Counter
@@ -13,7 +12,7 @@ from typing import Any
 
 import click
 
-from addon import ca, classify, configload, dispatch, ledger, reports, routing
+from addon import ca, classify, configload, dispatch, reports, routing, store
 from addon.errors import ConfigError, OrchestratorError
 from addon.scoring import Scored, effective_weights
 from addon.sources.schema import load_sources
@@ -211,7 +210,14 @@ def status(config: str, as_json: bool) -> None:
         click.echo(f"budget   {b['rule']} [{b['scope']}] ${b['spent']:.6f} spent + "
                    f"${b['reserved']:.6f} in flight of ${b['limit']:.2f} per {b['per']}")  # fmt: skip
     lg = st["ledger"]
-    click.echo(f"ledger {lg['path']}: {lg['rows']} rows, {lg['bytes']} bytes")
+    click.echo(f"ledger {lg['where']}: {lg['rows']} rows, {lg['bytes']} bytes"
+               + (f", {lg['spooled']} spooled while the database is unreachable"
+                  if lg.get("spooled") else ""))  # fmt: skip
+    shared = st.get("state", {})
+    if shared.get("kind") == "redis":
+        click.echo(f"state  {shared['where']}: "
+                   + ("connected" if shared.get("connected") else
+                      f"UNREACHABLE ({shared.get('last_error')})"))  # fmt: skip
 
 
 @main.command()
@@ -291,17 +297,16 @@ def rank(config: str, profile: str | None, task: str, complexity: str, limit: in
 def explain(config: str, request_id: str) -> None:
     """Show how a recorded request was routed: profile and why, attempts, tokens, cost."""
     cfg = _load(config)
-    if not cfg.ledger_path.exists():
-        click.echo(f"error: no ledger at {cfg.ledger_path} — it is created when the proxy first "
-                   "starts (`orchestrator run`); check `data.ledger` in orchestrator.yaml", err=True)  # fmt: skip
-        sys.exit(2)
+    reader = store.open_reader(cfg)
     try:
-        rows = ledger.read_rows(cfg.ledger_path, "id = :id", {"id": request_id})
-    except sqlite3.Error as e:
-        click.echo(f"error: cannot read the ledger {cfg.ledger_path}: {e}", err=True)
+        rows = reader.read_rows(request_id=request_id)
+    except store.LedgerError as e:
+        click.echo(f"error: {e}", err=True)
         sys.exit(2)
+    finally:
+        reader.close()
     if not rows:
-        click.echo(f"error: no request {request_id!r} in {cfg.ledger_path} (ids are in the "
+        click.echo(f"error: no request {request_id!r} in {reader.where} (ids are in the "
                    "x-orchestrator-request-id response header)", err=True)  # fmt: skip
         sys.exit(1)
     click.echo(reports.explain(rows[0]))
@@ -318,11 +323,14 @@ def explain(config: str, request_id: str) -> None:
 def costs(config: str, since: str, by: str, fmt: str | None) -> None:
     """Requests, tokens, spend, savings, fallback rate and latency percentiles."""
     cfg = _load(config)
+    reader = store.open_reader(cfg)
     try:
-        rows = reports.load(cfg.ledger_path, reports.parse_since(since, time.time()))
+        rows = reports.load(reader, reports.parse_since(since, time.time()))
     except (ValueError, OrchestratorError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
+    finally:
+        reader.close()
     groups, total = reports.cost_report(rows, by), reports.totals(rows)
     if fmt == "json":
         click.echo(json.dumps(reports.as_json(groups, total), indent=2))
@@ -340,15 +348,18 @@ def prune(config: str, days: int | None) -> None:
     """Delete ledger rows older than the retention period (the proxy also does it daily)."""
     cfg = _load(config)
     keep = days if days is not None else cfg.settings.retention_days
-    if not cfg.ledger_path.exists():
+    if not store.is_postgres(cfg.settings.data.ledger) and not cfg.ledger_path.exists():
         click.echo(f"nothing to prune: {cfg.ledger_path} does not exist yet")
         return
-    conn = ledger.connect(cfg.ledger_path)
+    reader = store.open_reader(cfg)
     try:
-        n = ledger.prune(conn, time.time() - keep * 86400)
+        n = reader.prune(time.time() - keep * 86400)
+    except store.LedgerError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
     finally:
-        conn.close()
-    click.echo(f"pruned {n} rows older than {keep} days from {cfg.ledger_path}")
+        reader.close()
+    click.echo(f"pruned {n} rows older than {keep} days from {reader.where}")
 
 
 @main.command("ca")

@@ -37,7 +37,35 @@ def _host_port(v: str) -> str:
 
 class DataPaths(Strict):
     benchmarks: str = "data/benchmarks.db"
-    ledger: str = "data/ledger.db"
+    ledger: str = Field(
+        default="data/ledger.db",
+        description="A SQLite file path, or postgresql://user@host:5432/db for a ledger "
+        "shared by several replicas.",
+    )
+    spool: str = Field(
+        default="data/ledger-spool.db",
+        description="With a PostgreSQL ledger: where rows wait on disk while the database "
+        "is unreachable.",
+    )
+
+    @field_validator("ledger")
+    @classmethod
+    def _ledger(cls, v: str) -> str:
+        if "://" in v:
+            parts = urlsplit(v)
+            if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+                raise ValueError(
+                    f"{_redact(v)!r} is neither a file path nor a PostgreSQL URL; write "
+                    "data/ledger.db or postgresql://user@host:5432/dbname"
+                )
+        return v
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
 
 
 def address_kind(host: str) -> str | None:
@@ -162,6 +190,25 @@ class Settings(Strict):
     max_request_bytes: Annotated[int, Field(ge=1024)] = 10 * 1024 * 1024
     log_prompts: Literal["off", "hash", "full"] = "off"
     provider_hosts: list[str] = Field(default_factory=list)
+    state: str | None = Field(
+        default=None,
+        description="redis://host:6379/0 to share breaker states, latency stats and budget "
+        "counters between replicas; unset keeps them in this process.",
+    )
+
+    @field_validator("state")
+    @classmethod
+    def _state(cls, v: str | None) -> str | None:
+        if v is not None:
+            parts = urlsplit(v)
+            if parts.scheme not in ("redis", "rediss", "unix") or not (
+                parts.hostname or parts.path
+            ):
+                raise ValueError(
+                    f"{_redact(v)!r} is not a Redis URL; write redis://127.0.0.1:6379/0 "
+                    "(rediss:// for TLS)"
+                )
+        return v
 
     @field_validator("listen")
     @classmethod

@@ -18,13 +18,13 @@ from urllib.parse import urlsplit
 
 from addon import (
     benchmarks,
-    budget,
     budgetgate,
     classify,
     clients,
     configload,
     recording,
     routing,
+    state,
     wire,
 )
 from addon import breaker as brk
@@ -32,10 +32,11 @@ from addon import catalog as catmod
 from addon.config import LLM_PATHS, ROUTED_PATHS
 from addon.exchange import Incoming, Passthrough, Pending, Reply, ToPipe, json_reply, request_id
 from addon.fallback import Outcome, OutcomeKind
-from addon.ledger import Ledger, LedgerRow
+from addon.ledger import LedgerRow
 from addon.metrics import Metrics
 from addon.pipe import Pipe, StreamReport
 from addon.scoring import Scored
+from addon.store import LedgerWriter
 from addon.upstream import HOP_BY_HOP, Engine, EngineResult, Target
 
 log = logging.getLogger("orchestrator")
@@ -43,7 +44,6 @@ log = logging.getLogger("orchestrator")
 CLIENT_KEY_HEADERS = ("authorization", "api-key", "x-api-key")
 # Headers that identify the client's account at its own provider: never sent elsewhere.
 ACCOUNT_HEADERS = ("openai-organization", "openai-project", "cookie")
-LATENCY_ALPHA = 0.3
 
 
 @dataclass(frozen=True)
@@ -77,11 +77,19 @@ def intercepted(host: str, intercept: tuple[str, ...] | list[str]) -> bool:
 
 
 class Dispatcher:
-    def __init__(self, view: View, ledger: Ledger | None, budgets: budget.BudgetBook | None = None,
-                 metrics: Metrics | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        view: View,
+        ledger: LedgerWriter | None,
+        budgets: state.Budgets | None = None,
+        metrics: Metrics | None = None,
+        *,
+        breakers: state.Breakers | None = None,
+        latency: state.Latency | None = None,
+    ) -> None:
         self.view = view
         self.ledger = ledger
-        self.budgets = budgets if budgets is not None else budget.BudgetBook()
+        self.budgets: state.Budgets = budgets if budgets is not None else state.LocalBudgets()
         self.metrics = metrics
         self.engine = Engine(view.config.settings.resilience)
         self.engine.local_hosts = _local_hosts(view)
@@ -89,10 +97,9 @@ class Dispatcher:
             {n: p.max_connections for n, p in view.config.settings.providers.items()}
         )
         self.pipe = Pipe()
-        self.breakers: dict[str, brk.BreakerState] = {}
+        self.breakers: state.Breakers = breakers if breakers is not None else state.LocalBreakers()
+        self.latency: state.Latency = latency if latency is not None else state.LocalLatency()
         self.cooldown: dict[str, float] = {}  # candidate key -> monotonic time it may be retried
-        self.latency: dict[str, float] = {}
-        self.latency_dirty = False
 
     def swap(self, view: View) -> None:
         self.view = view
@@ -177,8 +184,8 @@ class Dispatcher:
                 prov.keyless or c.provider in view.keys or (client_key and prov.host == inc.host)
             ):
                 return "no_key"
-            state = self.breakers.get(c.key)
-            if state is not None and not brk.available(state, now, res.breaker.cooldown_s):
+            st = self.breakers.get(c.key)
+            if st is not None and not brk.available(st, now, res.breaker.cooldown_s):
                 return "breaker_open"
             if self.cooldown.get(c.key, 0.0) > now:
                 return "rate_limited"
@@ -195,7 +202,7 @@ class Dispatcher:
             kind = "invalid_request_error" if decision.status == 400 else "service_unavailable"
             return json_reply(decision.status, decision.message, type_=kind, code=decision.code,
                               pending=pending)  # fmt: skip
-        gated = budgetgate.gate(self.budgets, self.metrics, view.config.policies, view.router,
+        gated = await budgetgate.gate(self.budgets, self.metrics, view.config.policies, view.router,
                                 pending, req, decision, usable, res.max_attempts + 4)  # fmt: skip
         if isinstance(gated, Reply):
             return gated
@@ -209,8 +216,10 @@ class Dispatcher:
         )
         features = req.features
 
-        def acquire(c: catmod.Candidate) -> bool:
-            return self._acquire(c) and budgetgate.topup(self.budgets, pending, c, features)
+        async def acquire(c: catmod.Candidate) -> bool:
+            return await self._acquire(c) and await budgetgate.topup(
+                self.budgets, pending, c, features
+            )
 
         result = await self.engine.run(plan, on_outcome=self._on_outcome, acquire=acquire)
         for key in result.skipped:
@@ -250,21 +259,12 @@ class Dispatcher:
         body = wire.rewrite(parsed, model=c.provider_model_id, include_usage=inject_usage)
         return Target(c, url, tuple(out), body, parsed.stream)
 
-    def _acquire(self, c: catmod.Candidate) -> bool:
+    async def _acquire(self, c: catmod.Candidate) -> bool:
         """Claim the right to try `c` now; an open breaker past its cooldown lets exactly
         one request through as the half-open probe."""
-        res = self.view.config.settings.resilience
-        state = self.breakers.get(c.key)
-        if state is None:
+        if self.breakers.get(c.key) is None:
             return True
-        ok, new = brk.acquire(state, time.monotonic(), res.breaker.cooldown_s)
-        if new is not state:
-            if new.status is not state.status:
-                log.warning(
-                    "breaker %s: %s -> %s (probe)", c.key, state.status.value, new.status.value
-                )
-            self.breakers[c.key] = new
-        return ok
+        return await self.breakers.acquire(c.key, self.view.config.settings.resilience.breaker.cooldown_s)
 
     def _on_outcome(self, c: catmod.Candidate, outcome: Outcome, elapsed_ms: float) -> None:
         res = self.view.config.settings.resilience
@@ -275,21 +275,11 @@ class Dispatcher:
             wait = outcome.retry_after if outcome.retry_after is not None else 1.0
             self.cooldown[c.key] = max(self.cooldown.get(c.key, 0.0), now + wait)
         if outcome.ok:
-            prev = self.latency.get(c.key)
-            self.latency[c.key] = (
-                elapsed_ms
-                if prev is None
-                else (LATENCY_ALPHA * elapsed_ms + (1 - LATENCY_ALPHA) * prev)
-            )
-            self.latency_dirty = True
-        state = self.breakers.get(c.key, brk.CLOSED)
+            self.latency.observe(c.key, elapsed_ms)
         if outcome.ok or outcome.counts_against_target:
-            new = brk.record(state, success=outcome.ok, now=now, threshold=res.breaker.failures)
-            if new.status is not state.status:
-                log.warning("breaker %s: %s -> %s", c.key, state.status.value, new.status.value)
-            self.breakers[c.key] = new
-        elif state.probing:
-            self.breakers[c.key] = brk.release(state)
+            self.breakers.record(c.key, success=outcome.ok, threshold=res.breaker.failures)
+        else:
+            self.breakers.release(c.key)
 
     async def _answer(
         self,
@@ -397,7 +387,7 @@ class Dispatcher:
         row, usage = recording.build_row(view.catalog, view.config.settings, pending,
                                          status=status, body=body, error=error,
                                          client_abort=client_abort)  # fmt: skip
-        budgetgate.settle(self.budgets, self.metrics, pending, usage, row.cost_usd)
+        budgetgate.settle(self.budgets, pending, usage, row.cost_usd)
         if self.ledger is not None:
             self.ledger.record(row)
         if self.metrics is not None:

@@ -12,15 +12,12 @@ import io
 import json
 import math
 import re
-import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from addon.errors import OrchestratorError
-from addon.ledger import read_rows
+from addon.store import LedgerReader
 
 Row = Mapping[str, Any]
 
@@ -48,24 +45,10 @@ def parse_since(text: str, now: float) -> float:
     return when.timestamp()
 
 
-def load(path: Path, since_ts: float | None = None) -> list[dict[str, Any]]:
-    """Ledger rows at or after `since_ts` (all rows when None), oldest first.
-
-    `attempt_log` and `reasons` come back decoded as lists.
-    """
-    if not path.exists():
-        raise OrchestratorError(
-            f"no ledger at {path} — it is created when the proxy first starts "
-            "(`orchestrator run`); check `data.ledger` in orchestrator.yaml"
-        )
-    where, params = ("ts >= :since", {"since": since_ts}) if since_ts is not None else ("", {})
-    try:
-        rows = read_rows(path, where, params)
-    except sqlite3.Error as e:
-        raise OrchestratorError(
-            f"cannot read the ledger {path}: {e} — is it an orchestrator ledger? "
-            "Start the proxy once to create or migrate it"
-        ) from e
+def load(reader: LedgerReader, since_ts: float | None = None) -> list[dict[str, Any]]:
+    """Ledger rows at or after `since_ts` (all rows when None), oldest first, from whichever
+    store is configured. `attempt_log` and `reasons` come back decoded as lists."""
+    rows = reader.read_rows(since=since_ts)
     for row in rows:
         row["attempt_log"] = _json_list(row.get("attempt_log"))
         row["reasons"] = _json_list(row.get("reasons"))

@@ -20,8 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from addon import benchmarks, budgetgate, configload, dispatch, ledger, routing
-from addon.budget import BudgetBook
+from addon import benchmarks, budgetgate, configload, dispatch, routing, state, store
 from addon.config import Settings
 from addon.errors import ConfigError
 from addon.metrics import Metrics
@@ -30,7 +29,7 @@ log = logging.getLogger("orchestrator")
 
 WATCH_EVERY_S = 0.25
 RERANK_EVERY_S = 5.0
-RESTART_KEYS = ("listen", "mode", "admin", "data")
+RESTART_KEYS = ("listen", "mode", "admin", "data", "state")
 
 
 def watch_paths(cfg: configload.Config) -> tuple[Path, ...]:
@@ -54,11 +53,27 @@ class Runtime:
                  apply_settings: Callable[[Settings], None]) -> None:  # fmt: skip
         self.config_path = cfg.path
         self.apply_settings = apply_settings
-        self.ledger = ledger.Ledger(cfg.ledger_path, cfg.settings.retention_days)
-        self.budgets = BudgetBook()
-        self.dispatcher = dispatch.Dispatcher(view, self.ledger, self.budgets)
+        self.ledger = store.open_writer(cfg)
+        self.reader = store.open_reader(cfg)
+        self.shared: Any = None  # addon.redisstate.RedisState with `state: redis://…`
+        if cfg.settings.state is not None:
+            from addon.redisstate import RedisState
+
+            self.shared = RedisState(cfg.settings.state)
+            breakers, latency, budgets = (
+                self.shared.breakers, self.shared.latency, self.shared.budgets
+            )
+        else:
+            breakers, latency, budgets = (
+                state.LocalBreakers(), state.LocalLatency(), state.LocalBudgets()
+            )
+        self.budgets: state.Budgets = budgets
+        self.dispatcher = dispatch.Dispatcher(view, self.ledger, budgets,
+                                              breakers=breakers, latency=latency)  # fmt: skip
         self.metrics = Metrics(self.live_state)  # reads the dispatcher's state when scraped
         self.dispatcher.metrics = self.metrics
+        budgets.on_alert = budgetgate.alert_sink(self.metrics)
+        self._seed_cfg = cfg
         self.loaded_at = time.time()
         self.last_error: str | None = None
         self.last_error_at: float | None = None
@@ -66,7 +81,6 @@ class Runtime:
         self._tasks: list[asyncio.Task[None]] = []
         self._reload_lock: asyncio.Lock | None = None
         self.admin: Any = None
-        budgetgate.seed(self.budgets, cfg, cfg.ledger_path)
 
     @property
     def view(self) -> dispatch.View:
@@ -78,6 +92,9 @@ class Runtime:
         from addon.admin import AdminServer
 
         self._reload_lock = asyncio.Lock()
+        if self.shared is not None:
+            await self.shared.start()
+        await budgetgate.seed(self.budgets, self._seed_cfg, self.reader)
         await self.dispatcher.pipe.ensure_started()  # hooks that cannot await need its port
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._watch()), loop.create_task(self._rerank())]
@@ -103,7 +120,10 @@ class Runtime:
         if self.admin is not None:
             await self.admin.stop()
         await self.dispatcher.close()
-        self.ledger.close()
+        if self.shared is not None:
+            await self.shared.close()
+        await asyncio.to_thread(self.ledger.close)
+        self.reader.close()
 
     # ------------------------------------------------------------------ reload
 
@@ -116,7 +136,7 @@ class Runtime:
                 cfg = await asyncio.to_thread(configload.load, self.config_path)
                 self._check_db(cfg)
                 view = await asyncio.to_thread(
-                    dispatch.build_view, cfg, dispatch.environ(), dict(self.dispatcher.latency)
+                    dispatch.build_view, cfg, dispatch.environ(), self.dispatcher.latency.values()
                 )
             except (ConfigError, benchmarks.BenchmarkDBError) as e:
                 self.last_error, self.last_error_at = str(e), time.time()
@@ -164,11 +184,11 @@ class Runtime:
         d = self.dispatcher
         while True:
             await asyncio.sleep(RERANK_EVERY_S)
-            if not d.latency_dirty:
+            if not d.latency.dirty:
                 continue
-            d.latency_dirty = False
+            d.latency.dirty = False
             view = d.view
-            router = await asyncio.to_thread(routing.rerank, view.router, dict(d.latency))
+            router = await asyncio.to_thread(routing.rerank, view.router, d.latency.values())
             if d.view is view:
                 d.swap(dataclasses.replace(view, router=router))
 
@@ -177,7 +197,7 @@ class Runtime:
     def breakers(self) -> list[dict[str, Any]]:
         return [
             {"target": key, "state": st.status.value, "failures": st.failures}
-            for key, st in sorted(self.dispatcher.breakers.items())
+            for key, st in sorted(self.dispatcher.breakers.snapshot().items())
         ]
 
     def live_state(self) -> dict[str, Any]:
@@ -209,5 +229,7 @@ class Runtime:
                         "age_s": live["benchmarks_age_s"]},
             "breakers": live["breakers"],
             "budgets": live["budgets"],
-            "ledger": ledger.stats(cfg.ledger_path),
+            "ledger": {**self.reader.stats(), **self.ledger.health()},
+            "state": self.shared.health() if self.shared is not None
+                     else {"kind": "in-process"},
         }  # fmt: skip

@@ -20,7 +20,7 @@ import logging
 import random
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -177,7 +177,7 @@ class Engine:
         plan: Sequence[Target],
         *,
         on_outcome: Callable[[Candidate, Outcome, float], None],
-        acquire: Callable[[Candidate], bool] = lambda c: True,
+        acquire: Callable[[Candidate], Awaitable[bool]] | None = None,
     ) -> EngineResult:
         """Walk `plan` until a target answers.
 
@@ -192,7 +192,7 @@ class Engine:
         tries_on_target = 0
         while idx < len(plan):
             target = plan[idx]
-            if tries_on_target == 0 and not acquire(target.candidate):
+            if tries_on_target == 0 and acquire is not None and not await acquire(target.candidate):
                 result.skipped.append(target.candidate.key)
                 idx += 1
                 continue

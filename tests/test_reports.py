@@ -12,6 +12,7 @@ import pytest
 from addon import reports
 from addon.errors import OrchestratorError
 from addon.ledger import Ledger, LedgerRow
+from addon.store import SqliteReader
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC).timestamp()
 
@@ -491,7 +492,7 @@ def test_reports_over_a_real_sqlite_ledger(tmp_path: Path) -> None:
     finally:
         ledger.close()
 
-    rows = reports.load(path, since_ts=reports.parse_since("1h", now=T0 + 60))
+    rows = reports.load(SqliteReader(path), since_ts=reports.parse_since("1h", now=T0 + 60))
     assert [r["id"] for r in rows] == ["a", "b", "c", "d"]
     assert rows[0]["attempt_log"] == [] and rows[0]["reasons"] == []
     for by in reports.GROUP_BY:
@@ -499,7 +500,7 @@ def test_reports_over_a_real_sqlite_ledger(tmp_path: Path) -> None:
     assert reports.totals(rows) == reports.totals(MIXED)
     t = reports.totals(rows)
     assert (t.requests, t.priced, t.unpriced) == (4, 3, 1)
-    assert len(reports.load(path)) == 5
+    assert len(reports.load(SqliteReader(path))) == 5
 
 
 def test_load_decodes_attempts_and_reasons(tmp_path: Path) -> None:
@@ -522,14 +523,14 @@ def test_load_decodes_attempts_and_reasons(tmp_path: Path) -> None:
         assert ledger.flush()
     finally:
         ledger.close()
-    (r,) = reports.load(path)
+    (r,) = reports.load(SqliteReader(path))
     assert (r["attempt_log"], r["reasons"]) == ([attempt], ["why"])
     assert "  1. openai/m  ok  status 200  5 ms" in reports.explain(r).splitlines()
 
 
 def test_load_names_a_missing_ledger(tmp_path: Path) -> None:
     with pytest.raises(OrchestratorError) as e:
-        reports.load(tmp_path / "nope.db")
+        reports.load(SqliteReader(tmp_path / "nope.db"))
     assert str(e.value) == (
         f"no ledger at {tmp_path / 'nope.db'} — it is created when the proxy first starts "
         "(`orchestrator run`); check `data.ledger` in orchestrator.yaml"
@@ -540,7 +541,7 @@ def test_load_rejects_a_file_that_is_not_a_ledger(tmp_path: Path) -> None:
     path = tmp_path / "other.db"
     path.write_bytes(b"")
     with pytest.raises(OrchestratorError) as e:
-        reports.load(path)
+        reports.load(SqliteReader(path))
     assert str(e.value) == (
         f"cannot read the ledger {path}: no such table: requests — is it an orchestrator "
         "ledger? Start the proxy once to create or migrate it"
