@@ -13,7 +13,7 @@ PYTHON ?= $(shell for c in python3.12 python3 \
 	  if $$c -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; then \
 	    command -v $$c 2>/dev/null || echo $$c; break; fi; done)
 
-.PHONY: help run test lint check bench bundle clean
+.PHONY: help run test lint check bench bundle clean system-deps
 
 help:
 	@echo "make run     set up and run the proxy on the embedded defaults (127.0.0.1:8080)"
@@ -45,7 +45,11 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check addon tests scripts
 	$(BIN)/mypy
 
-test: $(BIN)/.installed lint
+# Debian's chromium, postgresql and redis-server, installed when missing (root + apt-get)
+system-deps:
+	@scripts/system_deps.sh
+
+test: $(BIN)/.installed system-deps lint
 	$(BIN)/pytest
 
 bench: $(BIN)/.installed

@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from addon.store import redact as _redact
+
 LLM_PATHS = ("/chat/completions", "/completions", "/responses", "/embeddings")
 ROUTED_PATHS = ("/chat/completions", "/completions")
 
@@ -59,13 +61,6 @@ class DataPaths(Strict):
                     "data/ledger.db or postgresql://user@host:5432/dbname"
                 )
         return v
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return url.replace(f":{parts.password}@", ":***@", 1)
 
 
 def address_kind(host: str) -> str | None:

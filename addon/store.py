@@ -12,10 +12,10 @@ Rows come back as plain dicts shaped like the `requests` table: `attempt_log` an
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 from addon import ledger
 from addon.errors import OrchestratorError
@@ -36,14 +36,14 @@ def is_postgres(url: str) -> bool:
     return url.startswith(PG_SCHEMES)
 
 
-def redact(url: str) -> str:
-    """A URL fit for logs and error messages: any password becomes ***."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+_NETLOC_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:@/\s\"']*):[^@/\s\"']*@", re.I)
+_QUERY_PASSWORD = re.compile(r"(\bpassword=)[^&\s\"']*", re.I)
+
+
+def redact(text: str) -> str:
+    """A URL (or a message quoting one) fit for logs and errors: the password in
+    `user:password@` or `?password=` becomes ***. Never raises, whatever the text."""
+    return _QUERY_PASSWORD.sub(r"\1***", _NETLOC_PASSWORD.sub(r"\1:***@", text))
 
 
 class LedgerWriter(Protocol):

@@ -77,9 +77,9 @@ class PgServer:
         return self.root / "data"
 
     @staticmethod
-    def _owner() -> dict[str, str]:
+    def _owner() -> str | None:
         # initdb and postgres refuse to run as root: run them as the `postgres` user
-        return {"user": "postgres", "group": "postgres"} if os.geteuid() == 0 else {}
+        return "postgres" if os.geteuid() == 0 else None
 
     def init(self) -> None:
         if os.geteuid() == 0:
@@ -88,7 +88,7 @@ class PgServer:
         subprocess.run(
             [_pg_bin("initdb"), "-D", str(self.datadir), "-U", "postgres", "--auth=trust",
              "--no-sync", "-E", "UTF8", "--locale=C.UTF-8"],
-            check=True, capture_output=True, **self._owner(),
+            check=True, capture_output=True, user=self._owner(), group=self._owner(),
         )  # fmt: skip
 
     def start(self) -> None:
@@ -98,7 +98,7 @@ class PgServer:
             [_pg_bin("postgres"), "-D", str(self.datadir), "-p", str(self.port),
              "-h", "127.0.0.1", "-k", str(self.root), "-c", "fsync=off",
              "-c", "full_page_writes=off", "-c", "max_connections=200"],
-            stdout=log, stderr=subprocess.STDOUT, **self._owner(),
+            stdout=log, stderr=subprocess.STDOUT, user=self._owner(), group=self._owner(),
         )  # fmt: skip
         log.close()
 
