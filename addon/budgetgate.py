@@ -53,7 +53,9 @@ async def seed(budgets: Budgets, cfg: Config, reader: LedgerReader,
     for rule in rules:
         start, _ = budget.window(rule.per, now)
         try:
-            spent = await asyncio.to_thread(reader.spend, rule.name, SCOPE_COLUMN[rule.scope], start)
+            spent = await asyncio.to_thread(
+                reader.spend, rule.name, SCOPE_COLUMN[rule.scope], start
+            )
         except LedgerError as e:
             log.error("budgets: cannot restore spend for %s from the ledger: %s", rule.name, e)
             continue

@@ -264,7 +264,9 @@ class Dispatcher:
         one request through as the half-open probe."""
         if self.breakers.get(c.key) is None:
             return True
-        return await self.breakers.acquire(c.key, self.view.config.settings.resilience.breaker.cooldown_s)
+        return await self.breakers.acquire(
+            c.key, self.view.config.settings.resilience.breaker.cooldown_s
+        )
 
     def _on_outcome(self, c: catmod.Candidate, outcome: Outcome, elapsed_ms: float) -> None:
         res = self.view.config.settings.resilience

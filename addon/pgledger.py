@@ -108,7 +108,6 @@ _SPOOL_INSERT = (
 _SPOOL_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM requests ORDER BY ts LIMIT ?"
 
 
-
 _redact = redact
 
 

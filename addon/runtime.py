@@ -61,11 +61,15 @@ class Runtime:
 
             self.shared = RedisState(cfg.settings.state)
             breakers, latency, budgets = (
-                self.shared.breakers, self.shared.latency, self.shared.budgets
+                self.shared.breakers,
+                self.shared.latency,
+                self.shared.budgets,
             )
         else:
             breakers, latency, budgets = (
-                state.LocalBreakers(), state.LocalLatency(), state.LocalBudgets()
+                state.LocalBreakers(),
+                state.LocalLatency(),
+                state.LocalBudgets(),
             )
         self.budgets: state.Budgets = budgets
         self.dispatcher = dispatch.Dispatcher(view, self.ledger, budgets,
