@@ -19,7 +19,7 @@ help:
 	@echo "make run     set up and run the proxy on the embedded defaults (127.0.0.1:8080)"
 	@echo "make test    set up and run the whole test suite (lint, types, tests)"
 	@echo "make check   validate orchestrator.yaml and rules/"
-	@echo "make bench   run the benchmark scripts (proxy overhead, routing work, refresh)"
+	@echo "make bench   run the benchmark scripts (proxy overhead, routing work, scale-out sizing, refresh)"
 	@echo "make bundle  rebuild addon/bundled/benchmarks.db from $(SHARED)/fixtures/sources"
 	@echo "make clean   remove the virtualenv and local data/"
 
@@ -52,9 +52,10 @@ system-deps:
 test: $(BIN)/.installed system-deps lint
 	$(BIN)/pytest
 
-bench: $(BIN)/.installed
+bench: $(BIN)/.installed system-deps
 	$(BIN)/python scripts/bench_routing.py
 	$(BIN)/python scripts/bench_proxy.py
+	$(BIN)/python scripts/bench_scaleout.py
 	@if [ -f scripts/bench_refresh.py ]; then $(BIN)/python scripts/bench_refresh.py --from $(SHARED)/fixtures/sources; fi
 
 bundle: $(BIN)/.installed

@@ -29,15 +29,15 @@ _EPOCH = date(1970, 1, 1)
 _UNITS = 10_000_000_000  # per USD
 
 
-def _units(usd: float) -> int:
+def to_units(usd: float) -> int:
     return round(usd * _UNITS)
 
 
-def _usd(units: int) -> float:
+def from_units(units: int) -> float:
     return units / _UNITS
 
 
-def _amount(usd: float, what: str) -> float:
+def checked_amount(usd: float, what: str) -> float:
     if not math.isfinite(usd) or usd < 0:
         raise ValueError(f"{what} must be a finite amount >= 0 USD, got {usd!r}")
     return usd
@@ -204,21 +204,27 @@ class BudgetBook:
         self, rule: BudgetRule, scope_key: str, amount_usd: float, now: float
     ) -> Reservation | Exceeded:
         """Hold `amount_usd` (the call's estimated maximum) if it fits the budget."""
-        amount = _amount(amount_usd, "a reservation")
+        amount = checked_amount(amount_usd, "a reservation")
         self._prune(now)
         self._rules[rule.name] = rule
         start, end = window(rule.per, now)
         key = (rule.name, scope_key, start, end)
         acct = self._accounts.get(key) or _Account()
         reserved = sum(acct.holds.values())
-        if acct.spent + reserved + _units(amount) > _units(rule.usd):
+        if acct.spent + reserved + to_units(amount) > to_units(rule.usd):
             retry = max(1, math.ceil(end - now))
             return Exceeded(
-                rule, scope_key, _usd(acct.spent), _usd(reserved), amount, rule.usd, retry
+                rule,
+                scope_key,
+                from_units(acct.spent),
+                from_units(reserved),
+                amount,
+                rule.usd,
+                retry,
             )
         self._open(key, acct)
         rid = next(self._ids)
-        acct.holds[rid] = _units(amount)
+        acct.holds[rid] = to_units(amount)
         return Reservation(rid, rule.name, scope_key, start, end, amount)
 
     def settle(self, reservation: Reservation, actual_usd: float | None, now: float) -> list[Alert]:
@@ -227,7 +233,7 @@ class BudgetBook:
         `actual_usd` None means the call could not be priced: the reserved amount is charged
         instead, conservatively. Returns the alert crossed for the first time in that window.
         """
-        actual = None if actual_usd is None else _units(_amount(actual_usd, "a cost"))
+        actual = None if actual_usd is None else to_units(checked_amount(actual_usd, "a cost"))
         self._prune(now)
         key, acct = self._held(reservation)
         if acct is None:
@@ -236,12 +242,14 @@ class BudgetBook:
         acct.spent += held if actual is None else actual
         self._closed(key, acct)
         rule = self._rules[reservation.rule]
-        if acct.alerted or rule.alert_at is None or acct.spent < rule.alert_at * _units(rule.usd):
+        if acct.alerted or rule.alert_at is None or acct.spent < rule.alert_at * to_units(rule.usd):
             return []
         acct.alerted = True
         r = reservation
         return [
-            Alert(r.rule, r.scope_key, r.window_start, _usd(acct.spent), rule.usd, rule.alert_at)
+            Alert(
+                r.rule, r.scope_key, r.window_start, from_units(acct.spent), rule.usd, rule.alert_at
+            )
         ]
 
     def release(self, reservation: Reservation) -> None:
@@ -264,18 +272,18 @@ class BudgetBook:
         self._rules[rule.name] = rule
         key = (rule.name, scope_key, start, end)
         acct = self._accounts.get(key) or _Account()
-        acct.spent += _units(_amount(spent, "seeded spend"))
-        if rule.alert_at is not None and acct.spent >= rule.alert_at * _units(rule.usd):
+        acct.spent += to_units(checked_amount(spent, "seeded spend"))
+        if rule.alert_at is not None and acct.spent >= rule.alert_at * to_units(rule.usd):
             acct.alerted = True
         self._open(key, acct)
 
     def spent(self, rule: BudgetRule, scope_key: str, now: float) -> float:
         acct = self._accounts.get((rule.name, scope_key, *window(rule.per, now)))
-        return _usd(acct.spent) if acct else 0.0
+        return from_units(acct.spent) if acct else 0.0
 
     def reserved(self, rule: BudgetRule, scope_key: str, now: float) -> float:
         acct = self._accounts.get((rule.name, scope_key, *window(rule.per, now)))
-        return _usd(sum(acct.holds.values())) if acct else 0.0
+        return from_units(sum(acct.holds.values())) if acct else 0.0
 
     def snapshot(self, now: float) -> list[dict[str, Any]]:
         """Current windows as plain dicts for /status and metrics; `share` counts in-flight
@@ -295,10 +303,10 @@ class BudgetBook:
                     "per": rule.per,
                     "window_start": start,
                     "window_end": end,
-                    "spent": _usd(acct.spent),
-                    "reserved": _usd(reserved),
+                    "spent": from_units(acct.spent),
+                    "reserved": from_units(reserved),
                     "limit": rule.usd,
-                    "share": (acct.spent + reserved) / _units(rule.usd),
+                    "share": (acct.spent + reserved) / to_units(rule.usd),
                     "alert_at": rule.alert_at,
                     "alerted": acct.alerted,
                 }

@@ -57,3 +57,17 @@ def test_bench_proxy_quick(tmp_path: Path) -> None:
     runs = json.loads(out_json.read_text())["runs"]
     assert len(runs) == 15  # 5 cases x 3 targets x 1 repeat
     assert all(r["upstream_seen"] == r["requests"] == r["ok"] for r in runs)
+
+
+@pytest.mark.e2e
+def test_bench_scaleout_quick(tmp_path: Path) -> None:
+    out_json = tmp_path / "scaleout.json"
+    out = _run("bench_scaleout.py", "--quick", "--json", str(out_json), timeout=180)
+    for label in ("S 1 replica, SQLite", "P 1 replica, PostgreSQL + Redis",
+                  "F 2 replicas, PostgreSQL + Redis", "PostgreSQL CPU ms/req"):  # fmt: skip
+        assert label in out
+    assert "upstream check: 6/6 runs" in out
+    data = json.loads(out_json.read_text())
+    assert len(data["runs"]) == 6  # 2 cases x 3 deployments x 1 repeat
+    assert all(r["upstream_seen"] == r["requests"] == r["ok"] for r in data["runs"])
+    assert set(data["ledgers"]) == {"S", "P", "F"} and all(n > 0 for n in data["ledgers"].values())

@@ -16,7 +16,7 @@ import redis
 
 from addon import breaker as brk
 from addon.breaker import BreakerStatus
-from addon.budget import Alert, BudgetBook, BudgetRule, Exceeded, Reservation, _units, window
+from addon.budget import Alert, BudgetBook, BudgetRule, Exceeded, Reservation, to_units, window
 from addon.redisstate import RedisState
 from addon.state import StateUnavailable
 from tests.services import RedisServer, free_port, redis_server, redis_url
@@ -213,7 +213,7 @@ def test_latency_converges_on_the_fleet_values(redis_url: str) -> None:
 def test_concurrent_reservations_on_two_replicas_never_overshoot(redis_url: str) -> None:
     rng = random.Random(7)
     now = time.time()
-    limit = _units(RULE.usd)
+    limit = to_units(RULE.usd)
 
     async def main() -> None:
         async with replicas(redis_url) as (a, b):
@@ -230,10 +230,10 @@ def test_concurrent_reservations_on_two_replicas_never_overshoot(redis_url: str)
             ]
             refused = [r for r in results if isinstance(r, Exceeded)]
             assert 10 < len(admitted) < 150 and len(admitted) + len(refused) == 200
-            assert sum(_units(r.amount) for _, r in admitted) <= limit  # all held at once
+            assert sum(to_units(r.amount) for _, r in admitted) <= limit  # all held at once
             assert len({r.id for _, r in admitted}) == len(admitted)
             for e in refused:
-                assert e.spent == 0 and _units(e.reserved) + _units(e.requested) > limit
+                assert e.spent == 0 and to_units(e.reserved) + to_units(e.requested) > limit
 
             actuals: list[float] = []
 
@@ -252,7 +252,7 @@ def test_concurrent_reservations_on_two_replicas_never_overshoot(redis_url: str)
                 *(settle(s, r) for s, r in admitted),
                 *(call(s, rng.uniform(0.005, 0.04)) for s in [a, b] * 100),
             )
-            spent = sum(_units(x) for x in actuals)
+            spent = sum(to_units(x) for x in actuals)
             assert spent <= limit
             await until(drained(a, b), "the settles to reach Redis")
             with redis.Redis.from_url(redis_url) as r:
@@ -289,7 +289,7 @@ def test_expired_holds_free_the_budget_but_their_spend_still_counts(redis_url: s
             a.budgets.settle(later, 0.1, now)  # a second settle is ignored
             await until(drained(a), "the settles")
             with redis.Redis.from_url(redis_url) as r:
-                assert int(r.hget(account_key(RULE, "acme", now), "spent") or 0) == _units(0.9)
+                assert int(r.hget(account_key(RULE, "acme", now), "spent") or 0) == to_units(0.9)
 
     run(main())
 
@@ -365,7 +365,7 @@ def test_seed_counts_only_when_no_replica_has(redis_url: str) -> None:
             await b.budgets.seed(rule, "other", start, 0.0)
             with redis.Redis.from_url(redis_url) as r:
                 acct = r.hgetall(account_key(rule, "acme", now))
-                assert int(acct[b"spent"]) == _units(0.5)
+                assert int(acct[b"spent"]) == to_units(0.5)
                 assert acct[b"seeded"] == b"1" and acct[b"alerted"] == b"1"
                 assert r.exists(account_key(rule, "other", now))
             res = await b.budgets.reserve(rule, "acme", 0.1, now)
@@ -426,7 +426,7 @@ def test_writes_made_during_an_outage_are_applied_when_redis_returns() -> None:
             await until(lambda: a.health()["connected"], "the reconnect", 5.0)
             await until(drained(a), "the queued writes")
             with redis.Redis(port=srv.port) as r:
-                assert int(r.hget(account_key(RULE, "acme", now), "spent") or 0) == _units(0.375)
+                assert int(r.hget(account_key(RULE, "acme", now), "spent") or 0) == to_units(0.375)
                 assert r.hget(f"orch:brk:{KEY}", "status") == b"open"
             assert isinstance(await a.budgets.reserve(RULE, "acme", 0.5, now), Reservation)
 
@@ -443,12 +443,12 @@ def test_a_write_sent_twice_counts_once(redis_url: str) -> None:
     async def main() -> None:
         async with replicas(redis_url, 1) as (a,):
             keys, args = a.budgets._account("team", "acme", start, end)
-            first = ("bud_charge", keys, [7, 7, *args, _units(0.1), ""])
+            first = ("bud_charge", keys, [7, 7, *args, to_units(0.1), ""])
             await a._eval_many([first])
             await a._eval_many([first])  # e.g. resent after a timeout that hid the reply
-            await a._eval_many([("bud_charge", keys, [8, 7, *args, _units(0.2), ""])])
+            await a._eval_many([("bud_charge", keys, [8, 7, *args, to_units(0.2), ""])])
             with redis.Redis.from_url(redis_url) as r:
-                assert int(r.hget(account_key(RULE, "acme", now), "spent") or 0) == _units(0.3)
+                assert int(r.hget(account_key(RULE, "acme", now), "spent") or 0) == to_units(0.3)
 
     run(main())
 
