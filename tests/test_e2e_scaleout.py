@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -290,3 +291,36 @@ def test_cli_and_admin_read_the_shared_ledger(fleet: Fleet) -> None:
     status = cli("status")
     assert status.returncode == 0, status.stderr
     assert "postgresql://" in status.stdout and "state  redis://" in status.stdout
+
+
+def test_unreachable_stores_do_not_take_the_proxy_down(
+    ups: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    cfg = _config(ups)
+    pg_port, redis_port = free_port(), free_port()  # nothing listens there
+    cfg["data"] = {"benchmarks": "data/benchmarks.db",
+                   "ledger": f"postgresql://router:s3cret-pw@127.0.0.1:{pg_port}/ledger"}  # fmt: skip
+    cfg["state"] = f"redis://:r3dis-pw@127.0.0.1:{redis_port}/0"
+    p = ProxyProcess(tmp_path, cfg, fleet_rules(), ENV).start()
+    try:
+        with httpx.Client(proxy=p.url, verify=ssl.create_default_context(cafile=str(p.ca_cert)),
+                          headers={"Authorization": f"Bearer {CLIENT_KEY}"}, timeout=20) as c:  # fmt: skip
+            body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "still there?"}]}
+            url = "https://api.openai.com/v1/chat/completions"
+            r = c.post(url, json=body)
+            assert r.status_code == 200, r.text  # routed with the local view of the state
+            capped = c.post(url, json=body, headers={"x-team": "capped"})
+            assert capped.status_code == 503, capped.text
+            err = capped.json()["error"]
+            assert err["code"] == "budget_unavailable" and "shared-cap" in err["message"]
+        st = httpx.get(f"{p.admin_url()}/status", timeout=10).json()
+        assert st["state"]["kind"] == "redis" and st["state"]["connected"] is False
+        assert st["ledger"]["kind"] == "postgresql" and st["ledger"]["rows"] is None
+        _poll(lambda: httpx.get(f"{p.admin_url()}/status", timeout=10).json()["ledger"]
+              ["spooled"] >= 2, 10, "both rows spooled on disk")  # fmt: skip
+    finally:
+        p.stop()
+    assert (tmp_path / "data" / "ledger-spool.db").exists()
+    log = p.log()
+    assert "s3cret-pw" not in log and "r3dis-pw" not in log, "a store password reached the log"
+    assert "s3cret-pw" not in str(st) and "r3dis-pw" not in str(st)
