@@ -3,7 +3,6 @@ maximum cost before it is sent, and seed the book from the ledger at startup."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -44,23 +43,22 @@ def estimate(chain: Sequence[Scored] | Sequence[Candidate], features: RequestFea
     return worst
 
 
-async def seed(budgets: Budgets, cfg: Config, reader: LedgerReader,
-               now: float | None = None) -> None:  # fmt: skip
-    """Charge what the ledger already holds for each budget's current window, so a restart
-    does not reset a budget."""
+def spend_to_seed(
+    cfg: Config, reader: LedgerReader, now: float | None = None
+) -> list[tuple[budget.BudgetRule, str, float, float]]:
+    """What the ledger already holds for each budget's current window, as
+    (rule, scope key, window start, USD), so a restart does not reset a budget."""
     now = time.time() if now is None else now
-    rules = [r for p in cfg.policies if (r := rule_of(p)) is not None]
-    for rule in rules:
+    out: list[tuple[budget.BudgetRule, str, float, float]] = []
+    for rule in (r for p in cfg.policies if (r := rule_of(p)) is not None):
         start, _ = budget.window(rule.per, now)
         try:
-            spent = await asyncio.to_thread(
-                reader.spend, rule.name, SCOPE_COLUMN[rule.scope], start
-            )
+            spent = reader.spend(rule.name, SCOPE_COLUMN[rule.scope], start)
         except LedgerError as e:
             log.error("budgets: cannot restore spend for %s from the ledger: %s", rule.name, e)
             continue
-        for key, usd in spent:
-            await budgets.seed(rule, key, start, usd)
+        out.extend((rule, key, start, usd) for key, usd in spent)
+    return out
 
 
 # --------------------------------------------------------------------------- request path

@@ -77,7 +77,11 @@ class Runtime:
         self.metrics = Metrics(self.live_state)  # reads the dispatcher's state when scraped
         self.dispatcher.metrics = self.metrics
         budgets.on_alert = budgetgate.alert_sink(self.metrics)
-        self._seed_cfg = cfg
+        self._seed = budgetgate.spend_to_seed(cfg, self.reader)
+        if isinstance(budgets, state.LocalBudgets):  # before the first request
+            for rule, key, start, usd in self._seed:
+                budgets.book.seed(rule, key, start, usd)
+            self._seed = []
         self.loaded_at = time.time()
         self.last_error: str | None = None
         self.last_error_at: float | None = None
@@ -98,7 +102,8 @@ class Runtime:
         self._reload_lock = asyncio.Lock()
         if self.shared is not None:
             await self.shared.start()
-        await budgetgate.seed(self.budgets, self._seed_cfg, self.reader)
+        for rule, key, start, usd in self._seed:  # shared: only windows no replica counted
+            await self.budgets.seed(rule, key, start, usd)
         await self.dispatcher.pipe.ensure_started()  # hooks that cannot await need its port
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._watch()), loop.create_task(self._rerank())]
