@@ -52,6 +52,7 @@ td.r, th.r { text-align: right; }
 <h1>@@TITLE@@</h1>
 <div class="sub">last 24 h · config <span id="config-version">-</span>
   <span id="config-loaded" class="muted"></span> · updated <span id="updated">never</span></div>
+<div class="sub">ledger <span id="ledger-store">-</span> · state <span id="state-store">-</span></div>
 <div id="problem" role="status"></div>
 <div class="grid">
   <div class="card"><h2>Spend</h2><div class="num" id="total-spend">-</div></div>
@@ -153,6 +154,11 @@ function renderStatus(data) {
   text("config-loaded", cfg.loaded_at ? "(loaded " + new Date(cfg.loaded_at * 1000).toISOString().slice(0, 19) + "Z)" : "");
   $("config-error-card").hidden = !cfg.last_error;
   text("config-error", cfg.last_error || "");
+  const lg = data.ledger || {}, st = data.state || {};
+  text("ledger-store", (lg.kind || "-") + " " + (lg.where || "") +
+       (lg.connected === false ? " (unreachable, " + (lg.spooled || 0) + " rows spooled)" : ""));
+  text("state-store", st.kind === "redis"
+       ? "redis " + st.where + (st.connected ? "" : " (unreachable)") : (st.kind || "-"));
   const body = $("breakers");
   body.replaceChildren();
   for (const b of data.breakers || []) {

@@ -309,6 +309,7 @@ def test_status_page_in_a_browser(ops: ProxyProcess, http: httpx.Client, tmp_pat
     assert text_of("total-requests") == str(costs["requests"])
     assert text_of("total-spend") == f"${costs['spend_usd']:.6f}"
     assert text_of("unpriced") == str(costs["unpriced"])
+    assert text_of("ledger-store").startswith("sqlite ") and text_of("state-store") == "in-process"
     assert (
         text_of("config-version")
         == http.get(f"{ops.admin_url()}/status").json()["config"]["version"]

@@ -10,7 +10,15 @@ import pytest
 from addon.statuspage import render_page
 
 VOID = {"meta", "link", "br", "img", "input", "hr", "source", "wbr", "col", "area", "base"}
-KEY_IDS = ("total-spend", "total-requests", "unpriced", "fallback-rate", "config-version")
+KEY_IDS = (
+    "total-spend",
+    "total-requests",
+    "unpriced",
+    "fallback-rate",
+    "config-version",
+    "ledger-store",
+    "state-store",
+)
 
 
 class Outline(HTMLParser):
