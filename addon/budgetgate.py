@@ -55,7 +55,8 @@ def spend_to_seed(
         try:
             spent = reader.spend(rule.name, SCOPE_COLUMN[rule.scope], start)
         except LedgerError as e:
-            log.error("budgets: cannot restore spend for %s from the ledger: %s", rule.name, e)
+            # a warning: an error logged while mitmproxy starts makes it exit
+            log.warning("budgets: cannot restore spend for %s from the ledger: %s", rule.name, e)
             continue
         out.extend((rule, key, start, usd) for key, usd in spent)
     return out

@@ -281,7 +281,7 @@ class PgLedger:
                 try:
                     self._open_spool()
                 except (sqlite3.Error, OSError) as e:
-                    log.error("ledger: cannot open the spool %s left by an earlier run: %s "
+                    log.warning("ledger: cannot open the spool %s left by an earlier run: %s "
                               "— move it aside; its rows are not sent", self.spool_path, e)  # fmt: skip
             while True:
                 try:
