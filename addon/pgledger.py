@@ -34,7 +34,7 @@ from psycopg.rows import dict_row
 
 from addon import ledger
 from addon.ledger import _COLUMNS, LedgerRow
-from addon.store import SPEND_COLUMNS, LedgerError, redact
+from addon.store import SPEND_COLUMNS, LedgerError, redact, row_filter
 
 log = logging.getLogger("orchestrator")
 
@@ -568,15 +568,8 @@ class PgReader:
     def read_rows(
         self, *, since: float | None = None, request_id: str | None = None
     ) -> list[dict[str, Any]]:
-        clauses: list[str] = []
-        params: dict[str, Any] = {}
-        if since is not None:
-            clauses.append("ts >= %(since)s")
-            params["since"] = since
-        if request_id is not None:
-            clauses.append("id = %(id)s")
-            params["id"] = request_id
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        clauses, params = row_filter(since, request_id, "%({})s")
+        where = f" WHERE {clauses}" if clauses else ""
         with self._connect() as conn:
             try:
                 return conn.execute(

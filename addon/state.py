@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from addon import breaker as brk
-from addon.budget import Alert, BudgetBook, BudgetRule, Exceeded, Reservation
+from addon.budget import Alert, BudgetBook, BudgetRule, Exceeded, Reservation, window
 
 log = logging.getLogger("orchestrator")
 
@@ -164,8 +164,6 @@ class LocalBudgets:
 
     def charge(self, rule: BudgetRule, scope_key: str, usd: float, now: float) -> None:
         if usd > 0:
-            from addon.budget import window
-
             self.book.seed(rule, scope_key, window(rule.per, now)[0], usd)
 
     async def seed(

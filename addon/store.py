@@ -79,6 +79,23 @@ class LedgerReader(Protocol):
     def close(self) -> None: ...
 
 
+def row_filter(
+    since: float | None, request_id: str | None, param: str
+) -> tuple[str, dict[str, Any]]:
+    """The WHERE clause (without the keyword; "" for all rows) and its parameters for
+    `read_rows`; `param` renders a named placeholder (":{}" for SQLite, "%({})s" for
+    psycopg)."""
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
+    if since is not None:
+        clauses.append(f"ts >= {param.format('since')}")
+        params["since"] = since
+    if request_id is not None:
+        clauses.append(f"id = {param.format('id')}")
+        params["id"] = request_id
+    return " AND ".join(clauses), params
+
+
 # --------------------------------------------------------------------------- SQLite
 
 
@@ -104,16 +121,9 @@ class SqliteReader:
     ) -> list[dict[str, Any]]:
         if not self.path.exists():
             raise self._missing()
-        clauses: list[str] = []
-        params: dict[str, Any] = {}
-        if since is not None:
-            clauses.append("ts >= :since")
-            params["since"] = since
-        if request_id is not None:
-            clauses.append("id = :id")
-            params["id"] = request_id
+        where, params = row_filter(since, request_id, ":{}")
         try:
-            return ledger.read_rows(self.path, " AND ".join(clauses), params)
+            return ledger.read_rows(self.path, where, params)
         except sqlite3.Error as e:
             raise self._broken(e) from e
 

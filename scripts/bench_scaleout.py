@@ -28,6 +28,7 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -208,10 +209,10 @@ def pg_count(url: str) -> int:
         return int(row[0]) if row else 0
 
 
-def wait_count(count: object, want: int, timeout: float = 60) -> int:
+def wait_count(count: Callable[[], int], want: int, timeout: float = 60) -> int:
     deadline = time.monotonic() + timeout
     while True:
-        got = int(count())  # type: ignore[operator]
+        got = count()
         if got >= want or time.monotonic() > deadline:
             return got
         time.sleep(0.1)
