@@ -55,6 +55,23 @@ class View:
     router: routing.Router
     keys: Mapping[str, str] = field(repr=False)
     client_digests: Mapping[str, str] = field(default_factory=dict, repr=False)
+    _keyed: dict[str, frozenset[str]] = field(default_factory=dict, compare=False, repr=False)
+
+    def keyed(self, client_key_host: str | None) -> frozenset[str]:
+        """Providers a request can be sent to with a key: keyless ones, ours (a configured
+        key), and, when the client sent its own key, those at the host it meant it for."""
+        host = client_key_host or ""
+        got = self._keyed.get(host)
+        if got is None:
+            got = frozenset(
+                name
+                for name, p in self.catalog.providers.items()
+                if p.keyless or name in self.keys or (host and p.host == host)
+            )
+            if len(self._keyed) > 256:  # hosts come from clients: keep the memo bounded
+                self._keyed.clear()
+            self._keyed[host] = got
+        return got
 
 
 def build_view(
@@ -178,25 +195,22 @@ class Dispatcher:
         res = view.config.settings.resilience
         now = time.monotonic()
 
+        keyed = view.keyed(inc.host if client_key else None)
+        breakers_get, cooldown = self.breakers.get, self.cooldown
+        cooldown_s = res.breaker.cooldown_s
+
         def usable(c: catmod.Candidate) -> str | None:
-            prov = view.catalog.providers[c.provider]
-            if not (
-                prov.keyless or c.provider in view.keys or (client_key and prov.host == inc.host)
-            ):
+            if c.provider not in keyed:
                 return "no_key"
-            st = self.breakers.get(c.key)
-            if st is not None and not brk.available(st, now, res.breaker.cooldown_s):
+            st = breakers_get(c.key)
+            if st is not None and not brk.available(st, now, cooldown_s):
                 return "breaker_open"
-            if self.cooldown.get(c.key, 0.0) > now:
+            if cooldown and cooldown.get(c.key, 0.0) > now:
                 return "rate_limited"
             return None
 
         # a few spare targets beyond max_attempts: a context-length failure skips ahead to
         # one with a larger window
-        keyed = frozenset(
-            name for name, p in view.catalog.providers.items()
-            if p.keyless or name in view.keys or (client_key and p.host == inc.host)
-        )  # fmt: skip
         decision = routing.decide(view.router, req, usable, res.max_attempts + 4, keyed)
         if isinstance(decision, routing.NoRoute):
             kind = "invalid_request_error" if decision.status == 400 else "service_unavailable"

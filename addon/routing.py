@@ -78,6 +78,11 @@ class Router:
     _positions: dict[tuple[str, str], dict[str, Scored]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    # memo of the request-independent filter pass per filter signature (see `Walk`)
+    _walks: dict[tuple[object, ...], Walk] = field(default_factory=dict, compare=False, repr=False)
+    _explained: dict[int, tuple[Scored, str]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def position(self, profile: str, cls: str) -> dict[str, Scored]:
         """candidate key -> its Scored entry in a ranking (memoized)."""
@@ -100,6 +105,43 @@ class Router:
             if len(self._subsets) > 256:
                 self._subsets.clear()
             self._subsets[key] = got
+        return got
+
+    def explain(self, s: Scored) -> str:
+        """`s.explain()`, formatted once per ranking entry (memoized by identity: the entries
+        live as long as this router)."""
+        got = self._explained.get(id(s))
+        if got is None or got[0] is not s:
+            got = (s, s.explain())
+            if len(self._explained) > 4096:
+                self._explained.clear()
+            self._explained[id(s)] = got
+        return got[1]
+
+    def walk(
+        self,
+        profile: str,
+        cls: str,
+        providers: frozenset[str] | None,
+        needs: Needs,
+        constraints: Constraints | None,
+        budgeted: bool,
+    ) -> Walk:
+        """The ranking with the request-independent filters applied (memoized): what a
+        request with these needs may be routed to before its size and the router's state
+        are looked at."""
+        key = (profile, cls, providers, needs, id(constraints), budgeted)
+        got = self._walks.get(key)
+        if got is None:
+            ranking = (
+                self.rankings[(profile, cls)]
+                if providers is None
+                else self.ranking_for(profile, cls, providers)
+            )
+            got = Walk.build(ranking, needs, constraints, budgeted)
+            if len(self._walks) > 512:
+                self._walks.clear()
+            self._walks[key] = got
         return got
 
 
@@ -127,7 +169,9 @@ def _order(s: Scored) -> tuple[float, str]:
 
 def _with_latency(router: Router, latency_ms: Mapping[str, float]) -> Router:
     if not latency_ms:
-        return replace(router, rankings=router.base, _subsets={}, _positions={})
+        return replace(
+            router, rankings=router.base, _subsets={}, _positions={}, _walks={}, _explained={}
+        )
     rankings = {}
     for (name, cls), base in router.base.items():
         weights = effective_weights(router.config.profiles[name], cls)
@@ -139,7 +183,7 @@ def _with_latency(router: Router, latency_ms: Mapping[str, float]) -> Router:
         for s in rank(seen, weights, router.norms, latency_ms):
             bisect.insort(kept, s, key=_order)
         rankings[(name, cls)] = tuple(kept)
-    return replace(router, rankings=rankings, _subsets={}, _positions={})
+    return replace(router, rankings=rankings, _subsets={}, _positions={}, _walks={}, _explained={})
 
 
 # --------------------------------------------------------------------------- policy & profile
@@ -157,24 +201,24 @@ def _in_network(addr: str, net: str) -> bool:
 
 
 def policy_matches(p: Policy, req: RoutingRequest) -> bool:
+    """Every condition of the policy's `match` holds (the cheap equality checks first)."""
     m = p.match
     f = req.features
-    return (
-        _glob(m.host, req.host)
-        and _glob(m.path, req.path)
-        and (m.model is None or _glob(m.model, f.requested_model or ""))
-        and all(
-            name.lower() in req.headers and _glob(pat, req.headers[name.lower()])
-            for name, pat in m.headers.items()
-        )
-        and (
-            m.client is None
-            or m.client == req.client_name
-            or _in_network(req.client_addr, m.client)
-        )
-        and (m.task is None or m.task == f.task)
-        and (m.complexity is None or m.complexity == f.complexity_class)
-    )
+    if m.task is not None and m.task != f.task:
+        return False
+    if m.complexity is not None and m.complexity != f.complexity_class:
+        return False
+    for name, pat in m.headers.items():
+        value = req.headers.get(name.lower())
+        if value is None or not _glob(pat, value):
+            return False
+    if m.host is not None and not _glob(m.host, req.host):
+        return False
+    if m.path is not None and not _glob(m.path, req.path):
+        return False
+    if m.model is not None and not _glob(m.model, f.requested_model or ""):
+        return False
+    return m.client is None or m.client == req.client_name or _in_network(req.client_addr, m.client)
 
 
 def select_profile(cfg: Config, req: RoutingRequest) -> tuple[str, str, Policy | None] | NoRoute:
@@ -215,31 +259,36 @@ def select_profile(cfg: Config, req: RoutingRequest) -> tuple[str, str, Policy |
 
 # --------------------------------------------------------------------------- filters
 
+# Filters that depend on the router's state, not on the request or the candidate alone: a
+# request turned away only by these can be served later (503), not never (400).
+STATE_FILTERS = frozenset({"no_key", "breaker_open", "rate_limited"})
 
-def reject_reason(
-    c: Candidate,
-    req: RoutingRequest,
-    constraints: Constraints | None,
-    min_context: int,
-    usable: Callable[[Candidate], str | None],
-    budgeted: bool = False,
+
+@dataclass(frozen=True, slots=True)
+class Needs:
+    """The request-independent part of the filters: what the request needs of a model."""
+
+    tools: bool
+    vision: bool
+    json_schema: bool
+    min_context: int
+
+    @classmethod
+    def of(cls, f: RequestFeatures, min_context: int) -> Needs:
+        return cls(f.needs_tools, f.needs_vision, f.needs_json_schema, min_context)
+
+
+def static_reason(
+    c: Candidate, needs: Needs, constraints: Constraints | None, budgeted: bool
 ) -> str | None:
-    """Why `c` cannot serve `req` (a short filter name), or None if it can."""
-    f = req.features
-    why = usable(c)
-    if why:
-        return why
-    need = f.prompt_tokens + (f.max_output_tokens or 0)
-    ctx = c.context_tokens
-    if ctx is not None and need > ctx:
-        return "context"
-    if min_context and (ctx or 0) < min_context:
+    """Why `c` can never serve a request with these needs under these constraints."""
+    if needs.min_context and (c.context_tokens or 0) < needs.min_context:
         return "min_context"
-    if f.needs_tools and not c.tools:
+    if needs.tools and not c.tools:
         return "tools"
-    if f.needs_vision and not c.vision:
+    if needs.vision and not c.vision:
         return "vision"
-    if f.needs_json_schema and not c.json_schema:
+    if needs.json_schema and not c.json_schema:
         return "json_schema"
     if constraints is None:
         return None
@@ -257,15 +306,97 @@ def reject_reason(
         return "min_quality"
     if budgeted and not c.price.known:
         return "unpriced"  # a budget cannot reserve an unknown cost
-    if constraints.max_cost_usd is not None:
+    if constraints.max_cost_usd is not None and not c.price.known:
+        return "unpriced"
+    return None
+
+
+def size_reason(c: Candidate, f: RequestFeatures, max_cost_usd: float | None) -> str | None:
+    """Why `c` cannot serve a request of this size (context window, per-request cost cap)."""
+    ctx = c.context_tokens
+    if ctx is not None and f.prompt_tokens + (f.max_output_tokens or 0) > ctx:
+        return "context"
+    if max_cost_usd is not None:
         est = costmod.estimate_max(
             f.prompt_tokens, f.max_output_tokens or DEFAULT_MAX_OUTPUT, c.price
         )
         if est is None:
             return "unpriced"
-        if est > constraints.max_cost_usd:
+        if est > max_cost_usd:
             return "max_cost"
     return None
+
+
+def reject_reason(
+    c: Candidate,
+    req: RoutingRequest,
+    constraints: Constraints | None,
+    min_context: int,
+    usable: Callable[[Candidate], str | None],
+    budgeted: bool = False,
+) -> str | None:
+    """Why `c` cannot serve `req` (a short filter name), or None if it can: the needs first,
+    then the request's size, then the router's state (`usable`)."""
+    return (
+        static_reason(c, Needs.of(req.features, min_context), constraints, budgeted)
+        or size_reason(c, req.features, constraints.max_cost_usd if constraints else None)
+        or usable(c)
+    )
+
+
+@dataclass(frozen=True)
+class Walk:
+    """One ranking after the request-independent filters (`static_reason`), built once per
+    filter signature: per request only the size and state checks run, over the survivors.
+
+    `rejected` lists (ranking position, filter) of what the static filters removed, so a
+    decision can still report every candidate passed over before its chain was full.
+    """
+
+    entries: tuple[Scored, ...]
+    positions: tuple[int, ...]  # each entry's position in the full ranking
+    rejected_at: tuple[int, ...]  # ranking positions of the statically rejected, ascending
+    rejected_why: tuple[str, ...]
+    _counts: dict[int, dict[str, int]] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def build(
+        cls,
+        ranking: tuple[Scored, ...],
+        needs: Needs,
+        constraints: Constraints | None,
+        budgeted: bool,
+    ) -> Walk:
+        entries: list[Scored] = []
+        positions: list[int] = []
+        at: list[int] = []
+        why: list[str] = []
+        for i, s in enumerate(ranking):
+            r = static_reason(s.candidate, needs, constraints, budgeted)
+            if r is None:
+                entries.append(s)
+                positions.append(i)
+            else:
+                at.append(i)
+                why.append(r)
+        return cls(tuple(entries), tuple(positions), tuple(at), tuple(why))
+
+    def rejected_before(self, stop: int) -> dict[str, int]:
+        """Static rejections ranked above entry `stop` (all of them when stop is past the
+        end), per filter; memoized, the same stop recurs for similar requests."""
+        got = self._counts.get(stop)
+        if got is None:
+            limit = (
+                self.positions[stop]
+                if stop < len(self.positions)
+                else len(self.positions) + len(self.rejected_at)
+            )
+            n = bisect.bisect_left(self.rejected_at, limit)
+            got = dict(Counter(self.rejected_why[:n]))
+            if len(self._counts) > 64:
+                self._counts.clear()
+            self._counts[stop] = got
+        return got
 
 
 # --------------------------------------------------------------------------- decide
@@ -305,26 +436,19 @@ def decide(
     budgeted = bool(policy and policy.budget)
     min_ctx = max(profile.min_context, (constraints.min_context or 0) if constraints else 0)
     cls = req.features.complexity_class
-    ranking = router.rankings[(profile_name, cls)]
-    filtered: Counter[str] = Counter()
-    if providers is not None:
-        full = len(ranking)
-        ranking = router.ranking_for(profile_name, cls, providers)
-        if full > len(ranking):
-            filtered["no_key"] += full - len(ranking)
+    filtered: dict[str, int] = {}
     requested = requested_candidate(router, req)
     model = req.features.requested_model or ""
     forced = why.startswith(("header", "model alias"))
-
-    def ok(s: Scored) -> bool:
-        r = reject_reason(s.candidate, req, constraints, min_ctx, usable, budgeted)
-        if r:
-            filtered[r] += 1
-        return r is None
+    state_only = False  # some candidate fit the request and was turned away by state alone
 
     mode = "scored"
     chain: list[Scored] = []
     if not forced and (model in cfg.routes or (policy and policy.pin)):
+        if providers is not None:
+            full = len(router.rankings[(profile_name, cls)])
+            if no_key := full - len(router.ranking_for(profile_name, cls, providers)):
+                filtered["no_key"] = no_key
         position = router.position(profile_name, cls)
         targets: list[Candidate] = []
         if policy and policy.pin:
@@ -343,52 +467,84 @@ def decide(
                 continue
             seen.add(c.key)
             s = position.get(c.key)
-            if s is not None and ok(s):
-                chain.append(s)
+            if s is None:
+                continue
+            r = reject_reason(c, req, constraints, min_ctx, usable, budgeted)
+            if r:
+                filtered[r] = filtered.get(r, 0) + 1
+                state_only = state_only or r in STATE_FILTERS
+                continue
+            chain.append(s)
             if len(chain) >= max_chain:
                 break
         if policy and policy.pin and not cfg.routes.get(model):
             chain.sort(key=lambda s: -s.score)
     else:
+        walk = router.walk(
+            profile_name, cls, providers, Needs.of(req.features, min_ctx), constraints, budgeted
+        )
+        if providers is not None:
+            full = len(router.rankings[(profile_name, cls)])
+            if no_key := full - len(router.ranking_for(profile_name, cls, providers)):
+                filtered["no_key"] = no_key
+        f = req.features
+        max_cost = constraints.max_cost_usd if constraints else None
+        need = f.prompt_tokens + (f.max_output_tokens or 0)
         # One entry per (provider, model): a dated alias of a model that just failed at the
         # same provider would fail the same way, so it is no fallback.
         taken: set[tuple[str, str]] = set()
-        for s in ranking:
-            ident = (s.candidate.provider, s.candidate.model_id)
+        stop = len(walk.entries)
+        for i, s in enumerate(walk.entries):
+            c = s.candidate
+            ident = (c.provider, c.model_id)
             if ident in taken:
                 continue
-            if ok(s):
-                chain.append(s)
-                taken.add(ident)
-                if len(chain) >= max_chain:
-                    break
+            ctx = c.context_tokens
+            if ctx is not None and need > ctx:  # size_reason's first check, inlined
+                r = "context"
+            else:
+                r = (max_cost is not None and size_reason(c, f, max_cost)) or usable(c)
+            if r:
+                filtered[r] = filtered.get(r, 0) + 1
+                state_only = state_only or r in STATE_FILTERS
+                continue
+            chain.append(s)
+            taken.add(ident)
+            if len(chain) >= max_chain:
+                stop = i
+                break
+        for r, n in walk.rejected_before(stop).items():
+            filtered[r] = filtered.get(r, 0) + n
 
     if not chain:
-        detail = ", ".join(f"{k}: {v}" for k, v in filtered.most_common()) or "catalog is empty"
+        detail = ", ".join(f"{k}: {v}" for k, v in Counter(filtered).most_common())
+        detail = detail or "catalog is empty"
         what = {"pin": f"model {model!r} (pinned by policy)", "route": f"route {model!r}"}.get(
             mode, f"profile {profile_name!r}"
         )
-        # nothing usable right now (keys, breakers) is the router's state: 503; anything
-        # else means the request itself cannot be served under these rules: 400
-        status = 503 if filtered and set(filtered) <= {"breaker_open", "no_key"} else 400
+        # a candidate that fits the request but is unusable right now (keys, breakers, rate
+        # limits) is the router's state: 503; otherwise the request itself cannot be served
+        # under these rules: 400
+        status = 503 if state_only or (filtered and set(filtered) <= STATE_FILTERS) else 400
         return NoRoute(
             status,
             f"no candidate can serve this request under {what}; filtered out: {detail}",
             "no_candidate",
             profile_name,
             policy.name if policy else None,
-            dict(filtered),
+            filtered,
         )
+    best = chain[0]
     return RoutingDecision(
         profile=profile_name,
         profile_reason=why,
         policy=policy.name if policy else None,
         chain=tuple(chain),
         requested=requested,
-        filtered=dict(filtered),
+        filtered=filtered,
         mode=mode,
         reasons=(
             f"profile {profile_name} ({why})",
-            f"{mode}: {chain[0].candidate.key} score {chain[0].score:.3f} = {chain[0].explain()}",
+            f"{mode}: {best.candidate.key} score {best.score:.3f} = {router.explain(best)}",
         ),
     )

@@ -453,3 +453,99 @@ def test_incremental_rerank_equals_a_full_ranking(tmp_path: Path) -> None:
         assert [(s.candidate.key, s.score) for s in ranking] == [
             (s.candidate.key, s.score) for s in full
         ]
+
+
+# --------------------------------------------------------------------------- memoized walk
+
+
+def reference_decide(
+    router: routing.Router, req: routing.RoutingRequest, usable: Any, max_chain: int
+) -> tuple[list[str], dict[str, int]]:
+    """Scored routing the slow way: every candidate through `reject_reason`, in ranking order,
+    counting what was passed over before the chain was full."""
+    chosen = routing.select_profile(router.config, req)
+    assert not isinstance(chosen, routing.NoRoute)
+    name, _, policy = chosen
+    constraints = policy.constraints if policy else None
+    cons_ctx = (constraints.min_context or 0) if constraints else 0
+    min_ctx = max(router.config.profiles[name].min_context, cons_ctx)
+    budgeted = bool(policy and policy.budget)
+    chain: list[str] = []
+    counts: dict[str, int] = {}
+    taken: set[tuple[str, str]] = set()
+    for s in router.rankings[(name, req.features.complexity_class)]:
+        c = s.candidate
+        needs = routing.Needs.of(req.features, min_ctx)
+        static = routing.static_reason(c, needs, constraints, budgeted)
+        if static is None and (c.provider, c.model_id) in taken:
+            continue
+        why = routing.reject_reason(c, req, constraints, min_ctx, usable, budgeted)
+        if why:
+            counts[why] = counts.get(why, 0) + 1
+            continue
+        chain.append(c.key)
+        taken.add((c.provider, c.model_id))
+        if len(chain) >= max_chain:
+            break
+    return chain, counts
+
+
+def sized(tokens_of_text: int) -> dict[str, Any]:
+    return {"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * tokens_of_text}]}
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "breakers"),
+    [
+        (None, {}, frozenset()),
+        (None, {"x-orchestrator-profile": "quality"}, frozenset({"p1:big"})),
+        ({"messages": [], "tools": [{"type": "function"}]}, {}, frozenset()),
+        (sized(100_000), {}, frozenset()),  # context filter in the middle of the walk
+        (sized(10), {"x-cap": "1"}, frozenset()),  # max_cost is per request size
+        (None, {"host": "internal.example"}, frozenset({"p2:mid"})),
+        (None, {"x-orchestrator-profile": "long_context"}, frozenset()),
+    ],
+)
+def test_memoized_walk_equals_the_full_walk(
+    router: routing.Router, body: Any, headers: dict[str, str], breakers: frozenset[str]
+) -> None:
+    host = headers.pop("host", "api.openai.com")
+    req = make_req(body, headers, host=host)
+    usable = usable_for(router, req, breakers)
+    for max_chain in (1, 2, 4, 10):
+        for _ in range(2):  # the second decision comes from the memo
+            d = routing.decide(router, req, usable, max_chain)
+            chain, counts = reference_decide(router, req, usable, max_chain)
+            got = (
+                [s.candidate.key for s in d.chain] if isinstance(d, routing.RoutingDecision) else []
+            )
+            assert got == chain
+            assert dict(d.filtered) == counts
+
+
+def test_walk_memo_follows_a_rerank(tmp_path: Path) -> None:
+    cfg = write_tree(tmp_path)
+    cat = catmod.build_catalog(cfg, [], ENV)
+    r = routing.build_router(cfg, cat, {})
+    req = make_req()
+
+    def chain(router: routing.Router) -> list[str]:
+        d = decide(router, req)
+        assert isinstance(d, routing.RoutingDecision), d
+        return [s.candidate.key for s in d.chain]
+
+    before = chain(r)
+    latency = {before[0]: 1e6}  # the winner turns very slow
+    slow = routing.rerank(r, latency)
+    assert chain(slow) != before  # the old router's memo is not reused
+    assert chain(slow) == chain(routing.build_router(cfg, cat, latency))
+    assert chain(r) == before
+
+
+def test_a_capable_candidate_behind_an_open_breaker_is_a_503(router: routing.Router) -> None:
+    # only "big" and "keyed" see images; keyed has no key, big's breaker is open: the request
+    # can be served once big recovers, so it is the router's state (503), not a bad request
+    body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}
+    d = decide(router, make_req(body), open_breakers=frozenset({"p1:big"}))
+    assert isinstance(d, routing.NoRoute) and d.status == 503, d
+    assert d.filtered["breaker_open"] == 1 and d.filtered["vision"] >= 1
