@@ -186,8 +186,12 @@ class FakeUpstream:
         models: tuple[str, ...] = ("fake-model",),
         host: str = "127.0.0.1",
         port: int = 0,
+        stamp_events: bool = False,
     ) -> None:
         self.name, self.content, self.events = name, content, max(1, events)
+        # append " @<time.perf_counter_ns()>" to each streamed content piece as it is written,
+        # so a client on this machine can tell the gaps the upstream made from those it saw
+        self.stamp_events = stamp_events
         self.first_event_delay, self.event_gap, self.delay = first_event_delay, event_gap, delay
         self.prompt_tokens, self.completion_tokens = prompt_tokens, completion_tokens
         self.cached_tokens, self.reasoning_tokens = cached_tokens, reasoning_tokens
@@ -541,7 +545,8 @@ class FakeUpstream:
 
         role = {"role": "assistant", "content": "", "refusal": None}
         head = [event(choice(role))] if chat else []
-        body = [event(choice({"content": p} if chat else p)) for p in self._pieces()]
+        pieces = self._pieces()
+        body = [event(choice({"content": p} if chat else p)) for p in pieces]
         tail = [event(choice({} if chat else "", "stop"))]
         if include_usage:
             tail.append(event(None, self._usage(chat)))
@@ -570,6 +575,9 @@ class FakeUpstream:
                 break
             if i and self.event_gap > 0 and not await self._sleep(self.event_gap):
                 return self._abort(request, resp)
+            if self.stamp_events:
+                piece = f"{pieces[i]} @{time.perf_counter_ns()}"
+                body[i] = event(choice({"content": piece} if chat else piece))
             await resp.write(body[i])
         for chunk in tail:
             await resp.write(chunk)
