@@ -57,6 +57,12 @@ def test_bench_proxy_quick(tmp_path: Path) -> None:
     runs = json.loads(out_json.read_text())["runs"]
     assert len(runs) == 15  # 5 cases x 3 targets x 1 repeat
     assert all(r["upstream_seen"] == r["requests"] == r["ok"] for r in runs)
+    # the upstream's send stamps reached every streaming client, through both proxies
+    streams = [r for r in runs if r["case"] == "stream-c8"]
+    assert len(streams) == 3 and all(
+        r["up_gap_p99_ms"] and r["added_gap_p99_ms"] is not None for r in streams
+    )
+    assert "upstream gap p99, as sent" in out and "C gap p99 - upstream's" in out
 
 
 @pytest.mark.e2e
