@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+import math
+import re
+from typing import Any
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from addon import classify
 from addon.classify import CHARS_PER_TOKEN, TOKENS_PER_IMAGE, features
 
 
@@ -127,3 +135,230 @@ def test_legacy_completions_prompt() -> None:
 )
 def test_junk_does_not_raise(junk: dict) -> None:
     features(junk)
+
+
+def test_junk_tool_calls_are_ignored() -> None:
+    body = {"messages": [{"role": "assistant", "content": "x", "tool_calls": 5}]}
+    assert (
+        features(body).prompt_tokens
+        == features({"messages": [msg("x", "assistant")]}).prompt_tokens
+    )
+
+
+# --------------------------------------------------------------------------- keyword rules
+
+
+def flags(text: str) -> tuple[str, bool]:
+    """(task, whether the reasoning term is in the complexity) of a user turn."""
+    f = features({"messages": [msg(text)]})
+    size = 0.35 * min(1.0, max(0.0, math.log10(f.prompt_tokens / 100) / 2))
+    rest = f.complexity - size - (0.15 if f.task == "code" else 0.0)
+    assert min(abs(rest), abs(rest - 0.25)) < 0.002, f
+    return f.task, abs(rest - 0.25) < 0.002
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "How can I improve this?",  # prove
+        "A short history of Rome",  # story
+        "Is that reasonable?",  # reason
+        "How do I resolve a merge conflict?",  # solve
+        "The unsolved ones",  # solve
+        "Count the labeled rows",  # label
+        "tradeoffsx and xdesign",  # tradeoffs, design
+        "approve, disprove, prover",  # prove
+    ],
+)
+def test_keywords_inside_longer_words_do_not_count(text: str) -> None:
+    assert flags(text) == ("chat", False)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Prove: the sum is even", ("chat", True)),
+        ("a plan (design) for it", ("chat", True)),
+        ("list the trade-offs", ("chat", True)),
+        ("what is the trade-off?", ("chat", True)),
+        ("think step-by-step", ("chat", True)),
+        ("RE-DESIGN the page", ("chat", True)),
+        ("the story's end", ("creative", False)),
+        ("Summarize; then stop", ("summarize", False)),
+        ("tl;dr please", ("summarize", False)),
+        ("TL;DR", ("summarize", False)),
+        ("'parse' it", ("extraction", False)),
+        ("solve_it", ("math", False)),  # "_" is neither an ASCII letter nor a digit
+        ("x-prove", ("chat", True)),
+    ],
+)
+def test_keywords_next_to_punctuation_count(text: str, expected: tuple[str, bool]) -> None:
+    assert flags(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "task"),
+    [
+        ("def foo(x): pass", "code"),
+        ("(def foo(", "code"),
+        ("undef foo(", "chat"),
+        ("predef foo(", "chat"),
+        ("x = 1\nimport os", "code"),
+        ("reimport os", "chat"),
+        ("éimport os", "chat"),  # é is alphanumeric: not a word start
+        ("subclass Foo:", "chat"),
+        ("class Foo:", "code"),
+        ("function  go (", "code"),
+        ("malfunction go(", "chat"),
+        ("SELECT a FROM b", "code"),
+        ("preselect a from b", "chat"),
+        ("a => b", "code"),
+        ("the class of function words", "chat"),
+    ],
+)
+def test_code_prefixes_count_only_at_word_starts(text: str, task: str) -> None:
+    assert features({"messages": [msg(text)]}).task == task
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Résumé: prove that naïve café ☕ works", ("chat", True)),
+        ("’design’ it", ("chat", True)),
+        ("🤔 solve x", ("math", False)),
+        ("naïve summary — please", ("summarize", False)),
+        ("日本語のpoemを書いて", ("creative", False)),
+        ("ÜBERSICHT: extract names", ("extraction", False)),
+        ("é" * 990 + " prove " + "ü" * 3000, ("chat", True)),  # in the head
+        ("é" * 3000 + " (prove) " + "ü" * 990, ("chat", True)),  # in the tail
+        ("\ud800prove\udfff", ("chat", True)),  # lone surrogates (valid JSON escapes)
+        ("\ud800improve", ("chat", False)),
+    ],
+)
+def test_multibyte_text_around_keywords(text: str, expected: tuple[str, bool]) -> None:
+    assert flags(text) == expected
+
+
+def test_only_head_and_tail_are_read() -> None:
+    middle = "prove " + "x" * 3000
+    assert flags("y" * 1500 + middle + "z" * 1500) == ("chat", False)
+    assert flags("a " + "y" * 3000 + " prove") == ("chat", True)
+
+
+# Reference: the documented rules, written plainly (regex lookarounds, one search each).
+FILLER = ["im", "un", "re", "s", "ed", "able", "x", "foo", "9", "é", "ü", "’", "日本", "🤔", "_"]
+PUNCT = [" ", " ", "-", ";", "'", ":", "(", ")", "\n", ".", ",", "\t", "/"]
+PATTERNS = sorted(
+    {w for _, words in classify._KEYWORDS for w in words}
+    | {p for _, phrases in classify._PHRASES for p in phrases}
+    | {lit for lit, _ in classify._CODE_PATTERNS}
+    | {"foo(", "foo:", "os", "from", "improve", "history", "labeled"}
+)
+
+
+def reference_categories(low: str) -> set[str]:
+    found = set()
+    for category, words in classify._KEYWORDS:
+        for w in words:
+            if re.search(rf"(?<![a-z0-9]){re.escape(w)}(?![a-z0-9])", low):
+                found.add(category)
+    for category, phrases in classify._PHRASES:
+        if any(p in low for p in phrases):
+            found.add(category)
+    for literal, rx in classify._CODE_PATTERNS:
+        for m in re.finditer(f"(?={re.escape(literal)})", low):
+            i = m.start()
+            if (i == 0 or not low[i - 1].isalnum()) and rx.match(low, i):
+                found.add("code")
+    return found
+
+
+def reference_task(found: set[str], low: str) -> str:
+    if "code" in found:
+        return "code"
+    if "math" in found or classify._has_math_expr(low):
+        return "math"
+    for task in ("creative", "summarize", "extraction"):
+        if task in found:
+            return task
+    return "chat"
+
+
+piece = st.one_of(
+    st.sampled_from(PATTERNS).flatmap(lambda w: st.sampled_from([w, w.upper(), w.title()])),
+    st.sampled_from(FILLER),
+    st.sampled_from(PUNCT),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(piece, max_size=40).map("".join))
+def test_keyword_detection_matches_the_reference(text: str) -> None:
+    low = "".join(c.lower() if c.isascii() else c for c in text)
+    expected = reference_categories(low)
+    found = classify._categories(classify._ascii_lower(text))
+    if {"code", "reasoning"} <= found:  # the scan stops there; nothing else matters
+        assert {"code", "reasoning"} <= expected
+    else:
+        assert found == expected
+    assert features({"messages": [msg(text)]}).task == reference_task(expected, low)
+
+
+# --------------------------------------------------------------------------- tool sizes
+
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city: temperature, humidity, a short summary.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "description": "City name, e.g. Paris"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+                "days": {"type": "integer", "minimum": 1, "maximum": 14},
+            },
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(st.sampled_from("ab '\"\\\b\f\n\x00\x7f,:-éü\u2028\u200b☕")),
+    lambda kids: (
+        st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=5), kids, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values)
+def test_repr_len_is_never_below_the_repr(value: Any) -> None:
+    assert classify._repr_len(value) >= len(str(value))
+
+
+@pytest.mark.parametrize(
+    ("value", "slack"),
+    [
+        ([TOOL] * 5, 1.01),
+        ({"name": "f", "arguments": json.dumps({"query": "it's", "n": -1.5e-07})}, 1.2),
+        ([2**70, "x"], 1.0),  # beyond orjson: the exact path
+        (["\ud800"], 1.0),
+        (["naïve ☕"], 1.0),
+    ],
+)
+def test_repr_len_is_close_to_the_repr(value: Any, slack: float) -> None:
+    exact = len(str(value))
+    assert exact <= classify._repr_len(value) <= exact * slack
+
+
+def test_tools_count_at_least_as_before() -> None:
+    body = {"messages": [msg("hi")], "tools": [TOOL] * 3}
+    before = int((2 + len(str(body["tools"]))) / CHARS_PER_TOKEN + 0.999) + 4 + 3
+    assert features(body).prompt_tokens >= before
