@@ -123,22 +123,22 @@ class Router:
         profile: str,
         cls: str,
         providers: frozenset[str] | None,
-        needs: Needs,
+        f: RequestFeatures,
+        min_context: int,
         constraints: Constraints | None,
         budgeted: bool,
     ) -> Walk:
         """The ranking with the request-independent filters applied (memoized): what a
         request with these needs may be routed to before its size and the router's state
         are looked at."""
-        key = (profile, cls, providers, needs, id(constraints), budgeted)
+        key = (profile, cls, providers, f.needs_tools, f.needs_vision, f.needs_json_schema,
+               min_context, id(constraints), budgeted)  # fmt: skip
         got = self._walks.get(key)
         if got is None:
-            ranking = (
-                self.rankings[(profile, cls)]
-                if providers is None
-                else self.ranking_for(profile, cls, providers)
-            )
-            got = Walk.build(ranking, needs, constraints, budgeted)
+            full = self.rankings[(profile, cls)]
+            ranking = full if providers is None else self.ranking_for(profile, cls, providers)
+            needs = Needs.of(f, min_context)
+            got = Walk.build(ranking, needs, constraints, budgeted, len(full) - len(ranking))
             if len(self._walks) > 512:
                 self._walks.clear()
             self._walks[key] = got
@@ -357,6 +357,11 @@ class Walk:
     positions: tuple[int, ...]  # each entry's position in the full ranking
     rejected_at: tuple[int, ...]  # ranking positions of the statically rejected, ascending
     rejected_why: tuple[str, ...]
+    no_key: int = 0  # candidates left out of the ranking for want of a usable key
+    # per entry: (entry, its (provider, model) identity, its context window)
+    rows: tuple[tuple[Scored, tuple[str, str], int | None], ...] = field(
+        default=(), compare=False, repr=False
+    )
     _counts: dict[int, dict[str, int]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -366,6 +371,7 @@ class Walk:
         needs: Needs,
         constraints: Constraints | None,
         budgeted: bool,
+        no_key: int = 0,
     ) -> Walk:
         entries: list[Scored] = []
         positions: list[int] = []
@@ -379,7 +385,11 @@ class Walk:
             else:
                 at.append(i)
                 why.append(r)
-        return cls(tuple(entries), tuple(positions), tuple(at), tuple(why))
+        rows = tuple(
+            (s, (s.candidate.provider, s.candidate.model_id), s.candidate.context_tokens)
+            for s in entries
+        )
+        return cls(tuple(entries), tuple(positions), tuple(at), tuple(why), no_key, rows)
 
     def rejected_before(self, stop: int) -> dict[str, int]:
         """Static rejections ranked above entry `stop` (all of them when stop is past the
@@ -480,26 +490,20 @@ def decide(
         if policy and policy.pin and not cfg.routes.get(model):
             chain.sort(key=lambda s: -s.score)
     else:
-        walk = router.walk(
-            profile_name, cls, providers, Needs.of(req.features, min_ctx), constraints, budgeted
-        )
-        if providers is not None:
-            full = len(router.rankings[(profile_name, cls)])
-            if no_key := full - len(router.ranking_for(profile_name, cls, providers)):
-                filtered["no_key"] = no_key
         f = req.features
+        walk = router.walk(profile_name, cls, providers, f, min_ctx, constraints, budgeted)
+        if walk.no_key:
+            filtered["no_key"] = walk.no_key
         max_cost = constraints.max_cost_usd if constraints else None
         need = f.prompt_tokens + (f.max_output_tokens or 0)
         # One entry per (provider, model): a dated alias of a model that just failed at the
         # same provider would fail the same way, so it is no fallback.
         taken: set[tuple[str, str]] = set()
         stop = len(walk.entries)
-        for i, s in enumerate(walk.entries):
-            c = s.candidate
-            ident = (c.provider, c.model_id)
+        for i, (s, ident, ctx) in enumerate(walk.rows):
             if ident in taken:
                 continue
-            ctx = c.context_tokens
+            c = s.candidate
             if ctx is not None and need > ctx:  # size_reason's first check, inlined
                 r = "context"
             else:
