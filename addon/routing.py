@@ -131,6 +131,7 @@ class Router:
         """The ranking with the request-independent filters applied (memoized): what a
         request with these needs may be routed to before its size and the router's state
         are looked at."""
+        # constraints belong to this router's config (a policy's), so their identity is stable
         key = (profile, cls, providers, f.needs_tools, f.needs_vision, f.needs_json_schema,
                min_context, id(constraints), budgeted)  # fmt: skip
         got = self._walks.get(key)
@@ -349,8 +350,9 @@ class Walk:
     """One ranking after the request-independent filters (`static_reason`), built once per
     filter signature: per request only the size and state checks run, over the survivors.
 
-    `rejected` lists (ranking position, filter) of what the static filters removed, so a
-    decision can still report every candidate passed over before its chain was full.
+    `rejected_at` / `rejected_why` list the ranking position and filter of each candidate the
+    static filters removed, so a decision can still report every candidate passed over
+    before its chain was full.
     """
 
     entries: tuple[Scored, ...]
