@@ -184,6 +184,27 @@ class _Account:
 _Key = tuple[str, str, float, float]  # rule name, scope key, window start, window end
 
 
+def snapshot_row(
+    rule: BudgetRule, scope: str, start: float, end: float, spent: int, held: int, alerted: bool
+) -> dict[str, Any]:
+    """One budget window as /status and the metrics show it (amounts in units); `share`
+    counts in-flight reservations as spent. Shared by the in-process and the Redis store."""
+    return {
+        "rule": rule.name,
+        "scope": scope,
+        "scope_kind": rule.scope,
+        "per": rule.per,
+        "window_start": start,
+        "window_end": end,
+        "spent": from_units(spent),
+        "reserved": from_units(held),
+        "limit": rule.usd,
+        "share": (spent + held) / to_units(rule.usd),
+        "alert_at": rule.alert_at,
+        "alerted": alerted,
+    }
+
+
 class BudgetBook:
     """In-memory spend and reservations per (rule, scope key, window).
 
@@ -294,23 +315,8 @@ class BudgetBook:
             rule = self._rules[name]
             if (start, end) != window(rule.per, now):
                 continue
-            reserved = sum(acct.holds.values())
-            rows.append(
-                {
-                    "rule": name,
-                    "scope": key,
-                    "scope_kind": rule.scope,
-                    "per": rule.per,
-                    "window_start": start,
-                    "window_end": end,
-                    "spent": from_units(acct.spent),
-                    "reserved": from_units(reserved),
-                    "limit": rule.usd,
-                    "share": (acct.spent + reserved) / to_units(rule.usd),
-                    "alert_at": rule.alert_at,
-                    "alerted": acct.alerted,
-                }
-            )
+            held = sum(acct.holds.values())
+            rows.append(snapshot_row(rule, key, start, end, acct.spent, held, acct.alerted))
         return rows
 
     # ----------------------------------------------------------------------- internals

@@ -59,6 +59,7 @@ from addon.budget import (
     Reservation,
     checked_amount,
     from_units,
+    snapshot_row,
     to_units,
     window,
 )
@@ -752,22 +753,7 @@ class RedisBudgets:
             rule = self._rules.get(name) or self._fleet_rules.get(name)
             if rule is None or (start, end) != window(rule.per, now):
                 continue
-            rows.append(
-                {
-                    "rule": name,
-                    "scope": key,
-                    "scope_kind": rule.scope,
-                    "per": rule.per,
-                    "window_start": start,
-                    "window_end": end,
-                    "spent": from_units(acct.spent),
-                    "reserved": from_units(acct.held),
-                    "limit": rule.usd,
-                    "share": (acct.spent + acct.held) / to_units(rule.usd),
-                    "alert_at": rule.alert_at,
-                    "alerted": acct.alerted,
-                }
-            )
+            rows.append(snapshot_row(rule, key, start, end, acct.spent, acct.held, acct.alerted))
         return rows
 
     # ----------------------------------------------------------------------- internals

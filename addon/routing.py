@@ -534,7 +534,13 @@ def decide(
         status = 503 if state_only or (filtered and set(filtered) <= STATE_FILTERS) else 400
         return NoRoute(
             status,
-            f"no candidate can serve this request under {what}; filtered out: {detail}",
+            f"no candidate can serve this request under {what}; filtered out: {detail}; "
+            + (
+                "a model that fits is unusable right now (open breaker, rate limit or no key): "
+                "retry shortly, or check `orchestrator status`"
+                if status == 503
+                else "ask for less (context, tools, images) or relax the policy's constraints"
+            ),
             "no_candidate",
             profile_name,
             policy.name if policy else None,

@@ -435,16 +435,21 @@ def event_json(ev: SSEEvent) -> Any:
         return None
 
 
-def delta_text(obj: dict[str, Any]) -> str:
-    """The text a streamed chunk adds (chat delta or legacy completion)."""
+def _choices_text(obj: Any, part: str) -> str:
+    """The text of every choice's `part` ("delta" or "message"), or of its legacy `text`."""
     out = []
-    for ch in obj.get("choices") or ():
+    for ch in (obj.get("choices") or ()) if isinstance(obj, dict) else ():
         if isinstance(ch, dict):
-            delta = ch.get("delta")
-            piece = delta.get("content") if isinstance(delta, dict) else ch.get("text")
+            holder = ch.get(part)
+            piece = holder.get("content") if isinstance(holder, dict) else ch.get("text")
             if isinstance(piece, str):
                 out.append(piece)
     return "".join(out)
+
+
+def delta_text(obj: dict[str, Any]) -> str:
+    """The text a streamed chunk adds (chat delta or legacy completion)."""
+    return _choices_text(obj, "delta")
 
 
 def answer_text(body: bytes) -> str | None:
@@ -453,14 +458,7 @@ def answer_text(body: bytes) -> str | None:
         obj = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         return None
-    out = []
-    for ch in (obj.get("choices") or ()) if isinstance(obj, dict) else ():
-        if isinstance(ch, dict):
-            msg = ch.get("message")
-            piece = msg.get("content") if isinstance(msg, dict) else ch.get("text")
-            if isinstance(piece, str):
-                out.append(piece)
-    return "".join(out)
+    return _choices_text(obj, "message")
 
 
 def prompt_text(data: dict[str, Any]) -> str:
