@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from addon import reports, routing, statuspage
+from addon import ranking, reports, statuspage
 from addon.scoring import effective_weights
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ class AdminServer:
             return _error(400, f"unknown profile {profile!r}; use one of: "
                                f"{', '.join(sorted(view.config.profiles))}")  # fmt: skip
         cls = q.get("complexity", "medium")
-        if cls not in routing.CLASSES:
+        if cls not in ranking.CLASSES:
             return _error(400, f"unknown complexity {cls!r}; use simple, medium or complex")
         try:
             limit = int(q.get("limit", "50"))

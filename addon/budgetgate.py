@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from addon import budget, routing, wire
+from addon import budget, ranking, routing, wire
 from addon import cost as costmod
 from addon.catalog import Candidate
 from addon.classify import RequestFeatures
@@ -69,7 +69,7 @@ async def gate(
     book: Budgets,
     metrics: Metrics | None,
     policies: Sequence[Policy],
-    router: routing.Router,
+    router: ranking.Router,
     pending: Pending,
     req: routing.RoutingRequest,
     decision: routing.RoutingDecision,

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from addon import ca, classify, configload, dispatch, reports, routing, store
+from addon import ca, classify, configload, dispatch, ranking, reports, routing, store
 from addon.errors import ConfigError, OrchestratorError
 from addon.scoring import Scored, effective_weights
 from addon.sources.schema import load_sources
@@ -236,7 +236,7 @@ def reload(config: str) -> None:
 @click.option("--task", type=click.Choice(["chat", "code", "math", "creative", "extraction",
                                            "summarize"]), default="chat", show_default=True,
               help="Kind of request to rank for.")  # fmt: skip
-@click.option("--complexity", type=click.Choice(routing.CLASSES), default="medium",
+@click.option("--complexity", type=click.Choice(ranking.CLASSES), default="medium",
               show_default=True, help="Complexity class (shifts weight, see README).")  # fmt: skip
 @click.option("--limit", type=int, default=15, show_default=True, help="Rows to show.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

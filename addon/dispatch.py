@@ -22,6 +22,7 @@ from addon import (
     classify,
     clients,
     configload,
+    ranking,
     recording,
     routing,
     state,
@@ -52,7 +53,7 @@ class View:
 
     config: configload.Config
     catalog: catmod.Catalog
-    router: routing.Router
+    router: ranking.Router
     keys: Mapping[str, str] = field(repr=False)
     client_digests: Mapping[str, str] = field(default_factory=dict, repr=False)
     _keyed: dict[str, frozenset[str]] = field(default_factory=dict, compare=False, repr=False)
@@ -84,7 +85,7 @@ def build_view(
         for name, p in cfg.settings.providers.items()
         if p.api_key_env and env.get(p.api_key_env)
     }
-    return View(cfg, catalog, routing.build_router(cfg, catalog, latency), keys,
+    return View(cfg, catalog, ranking.build_router(cfg, catalog, latency), keys,
                 clients.key_digests(cfg.settings, env))  # fmt: skip
 
 

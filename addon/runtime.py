@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from addon import benchmarks, budgetgate, configload, dispatch, routing, state, store
+from addon import benchmarks, budgetgate, configload, dispatch, ranking, state, store
 from addon.config import Settings
 from addon.errors import ConfigError
 from addon.metrics import Metrics
@@ -197,9 +197,16 @@ class Runtime:
                 continue
             d.latency.dirty = False
             view = d.view
-            router = await asyncio.to_thread(routing.rerank, view.router, d.latency.values())
+            latency = d.latency.values()
+            # one ranking per event-loop turn: each costs well under a millisecond (a few
+            # bisections and list copies), so no request waits behind the whole rerank, and
+            # no worker thread competes with the loop for the GIL
+            done = {}
+            for key in view.router.base:
+                done[key] = ranking.reranked(view.router, key, latency)
+                await asyncio.sleep(0)
             if d.view is view:
-                d.swap(dataclasses.replace(view, router=router))
+                d.swap(dataclasses.replace(view, router=ranking.with_rankings(view.router, done)))
 
     # ------------------------------------------------------------------ state
 

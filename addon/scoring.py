@@ -18,8 +18,9 @@ with `complexity_adjust: false`.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from addon.catalog import Candidate
 from addon.config import Profile
@@ -35,9 +36,17 @@ class Scored:
     candidate: Candidate
     score: float
     parts: tuple[tuple[str, float], ...]  # (metric, weighted contribution)
+    # the sort key of every ranking: best first, ties broken by key
+    order: tuple[float, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "order", (-self.score, self.candidate.key))
 
     def explain(self) -> str:
         return " + ".join(f"{m} {v:.3f}" for m, v in self.parts)
+
+
+ORDER = operator.attrgetter("order")  # the sort key of a ranking, for sort and bisect
 
 
 @dataclass(frozen=True)
@@ -123,5 +132,5 @@ def rank(
             ("context", wx * norms.context[c.key]),
         )
         out.append(Scored(c, round(sum(v for _, v in parts), 9), parts))
-    out.sort(key=lambda s: (-s.score, s.candidate.key))
+    out.sort(key=ORDER)
     return out

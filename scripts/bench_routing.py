@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO))
 
-from addon import breaker, classify, configload, dispatch, routing, wire  # noqa: E402
+from addon import breaker, classify, configload, dispatch, ranking, routing, wire  # noqa: E402
 from addon.benchmarks import BUNDLED_DB  # noqa: E402
 from addon.catalog import Candidate  # noqa: E402
 
@@ -452,18 +452,18 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         t0 = time.perf_counter()
         observed = {c.key: 100.0 + i for i, c in enumerate(cat.candidates[:50])}
-        routing.rerank(view.router, observed)
+        ranking.rerank(view.router, observed)
         rerank_ms = (time.perf_counter() - t0) * 1000
         print(
             f"routing work per request — catalog {len(cat.candidates):,} offerings from "
             f"{len(cat.providers)} providers ({Path(cat.source.removeprefix('bundled:')).name}), "
-            f"{len(view.config.profiles)} profiles x {len(routing.CLASSES)} complexity classes "
+            f"{len(view.config.profiles)} profiles x {len(ranking.CLASSES)} complexity classes "
             f"pre-ranked; python {sys.version.split()[0]}, GC on; {os.cpu_count()} CPUs, "
             f"load average {os.getloadavg()[0]:.2f} at start"
         )
         print(
             f"config load + catalog + rankings: {build_ms:,.0f} ms; "
-            f"routing.rerank with 50 observed latencies (the proxy runs it every 5 s while "
+            f"ranking.rerank with 50 observed latencies (the proxy runs it every 5 s while "
             f"latency stats change): {rerank_ms:,.0f} ms"
         )
         size_rows = [measure(view, sc, budget) for sc in size_scenarios(names, scale)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +11,7 @@ import pytest
 import yaml
 
 from addon import catalog as catmod
-from addon import classify, configload, routing, scoring
+from addon import classify, configload, ranking, routing, scoring
 from addon.benchmarks import OfferingRow
 from addon.catalog import Candidate
 from addon.config import DeclaredModel
@@ -120,10 +122,10 @@ ENV = {"P1_KEY": "k1", "P2_KEY": "k2"}  # p4 has no key: usable only with the cl
 
 
 @pytest.fixture
-def router(tmp_path: Path) -> routing.Router:
+def router(tmp_path: Path) -> ranking.Router:
     cfg = write_tree(tmp_path)
     cat = catmod.build_catalog(cfg, [], ENV)
-    return routing.build_router(cfg, cat, {})
+    return ranking.build_router(cfg, cat, {})
 
 
 def make_req(
@@ -144,7 +146,7 @@ def make_req(
 
 
 def usable_for(
-    router: routing.Router, req: routing.RoutingRequest, open_breakers: frozenset[str] = frozenset()
+    router: ranking.Router, req: routing.RoutingRequest, open_breakers: frozenset[str] = frozenset()
 ):
     def usable(c: Candidate) -> str | None:
         p = router.catalog.providers[c.provider]
@@ -155,7 +157,7 @@ def usable_for(
     return usable
 
 
-def decide(router: routing.Router, req: routing.RoutingRequest, **kw: Any):
+def decide(router: ranking.Router, req: routing.RoutingRequest, **kw: Any):
     return routing.decide(router, req, usable_for(router, req, **kw), 4)
 
 
@@ -179,7 +181,7 @@ def first(d: Any) -> str:
     ],
 )
 def test_profile_precedence(
-    router: routing.Router, model: str, headers: dict[str, str], profile: str, why: str
+    router: ranking.Router, model: str, headers: dict[str, str], profile: str, why: str
 ) -> None:
     d = decide(router, make_req({"model": model, "messages": []}, headers))
     assert isinstance(d, routing.RoutingDecision)
@@ -194,7 +196,7 @@ def test_profile_precedence(
     ],
 )
 def test_unknown_profile_is_a_clear_400(
-    router: routing.Router, model: str, headers: dict[str, str], fragment: str
+    router: ranking.Router, model: str, headers: dict[str, str], fragment: str
 ) -> None:
     d = decide(router, make_req({"model": model, "messages": []}, headers))
     assert isinstance(d, routing.NoRoute) and d.status == 400 and fragment in d.message
@@ -207,17 +209,17 @@ def test_unknown_profile_is_a_clear_400(
 @pytest.mark.parametrize(
     ("profile", "winner"), [("quality", "big"), ("budget", "small"), ("long_context", "big")]
 )
-def test_profile_winner(router: routing.Router, profile: str, winner: str) -> None:
+def test_profile_winner(router: ranking.Router, profile: str, winner: str) -> None:
     assert first(decide(router, make_req(headers={"x-orchestrator-profile": profile}))) == winner
 
 
-def test_parts_explain_the_score(router: routing.Router) -> None:
+def test_parts_explain_the_score(router: ranking.Router) -> None:
     for s in router.ranking("balanced"):
         assert sum(v for _, v in s.parts) == pytest.approx(s.score, abs=1e-6)
         assert [m for m, _ in s.parts] == list(scoring.METRICS)
 
 
-def test_unpriced_is_never_cheapest(router: routing.Router) -> None:
+def test_unpriced_is_never_cheapest(router: ranking.Router) -> None:
     ranked = router.ranking("budget")
     mystery = next(s for s in ranked if s.candidate.model_id == "mystery")
     assert dict(mystery.parts)["cost"] == 0.0
@@ -227,8 +229,8 @@ def test_unpriced_is_never_cheapest(router: routing.Router) -> None:
 def test_observed_latency_moves_speedy_targets_up(tmp_path: Path) -> None:
     cfg = write_tree(tmp_path)
     cat = catmod.build_catalog(cfg, [], ENV)
-    slow = routing.build_router(cfg, cat, {"p1:big": 5000.0, "p2:mid": 50.0})
-    fast = routing.build_router(cfg, cat, {"p1:big": 50.0, "p2:mid": 5000.0})
+    slow = ranking.build_router(cfg, cat, {"p1:big": 5000.0, "p2:mid": 50.0})
+    fast = ranking.build_router(cfg, cat, {"p1:big": 50.0, "p2:mid": 5000.0})
     rank = lambda r: [s.candidate.key for s in r.ranking("balanced")]  # noqa: E731
     assert rank(slow).index("p2:mid") < rank(slow).index("p1:big")
     assert rank(fast).index("p1:big") < rank(fast).index("p2:mid")
@@ -237,7 +239,7 @@ def test_observed_latency_moves_speedy_targets_up(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("cls", "dq", "dc"), [("simple", -0.15, 0.15), ("medium", 0, 0), ("complex", 0.15, -0.15)]
 )
-def test_complexity_shifts_weight(router: routing.Router, cls: str, dq: float, dc: float) -> None:
+def test_complexity_shifts_weight(router: ranking.Router, cls: str, dq: float, dc: float) -> None:
     p = router.config.profiles["balanced"]
     w = scoring.effective_weights(p, cls)
     assert w.quality == pytest.approx(0.4 + dq) and w.cost == pytest.approx(0.3 + dc)
@@ -279,7 +281,7 @@ def test_complexity_shifts_weight(router: routing.Router, cls: str, dq: float, d
     ],
 )
 def test_hard_filters(
-    router: routing.Router, body: dict, headers: dict[str, str], excluded: set[str], reason: str
+    router: ranking.Router, body: dict, headers: dict[str, str], excluded: set[str], reason: str
 ) -> None:
     body = {"model": "gpt-4o", **body}
     d = decide(router, make_req(body, headers))
@@ -289,14 +291,14 @@ def test_hard_filters(
     assert d.filtered.get(reason, 0) >= 1
 
 
-def test_min_quality_and_model_deny(router: routing.Router) -> None:
+def test_min_quality_and_model_deny(router: ranking.Router) -> None:
     d = decide(router, make_req(host="internal.example"))
     chosen = {s.candidate.model_id for s in d.chain}
     assert chosen == {"big", "mid"}
     assert d.filtered["model_list"] == 1 and d.filtered["min_quality"] >= 1
 
 
-def test_key_availability(router: routing.Router) -> None:
+def test_key_availability(router: ranking.Router) -> None:
     # p4 ("keyed") beats everything on paper but has no key configured
     d = decide(router, make_req(headers={"x-orchestrator-profile": "quality"}))
     assert "keyed" not in {s.candidate.model_id for s in d.chain}
@@ -313,7 +315,7 @@ def test_key_availability(router: routing.Router) -> None:
     assert "keyed" not in {s.candidate.model_id for s in d.chain}
 
 
-def test_open_breaker_skipped_and_all_open_is_503(router: routing.Router) -> None:
+def test_open_breaker_skipped_and_all_open_is_503(router: ranking.Router) -> None:
     req = make_req(headers={"x-orchestrator-profile": "quality"})
     assert first(decide(router, req, open_breakers=frozenset({"p1:big"}))) != "big"
     everything = frozenset(c.key for c in router.catalog.candidates)
@@ -321,7 +323,7 @@ def test_open_breaker_skipped_and_all_open_is_503(router: routing.Router) -> Non
     assert isinstance(d, routing.NoRoute) and d.status == 503
 
 
-def test_nothing_fits_is_a_400_naming_filters(router: routing.Router) -> None:
+def test_nothing_fits_is_a_400_naming_filters(router: ranking.Router) -> None:
     d = decide(
         router, make_req({"model": "x", "messages": [{"role": "user", "content": "x" * 5_000_000}]})
     )
@@ -331,13 +333,13 @@ def test_nothing_fits_is_a_400_naming_filters(router: routing.Router) -> None:
 # --------------------------------------------------------------------------- routes & pins
 
 
-def test_route_order_wins_over_scoring(router: routing.Router) -> None:
+def test_route_order_wins_over_scoring(router: ranking.Router) -> None:
     d = decide(router, make_req({"model": "chain-me", "messages": []}))
     assert d.mode == "route"
     assert [s.candidate.key for s in d.chain] == ["p2:small", "p1:big"]
 
 
-def test_route_ignored_when_profile_forced(router: routing.Router) -> None:
+def test_route_ignored_when_profile_forced(router: ranking.Router) -> None:
     d = decide(
         router,
         make_req({"model": "chain-me", "messages": []}, {"x-orchestrator-profile": "quality"}),
@@ -345,7 +347,7 @@ def test_route_ignored_when_profile_forced(router: routing.Router) -> None:
     assert d.mode == "scored" and first(d) == "big"
 
 
-def test_pin_keeps_requested_model(router: routing.Router) -> None:
+def test_pin_keeps_requested_model(router: ranking.Router) -> None:
     d = decide(router, make_req({"model": "small", "messages": []}, {"x-pin": "1"}))
     assert d.mode == "pin" and [s.candidate.model_id for s in d.chain] == ["small"]
 
@@ -423,13 +425,13 @@ def test_chain_skips_aliases_of_the_same_model(tmp_path: Path) -> None:
         _row("openrouter", "org/twin-2025-01-01", model_id="org/twin"),
     ]
     cat = catmod.build_catalog(cfg, rows, {**ENV, "OR_KEY": "k"})
-    r = routing.build_router(cfg, cat, {})
+    r = ranking.build_router(cfg, cat, {})
     d = decide(r, make_req())
     idents = [(s.candidate.provider, s.candidate.model_id) for s in d.chain]
     assert len(idents) == len(set(idents)) and ("or", "org/twin") in idents
 
 
-def test_provider_subset_matches_the_full_walk(router: routing.Router) -> None:
+def test_provider_subset_matches_the_full_walk(router: ranking.Router) -> None:
     req = make_req(headers={"x-orchestrator-profile": "quality"})
     full = decide(router, req)
     keyed = frozenset({"p1", "p2", "p3"})  # p4 has no key and no client key
@@ -446,11 +448,11 @@ def test_incremental_rerank_equals_a_full_ranking(tmp_path: Path) -> None:
     cfg = write_tree(tmp_path)
     cat = catmod.build_catalog(cfg, [], ENV)
     latency = {"p2:small": 4000.0, "p1:big": 20.0}
-    fast = routing.rerank(routing.build_router(cfg, cat, {}), latency)
-    for (name, cls), ranking in fast.rankings.items():
+    fast = ranking.rerank(ranking.build_router(cfg, cat, {}), latency)
+    for (name, cls), ranked in fast.rankings.items():
         full = scoring.rank(cat.candidates, scoring.effective_weights(cfg.profiles[name], cls),
                             fast.norms, latency)  # fmt: skip
-        assert [(s.candidate.key, s.score) for s in ranking] == [
+        assert [(s.candidate.key, s.score) for s in ranked] == [
             (s.candidate.key, s.score) for s in full
         ]
 
@@ -459,7 +461,7 @@ def test_incremental_rerank_equals_a_full_ranking(tmp_path: Path) -> None:
 
 
 def reference_decide(
-    router: routing.Router, req: routing.RoutingRequest, usable: Any, max_chain: int
+    router: ranking.Router, req: routing.RoutingRequest, usable: Any, max_chain: int
 ) -> tuple[list[str], dict[str, int]]:
     """Scored routing the slow way: every candidate through `reject_reason`, in ranking order,
     counting what was passed over before the chain was full."""
@@ -475,8 +477,8 @@ def reference_decide(
     taken: set[tuple[str, str]] = set()
     for s in router.rankings[(name, req.features.complexity_class)]:
         c = s.candidate
-        needs = routing.Needs.of(req.features, min_ctx)
-        static = routing.static_reason(c, needs, constraints, budgeted)
+        needs = ranking.Needs.of(req.features, min_ctx)
+        static = ranking.static_reason(c, needs, constraints, budgeted)
         if static is None and (c.provider, c.model_id) in taken:
             continue
         why = routing.reject_reason(c, req, constraints, min_ctx, usable, budgeted)
@@ -507,7 +509,7 @@ def sized(tokens_of_text: int) -> dict[str, Any]:
     ],
 )
 def test_memoized_walk_equals_the_full_walk(
-    router: routing.Router, body: Any, headers: dict[str, str], breakers: frozenset[str]
+    router: ranking.Router, body: Any, headers: dict[str, str], breakers: frozenset[str]
 ) -> None:
     host = headers.pop("host", "api.openai.com")
     req = make_req(body, headers, host=host)
@@ -526,23 +528,144 @@ def test_memoized_walk_equals_the_full_walk(
 def test_walk_memo_follows_a_rerank(tmp_path: Path) -> None:
     cfg = write_tree(tmp_path)
     cat = catmod.build_catalog(cfg, [], ENV)
-    r = routing.build_router(cfg, cat, {})
+    r = ranking.build_router(cfg, cat, {})
     req = make_req()
 
-    def chain(router: routing.Router) -> list[str]:
+    def chain(router: ranking.Router) -> list[str]:
         d = decide(router, req)
         assert isinstance(d, routing.RoutingDecision), d
         return [s.candidate.key for s in d.chain]
 
     before = chain(r)
     latency = {before[0]: 1e6}  # the winner turns very slow
-    slow = routing.rerank(r, latency)
+    slow = ranking.rerank(r, latency)
     assert chain(slow) != before  # the old router's memo is not reused
-    assert chain(slow) == chain(routing.build_router(cfg, cat, latency))
+    assert chain(slow) == chain(ranking.build_router(cfg, cat, latency))
     assert chain(r) == before
 
 
-def test_a_capable_candidate_behind_an_open_breaker_is_a_503(router: routing.Router) -> None:
+def _random_catalog(tmp_path: Path, rnd: random.Random) -> tuple[configload.Config, catmod.Catalog]:
+    """A few hundred offerings behind the "or" provider (OpenRouter's catalog), with random
+    prices, windows, ratings and capabilities, including exact score ties."""
+    cfg = write_tree(tmp_path)
+    rows = [
+        _row(
+            "openrouter",
+            f"org/m{i}",
+            input_per_mtok=rnd.choice([None, 0.1, 1.0, rnd.uniform(0.01, 20)]),
+            output_per_mtok=rnd.choice([0.3, 3.0, rnd.uniform(0.01, 60)]),
+            context_tokens=rnd.choice([None, 8000, 32000, 128000, 1_000_000]),
+            supports_tools=rnd.random() < 0.6,
+            supports_vision=rnd.random() < 0.3,
+            supports_json_schema=rnd.random() < 0.4,
+            quality=rnd.choice([None, 1200.0, rnd.uniform(900, 1500)]),
+        )
+        for i in range(300)
+    ]
+    return cfg, catmod.build_catalog(cfg, rows, ENV)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_reranked_memos_equal_a_fresh_build(tmp_path: Path, seed: int) -> None:
+    """A rerank moves only the observed candidates (`ranking.Moves`) and brings the lineage's
+    memos over the base orders up to date; everything must equal a router built from
+    scratch with the same latencies, whether the memos were filled before the rerank or not."""
+    rnd = random.Random(seed)
+    cfg, cat = _random_catalog(tmp_path, rnd)
+    assert len(cat.candidates) > 300
+    keys = [c.key for c in cat.candidates]
+    subsets = [frozenset({"openrouter"}), frozenset({"p1", "p2"}), frozenset({"openrouter", "p2"})]
+    needs = [
+        (make_req(), 0),
+        (make_req({"messages": [], "tools": [{"type": "function"}]}), 0),
+        (make_req({"messages": [], "response_format": {"type": "json_schema"}}), 100_000),
+    ]
+    policies = [None, *(p for p in cfg.policies if p.constraints)]
+
+    def snapshot(r: Any) -> list[Any]:
+        out: list[Any] = []
+        for (name, cls), ranked in r.rankings.items():
+            out.append([(s.candidate.key, s.score) for s in ranked])
+            for providers in subsets:
+                out.append([s.candidate.key for s in r.ranking_for(name, cls, providers)])
+            out.append(sorted((k, s.score) for k, s in r.position(name, cls).items()))
+            for req, min_ctx in needs:
+                for policy in policies:
+                    cons = policy.constraints if policy else None
+                    budgeted = bool(policy and policy.budget)
+                    for providers in (None, subsets[0]):
+                        w = r.walk(name, cls, providers, req.features, min_ctx, cons, budgeted)
+                        out.append((
+                            [s.candidate.key for s in w.entries],
+                            [s.candidate.key for s in w.rejected],
+                            w.why,
+                            w.no_key,
+                            [r.rejected_before(w, i) for i in range(0, len(w.entries) + 9, 9)],
+                        ))  # fmt: skip
+        return out
+
+    class Fast:
+        """The router under test, asked through the same interface as the reference."""
+
+        def __init__(self, router: ranking.Router) -> None:
+            self.router = router
+            self.rankings = router.rankings
+            self.ranking_for = router.ranking_for
+            self.position = router.position
+            self.walk = router.walk
+
+        def rejected_before(self, w: ranking.Walk, stop: int) -> dict[str, int]:
+            return w.rejected_before(stop)
+
+    class Reference:
+        """The same questions answered the slow way: every order scored from scratch."""
+
+        def __init__(self, latency: dict[str, float]) -> None:
+            norms = scoring.static_norms(cat.candidates)
+            self.rankings = {
+                (n, c): scoring.rank(
+                    cat.candidates, scoring.effective_weights(p, c), norms, latency
+                )
+                for n, p in cfg.profiles.items()
+                for c in ranking.CLASSES
+            }
+
+        def ranking_for(self, name: str, cls: str, providers: frozenset[str]) -> list[Any]:
+            return [s for s in self.rankings[(name, cls)] if s.candidate.provider in providers]
+
+        def position(self, name: str, cls: str) -> dict[str, Any]:
+            return {s.candidate.key: s for s in self.rankings[(name, cls)]}
+
+        def walk(self, name: str, cls: str, providers: Any, f: Any, min_ctx: int, cons: Any,
+                 budgeted: bool) -> ranking.Walk:  # fmt: skip
+            full = self.rankings[(name, cls)]
+            order = full if providers is None else self.ranking_for(name, cls, providers)
+            needs = ranking.Needs.of(f, min_ctx)
+            return ranking.Walk.build(order, needs, cons, budgeted, len(full) - len(order))
+
+        def rejected_before(self, w: ranking.Walk, stop: int) -> dict[str, int]:
+            above = set(range(len(w.rejected)))  # every rejection, unless one ranks below
+            if stop < len(w.entries):
+                mark = w.entries[stop].score, w.entries[stop].candidate.key
+                above = {i for i, s in enumerate(w.rejected)
+                         if (-s.score, s.candidate.key) < (-mark[0], mark[1])}  # fmt: skip
+            return dict(Counter(w.why[i] for i in sorted(above)))
+
+    first = {k: rnd.uniform(10, 5000) for k in rnd.sample(keys, 40)}
+    second = {k: rnd.uniform(10, 5000) for k in rnd.sample(keys, 60)}
+    second[keys[0]] = second.get(keys[1], 300.0)  # a tie with another observed candidate
+    base = ranking.build_router(cfg, cat, {})
+    if seed % 2:
+        snapshot(Fast(base))  # fill the lineage's memos before any rerank
+    once = ranking.rerank(base, first)
+    twice = ranking.rerank(once, second)
+    assert once.moves and twice.moves  # the incremental path is the one under test
+    assert snapshot(Fast(once)) == snapshot(Reference(first))
+    assert snapshot(Fast(twice)) == snapshot(Reference(second))
+    assert snapshot(Fast(base)) == snapshot(Reference({}))
+
+
+def test_a_capable_candidate_behind_an_open_breaker_is_a_503(router: ranking.Router) -> None:
     # only "big" and "keyed" see images; keyed has no key, big's breaker is open: the request
     # can be served once big recovers, so it is the router's state (503), not a bad request
     body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}
