@@ -171,6 +171,32 @@ def test_admin_routes(ops: ProxyProcess, http: httpx.Client) -> None:
     assert r.status_code == 200 and r.json()["ok"] is True
 
 
+def test_observed_latency_reaches_the_live_rankings(ops: ProxyProcess, http: httpx.Client) -> None:
+    """The running proxy re-ranks from what it observed (every 5 s, one ranking per event-loop
+    turn): the candidate that answered gets its measured latency term in every ranking, in
+    place of the neutral prior, while unobserved candidates keep the prior."""
+    r = post(http, {"X-Orchestrator-Profile": "quality"})
+    assert r.status_code == 200
+    key = f"{r.headers['x-orchestrator-provider']}:{r.headers['x-orchestrator-model']}"
+    admin = ops.admin_url()
+
+    def latency_terms() -> tuple[float, float, dict[str, float]]:
+        ranks = http.get(f"{admin}/rankings", params={"profile": "quality", "limit": "500"}).json()
+        neutral = 0.5 * ranks["weights"]["latency"] / sum(ranks["weights"].values())
+        parts = {c["key"]: c["parts"]["latency"] for c in ranks["candidates"]}
+        return neutral, parts[key], parts
+
+    deadline = time.monotonic() + 20  # RERANK_EVERY_S is 5 s
+    neutral, term, parts = latency_terms()
+    while term == pytest.approx(neutral) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        neutral, term, parts = latency_terms()
+    # a loopback upstream answers in milliseconds: 1 / (1 + ms/1000) is close to 1, not 0.5
+    assert term > 1.5 * neutral, (key, term, neutral)
+    others = [v for k, v in parts.items() if k != key]
+    assert others and pytest.approx(neutral) in others
+
+
 # --------------------------------------------------------------------------- CLI
 
 
