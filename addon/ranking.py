@@ -323,7 +323,7 @@ class Router:
         got = self._walks.get(key)
         if got is None:
             needs = Needs.of(f, min_context)
-            got = self._base_walk(key, needs, constraints, budgeted)
+            got = self._base_walk(key, (profile, cls), providers, needs, constraints, budgeted)
             moves = self.moves.get((profile, cls))
             if moves is not None:
                 got = got.moved(moves, needs, constraints, budgeted, providers)
@@ -333,17 +333,20 @@ class Router:
         return got
 
     def _base_walk(
-        self, key: tuple[object, ...], needs: Needs, constraints: Constraints | None, budgeted: bool
+        self,
+        key: tuple[object, ...],
+        rank_key: RankKey,
+        providers: frozenset[str] | None,
+        needs: Needs,
+        constraints: Constraints | None,
+        budgeted: bool,
     ) -> Walk:
+        """The walk over the base order (memoized for the lineage under the walk's key)."""
         memo = self.lineage.walks
         got = memo.get(key)
         if got is None:
-            profile, cls, providers = key[0], key[1], key[2]
-            assert isinstance(profile, str) and isinstance(cls, str)
-            full = self.base[(profile, cls)]
-            order = full
-            if isinstance(providers, frozenset):
-                order = self._base_subset((profile, cls, providers))
+            full = self.base[rank_key]
+            order = full if providers is None else self._base_subset((*rank_key, providers))
             got = Walk.build(order, needs, constraints, budgeted, len(full) - len(order))
             if len(memo) > 512:
                 memo.clear()
