@@ -211,7 +211,7 @@ class Runtime:
             d.latency.dirty = False
             view = d.view
             latency = d.latency.values()
-            # one ranking per event-loop turn: each costs well under a millisecond (a few
+            # one ranking per event-loop turn: each costs a millisecond or two at most (a few
             # bisections and list copies), so no request waits behind the whole rerank, and
             # no worker thread competes with the loop for the GIL
             done = {}
