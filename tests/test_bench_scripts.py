@@ -35,8 +35,12 @@ def test_bench_routing_quick(tmp_path: Path) -> None:
     for stage in ("parse p50/p99", "features p50/p99", "decide p50/p99", "rewrite p50/p99"):
         assert stage in out
     assert "targets: p99 ≤ 100 µs" in out
+    assert "pauses a second of 10 µs or more" in out and "constant p50/p99" in out
     data = json.loads(out_json.read_text())
     assert data["catalog_offerings"] >= 2000
+    assert data["pauses"]["seconds"] > 0 and 0 <= data["pauses"]["share"] < 1
+    for row in data["sizes"]:  # the constant work is sized to the call it stands beside
+        assert 0.25 < row["p50_us"]["constant"] / row["p50_us"]["total"] < 4, row["label"]
     assert {r["label"] for r in data["sizes"]} >= {"100B", "200KB"}
 
 
