@@ -702,18 +702,19 @@ def verdicts(runs: list[Run], memory: list[tuple[int, float]] | None) -> list[Ve
         f"(asked for {STREAM_GAP_MS:.0f})",
         None,
     )
-    add(
-        "stream c=8  C gap p99 - upstream's (ms)",
-        stream(
-            "C",
-            lambda r: (
-                (r.gap_p99_ms - r.up_gap_p99_ms) if r.gap_p99_ms and r.up_gap_p99_ms else None
-            ),
-        ),
-        "{:+.2f}",
-        f"≤ {GAP_SLACK_MS:.1f}",
-        lambda v: v <= GAP_SLACK_MS,
-    )
+
+    def over_upstream(r: Run) -> float | None:
+        return (r.gap_p99_ms - r.up_gap_p99_ms) if r.gap_p99_ms and r.up_gap_p99_ms else None
+
+    # the target is C's; A's and B's show where no proxy and bare mitmproxy land on this box
+    for target in "ABC":
+        add(
+            f"stream c=8  {target} gap p99 - upstream's (ms)",
+            stream(target, over_upstream),
+            "{:+.2f}",
+            f"≤ {GAP_SLACK_MS:.1f}" if target == "C" else "-",
+            (lambda v: v <= GAP_SLACK_MS) if target == "C" else None,
+        )
     for target in "ABC":
         add(
             f"stream c=8  {target} per-event added gap p99 (ms)",
