@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import re
 import sqlite3
@@ -96,6 +97,12 @@ CONNECT_DEFAULTS: dict[str, Any] = {
     "keepalives_count": 3,
     "tcp_user_timeout": 15000,
 }
+# A statement that waits longer than this for a lock (a `LOCK TABLE`, a `VACUUM FULL`, a
+# long migration on another replica) fails instead of waiting: the writer spools and
+# retries, the budget seed and the reports say why. The server may be alive and answering,
+# so the TCP timeouts above would never fire. A URL or PGOPTIONS that sets its own
+# lock_timeout wins.
+LOCK_TIMEOUT_MS = 10_000
 
 _PG_INSERT = (
     f"INSERT INTO requests ({', '.join(_COLUMNS)}) "
@@ -127,7 +134,8 @@ def _scrub(error: BaseException | str, url: str) -> str:
 
 
 def _connect_args(url: str) -> dict[str, Any]:
-    """`CONNECT_DEFAULTS` minus whatever the URL sets itself; LedgerError when malformed."""
+    """`CONNECT_DEFAULTS` minus whatever the URL sets itself, plus the lock timeout in the
+    server options; LedgerError when malformed."""
     try:
         given = conninfo_to_dict(url)
     except psycopg.Error as e:
@@ -141,7 +149,11 @@ def _connect_args(url: str) -> dict[str, Any]:
             f"`data.ledger` {_redact(url)} has a bad port {given['port']!r} "
             "— use postgresql://user:password@host:5432/dbname"
         )
-    return {k: v for k, v in CONNECT_DEFAULTS.items() if k not in given}
+    args = {k: v for k, v in CONNECT_DEFAULTS.items() if k not in given}
+    options = str(given.get("options") or os.environ.get("PGOPTIONS", ""))
+    if "lock_timeout" not in options:  # `options=` replaces the URL's and PGOPTIONS: keep them
+        args["options"] = f"{options} -c lock_timeout={LOCK_TIMEOUT_MS}".strip()
+    return args
 
 
 def migrate(conn: psycopg.Connection[Any]) -> list[str]:

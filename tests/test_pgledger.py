@@ -337,6 +337,43 @@ def test_down_at_start_spools_then_drains(
 
 
 @pytest.mark.usefixtures("fast_retry")
+def test_a_locked_table_makes_the_writer_spool_instead_of_waiting(
+    pg_url: str, open_writer: Callable[..., PgLedger], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server answers but the table is locked (`LOCK TABLE`, `VACUUM FULL`): without a
+    lock timeout the writer's INSERT would wait for as long as the lock is held."""
+    monkeypatch.setattr(pgledger, "LOCK_TIMEOUT_MS", 300)
+    w = open_writer(pg_url)
+    w.record(mkrow(0))
+    assert w.drain(20) and pg_rows(pg_url) == ["req-000000"]
+    with psycopg.connect(pg_url) as locker:  # a transaction until the block ends
+        locker.execute("LOCK TABLE requests IN ACCESS EXCLUSIVE MODE")
+        w.record(mkrow(1))
+        assert w.flush(10), "the writer waited on the lock"
+        h = w.health()
+        assert (h["connected"], h["spooled"], h["dropped"]) == (False, 1, 0)
+        assert "lock timeout" in h["last_error"]
+        locker.rollback()
+    w.record(mkrow(2))
+    assert w.drain(20)
+    assert pg_rows(pg_url) == ["req-000000", "req-000001", "req-000002"]
+
+
+def test_the_lock_timeout_joins_the_urls_own_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PGOPTIONS", raising=False)
+    args = pgledger._connect_args("postgresql://u@h/db")
+    assert args["options"] == f"-c lock_timeout={pgledger.LOCK_TIMEOUT_MS}"
+    args = pgledger._connect_args("postgresql://u@h/db?options=-c%20search_path%3Dlog")
+    assert args["options"] == f"-c search_path=log -c lock_timeout={pgledger.LOCK_TIMEOUT_MS}"
+    assert "options" not in pgledger._connect_args(
+        "postgresql://u@h/db?options=-c%20lock_timeout%3D5s"
+    )
+    monkeypatch.setenv("PGOPTIONS", "-c work_mem=8MB")
+    args = pgledger._connect_args("postgresql://u@h/db")
+    assert args["options"] == f"-c work_mem=8MB -c lock_timeout={pgledger.LOCK_TIMEOUT_MS}"
+
+
+@pytest.mark.usefixtures("fast_retry")
 def test_a_spool_left_by_an_earlier_run_drains_at_start(
     pg_url: str, restarts: PgServer, tmp_path: Path
 ) -> None:
