@@ -368,8 +368,8 @@ def machine_pauses(seconds: float) -> Pauses:
     return Pauses(
         seconds=wall,
         per_second=len(gaps) / wall,
-        p50_us=percentile(gaps, 0.5),
-        p90_us=percentile(gaps, 0.9),
+        p50_us=percentile(gaps, 0.5) if gaps else 0.0,  # a quiet machine: no NaN in the JSON
+        p90_us=percentile(gaps, 0.9) if gaps else 0.0,
         share=sum(gaps) / 1e6 / wall,
     )
 
