@@ -572,6 +572,12 @@ class PgReader:
         )
 
     def _broken(self, e: psycopg.Error) -> LedgerError:
+        if isinstance(e, pgerrors.LockNotAvailable):
+            return LedgerError(
+                f"cannot read the PostgreSQL ledger {self.where}: another session holds a lock "
+                f"on its `requests` table ({_scrub(e, self._url)}) — retry once it is released; "
+                "pg_locks and pg_stat_activity on the server show who holds it"
+            )
         return LedgerError(
             f"cannot read the PostgreSQL ledger {self.where}: {_scrub(e, self._url)} "
             "— is it an orchestrator ledger? Start the proxy once to create or migrate it"

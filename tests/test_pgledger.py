@@ -359,6 +359,20 @@ def test_a_locked_table_makes_the_writer_spool_instead_of_waiting(
     assert pg_rows(pg_url) == ["req-000000", "req-000001", "req-000002"]
 
 
+def test_a_locked_table_fails_a_read_with_the_reason(
+    pg_url: str, open_writer: Callable[..., PgLedger], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pgledger, "LOCK_TIMEOUT_MS", 300)
+    seed(pg_url, open_writer)
+    with psycopg.connect(pg_url) as locker:
+        locker.execute("LOCK TABLE requests IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(LedgerError, match="another session holds a lock") as err:
+            PgReader(pg_url).read_rows()
+        assert "retry once it is released" in str(err.value)
+        locker.rollback()
+    assert len(PgReader(pg_url).read_rows()) > 0
+
+
 def test_the_lock_timeout_joins_the_urls_own_options(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PGOPTIONS", raising=False)
     args = pgledger._connect_args("postgresql://u@h/db")
