@@ -12,17 +12,20 @@ from typing import Any
 
 import click
 
-from addon import ca, classify, configload, dispatch, ranking, reports, routing, store
+from addon.config import loader
 from addon.errors import ConfigError, OrchestratorError
-from addon.scoring import Scored, effective_weights
-from addon.sources.schema import load_sources
+from addon.proxy import ca, dispatch
+from addon.refresh.sources.schema import load_sources
+from addon.routing import classify, decide, ranking
+from addon.routing.scoring import Scored, effective_weights
+from addon.store import ledgers, reports
 
 DEFAULT_CONFIG = "orchestrator.yaml"
 
 
-def _load(config: str) -> configload.Config:
+def _load(config: str) -> loader.Config:
     try:
-        return configload.load(config)
+        return loader.load(config)
     except ConfigError as e:
         click.echo(f"error: invalid configuration\n{e}", err=True)
         sys.exit(2)
@@ -69,7 +72,7 @@ def run(
     s = cfg.settings
     conf = Path(confdir) if confdir else ca.default_confdir(cfg.base_dir)
     ca.ensure_ca(conf)
-    from addon.mitm import serve
+    from addon.proxy.adapter import serve
 
     sys.exit(
         serve(
@@ -154,17 +157,17 @@ def check(config: str) -> None:
 def refresh(ctx: click.Context) -> None:
     """Rebuild the benchmark DB from the public sources (atomically); `refresh --help` lists
     its options."""
-    from addon import refresh as refresh_mod
+    from addon.refresh import sidecar as refresh_mod
 
     sys.exit(refresh_mod.main(list(ctx.args)))
 
 
-def _admin(cfg: configload.Config) -> str:
+def _admin(cfg: loader.Config) -> str:
     host, _, port = cfg.settings.admin.listen.rpartition(":")
     return f"http://{host.strip('[]')}:{port}"
 
 
-def _admin_call(cfg: configload.Config, method: str, path: str) -> dict[str, Any]:
+def _admin_call(cfg: loader.Config, method: str, path: str) -> dict[str, Any]:
     """Ask the running proxy's admin endpoint; exit 3 with a remedy when it is not there."""
     import httpx
 
@@ -254,7 +257,7 @@ def rank(config: str, profile: str | None, task: str, complexity: str, limit: in
     prof = cfg.profiles[name]
     feats = dataclasses.replace(classify.features({"messages": []}), task=task,
                                 complexity={"simple": 0.1, "medium": 0.5, "complex": 0.9}[complexity])  # fmt: skip
-    req = routing.RoutingRequest(feats, "", "/v1/chat/completions", {}, "127.0.0.1", False)
+    req = decide.RoutingRequest(feats, "", "/v1/chat/completions", {}, "127.0.0.1", False)
 
     def usable(c: Any) -> str | None:
         p = view.catalog.providers[c.provider]
@@ -263,7 +266,7 @@ def rank(config: str, profile: str | None, task: str, complexity: str, limit: in
     kept: list[Scored] = []
     removed: Counter[str] = Counter()
     for s in view.router.ranking(name, complexity):
-        why = routing.reject_reason(s.candidate, req, None, prof.min_context, usable)
+        why = decide.reject_reason(s.candidate, req, None, prof.min_context, usable)
         if why:
             removed[why] += 1
         elif len(kept) < limit:
@@ -297,10 +300,10 @@ def rank(config: str, profile: str | None, task: str, complexity: str, limit: in
 def explain(config: str, request_id: str) -> None:
     """Show how a recorded request was routed: profile and why, attempts, tokens, cost."""
     cfg = _load(config)
-    reader = store.open_reader(cfg)
+    reader = ledgers.open_reader(cfg)
     try:
         rows = reader.read_rows(request_id=request_id)
-    except store.LedgerError as e:
+    except ledgers.LedgerError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
     finally:
@@ -323,7 +326,7 @@ def explain(config: str, request_id: str) -> None:
 def costs(config: str, since: str, by: str, fmt: str | None) -> None:
     """Requests, tokens, spend, savings, fallback rate and latency percentiles."""
     cfg = _load(config)
-    reader = store.open_reader(cfg)
+    reader = ledgers.open_reader(cfg)
     try:
         rows = reports.load(reader, reports.parse_since(since, time.time()))
     except (ValueError, OrchestratorError) as e:
@@ -348,13 +351,13 @@ def prune(config: str, days: int | None) -> None:
     """Delete ledger rows older than the retention period (the proxy also does it daily)."""
     cfg = _load(config)
     keep = days if days is not None else cfg.settings.retention_days
-    if not store.is_postgres(cfg.settings.data.ledger) and not cfg.ledger_path.exists():
+    if not ledgers.is_postgres(cfg.settings.data.ledger) and not cfg.ledger_path.exists():
         click.echo(f"nothing to prune: {cfg.ledger_path} does not exist yet")
         return
-    reader = store.open_reader(cfg)
+    reader = ledgers.open_reader(cfg)
     try:
         n = reader.prune(time.time() - keep * 86400)
-    except store.LedgerError as e:
+    except ledgers.LedgerError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
     finally:

@@ -4,9 +4,9 @@ import sys
 from pathlib import Path
 
 try:
-    from addon.mitm import Orchestrator
+    from addon.proxy.adapter import Orchestrator
 except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from addon.mitm import Orchestrator
+    from addon.proxy.adapter import Orchestrator
 
 addons = [Orchestrator()]

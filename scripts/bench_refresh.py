@@ -35,17 +35,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if str(REPO) not in sys.path:  # run from a checkout without `pip install -e .`
         sys.path.insert(0, str(REPO))
-    from addon import refresh
+    from addon.refresh import sidecar
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "benchmarks.db"
         argv = ["--from", str(args.source_dir), "--out", str(out), "--aliases", str(args.aliases)]
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
-            code = refresh.main(argv)
+            code = sidecar.main(argv)
         wall = time.perf_counter() - STARTED
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    if code not in (refresh.EXIT_OK, refresh.EXIT_SOURCE_FAILED):
+    if code not in (sidecar.EXIT_OK, sidecar.EXIT_SOURCE_FAILED):
         print(f"refresh failed (exit {code}); see the messages above", file=sys.stderr)
         return code
     wrote = next(

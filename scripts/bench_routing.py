@@ -50,9 +50,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO))
 
-from addon import breaker, classify, configload, dispatch, ranking, routing, wire  # noqa: E402
-from addon.benchmarks import BUNDLED_DB  # noqa: E402
-from addon.catalog import Candidate  # noqa: E402
+from addon.config import loader  # noqa: E402
+from addon.proxy import dispatch  # noqa: E402
+from addon.routing import breaker, classify, decide, ranking  # noqa: E402
+from addon.routing.catalog import Candidate  # noqa: E402
+from addon.store.benchmarks import BUNDLED_DB  # noqa: E402
+from addon.wire.request import parse_request, rewrite  # noqa: E402
 
 KEY_ENV = "BENCH_PROVIDER_KEY"
 BENCH_MODEL = "bench-model"  # declared in the generated rules/models.yaml
@@ -267,7 +270,7 @@ def route_once(
     sc: Scenario,
     breakers: Mapping[str, breaker.BreakerState],
     clock: Callable[[], int],
-) -> tuple[list[int], routing.RoutingDecision]:
+) -> tuple[list[int], decide.RoutingDecision]:
     """One request's routing work, mirroring Dispatcher.handle; per-stage nanoseconds.
 
     Like the dispatcher, `decide` gets max_attempts + 4 chain slots and the set of providers
@@ -275,14 +278,14 @@ def route_once(
     a target's body only when that target is tried; each fallback costs one more rewrite).
     """
     t0 = clock()
-    parsed = wire.parse_request(sc.body)
+    parsed = parse_request(sc.body)
     t1 = clock()
     feats = classify.features(parsed.data)
     t2 = clock()
     headers = {k.lower(): v for k, v in sc.headers}
     host = headers.get("host", "")
     client_key = any(h in headers for h in dispatch.CLIENT_KEY_HEADERS)
-    req = routing.RoutingRequest(
+    req = decide.RoutingRequest(
         features=feats,
         host=host,
         path="/v1/chat/completions",
@@ -303,12 +306,12 @@ def route_once(
             return "breaker_open"
         return None
 
-    decision = routing.decide(view.router, req, usable, res.max_attempts + 4, keyed)
+    decision = decide.decide(view.router, req, usable, res.max_attempts + 4, keyed)
     t3 = clock()
-    if not isinstance(decision, routing.RoutingDecision):
+    if not isinstance(decision, decide.RoutingDecision):
         raise SystemExit(f"{sc.label}: no route: {decision.message}")
     inject = parsed.stream and not parsed.wants_usage
-    wire.rewrite(parsed, model=decision.chain[0].candidate.provider_model_id, include_usage=inject)
+    rewrite(parsed, model=decision.chain[0].candidate.provider_model_id, include_usage=inject)
     t4 = clock()
     return [t1 - t0, t2 - t1, t3 - t2, t4 - t3], decision
 
@@ -414,7 +417,7 @@ def rerank_cost(view: dispatch.View) -> tuple[float, float, float]:
     for the first request's filter walk on the new router)."""
     cat = view.catalog
     sc = size_scenarios(["1KB"], 0.01)[0]
-    f = classify.features(wire.parse_request(sc.body).data)
+    f = classify.features(parse_request(sc.body).data)
     keyed = view.keyed("api.openai.com")
     args = ("balanced", f.complexity_class, keyed, f, 0, None, False)
     view.router.walk(*args)  # the base walk exists: the proxy has served before
@@ -518,7 +521,7 @@ def bench_view(db: Path = BUNDLED_DB) -> Iterator[tuple[dispatch.View, float]]:
             db=db,
         )
         t0 = time.perf_counter()
-        cfg = configload.load(path)
+        cfg = loader.load(path)
         view = dispatch.build_view(cfg, {KEY_ENV: "sk-bench"}, {})
         yield view, (time.perf_counter() - t0) * 1000
 

@@ -12,6 +12,6 @@ from pathlib import Path
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from addon.refresh import main
+    from addon.refresh.sidecar import main
 
     raise SystemExit(main(sys.argv[1:]))

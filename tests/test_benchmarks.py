@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from addon import benchmarks, cli, ingest, refresh, snapshots
-from addon.benchmarks import BenchmarkDBError, OfferingRow
-from addon.refresh_summary import RefreshSummary
+from addon import cli
+from addon.refresh import ingest, sidecar, snapshots
+from addon.refresh.summary import RefreshSummary
+from addon.store import benchmarks
+from addon.store.benchmarks import BenchmarkDBError, OfferingRow
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = REPO.parent / "shared" / "fixtures" / "sources"
@@ -326,22 +328,22 @@ def test_main_prints_table_and_report(tmp_path: Path, capsys: pytest.CaptureFixt
         tmp_path, ["openrouter_models_2026-05-22.json", "lmarena_leaderboard_text_2026-07-14.json"]
     )
     out = tmp_path / "out" / "benchmarks.db"
-    assert refresh.main(["--from", str(folder), "--out", str(out), "--report"]) == 0
+    assert sidecar.main(["--from", str(folder), "--out", str(out), "--report"]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("matches (source: name -> canonical id, method, score):")
     assert "openrouter   ok" in printed and out.exists()
 
 
 def test_main_reports_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert refresh.main(["--from", str(tmp_path / "nope"), "--out", str(tmp_path / "b.db")]) == 2
+    assert sidecar.main(["--from", str(tmp_path / "nope"), "--out", str(tmp_path / "b.db")]) == 2
     err = capsys.readouterr().err
     assert "--from" in err and "not a directory" in err
     bad = tmp_path / "aliases.yaml"
     bad.write_text("overrides: [\n")
     argv = ["--from", str(tmp_path), "--out", str(tmp_path / "b.db"), "--aliases", str(bad)]
-    assert refresh.main(argv) == 2
+    assert sidecar.main(argv) == 2
     assert "invalid YAML" in capsys.readouterr().err
-    assert refresh.main(["--from", str(tmp_path), "--out", str(tmp_path / "b.db")]) == 3
+    assert sidecar.main(["--from", str(tmp_path), "--out", str(tmp_path / "b.db")]) == 3
     assert "no price source could be read" in capsys.readouterr().err
     assert not (tmp_path / "b.db").exists()
 

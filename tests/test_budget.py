@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from addon.budget import (
+from addon.routing.budget import (
     Alert,
     BudgetBook,
     BudgetRule,

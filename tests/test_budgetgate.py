@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from addon import budget, budgetgate, configload
-from addon.ledger import Ledger, LedgerRow
-from addon.pgledger import PgLedger, PgReader
-from addon.state import LocalBudgets
-from addon.store import LedgerReader, SqliteReader
+from addon.config import loader
+from addon.proxy import budgetgate
+from addon.routing import budget
+from addon.state.memory import LocalBudgets
+from addon.store.ledgers import LedgerReader, SqliteReader
+from addon.store.pgledger import PgLedger, PgReader
+from addon.store.sqlite_ledger import Ledger, LedgerRow
 from tests.services import pg_server, pg_url
 
 __all__ = ["pg_server", "pg_url"]
@@ -34,7 +36,7 @@ def _rows(now: float) -> list[LedgerRow]:
 
 
 def _check(reader: LedgerReader, now: float) -> None:
-    cfg = configload.load(REPO / "orchestrator.yaml")
+    cfg = loader.load(REPO / "orchestrator.yaml")
     seeded = budgetgate.spend_to_seed(cfg, reader, now)
     got = sorted((rule.name, key, start, round(usd, 10)) for rule, key, start, usd in seeded)
     start = budget.window("day", now)[0]
@@ -75,6 +77,6 @@ def test_an_unreadable_ledger_seeds_nothing_and_says_why(
 ) -> None:
     bad = tmp_path / "ledger.db"
     bad.write_text("not a database")
-    cfg = configload.load(REPO / "orchestrator.yaml")
+    cfg = loader.load(REPO / "orchestrator.yaml")
     assert budgetgate.spend_to_seed(cfg, SqliteReader(bad)) == []
     assert "cannot restore spend for batch-jobs-on-budget" in caplog.text

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from addon import classify
-from addon.classify import CHARS_PER_TOKEN, TOKENS_PER_IMAGE, features
+from addon.routing import classify
+from addon.routing.classify import CHARS_PER_TOKEN, TOKENS_PER_IMAGE, features
 
 
 def msg(text: str, role: str = "user") -> dict:

@@ -12,7 +12,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from addon import configload
+from addon.config import loader
 from addon.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,7 +20,7 @@ LOC = re.compile(r"^(?P<file>\S+):(?P<line>\d+):(?P<col>\d+) (?P<rest>.*)$")
 
 
 def test_shipped_config_and_rules_validate() -> None:
-    cfg = configload.load(REPO / "orchestrator.yaml")
+    cfg = loader.load(REPO / "orchestrator.yaml")
     assert set(cfg.profiles) == {"quality", "balanced", "speed", "budget", "long_context"}
     w = {n: p.weights for n, p in cfg.profiles.items()}
     assert (w["quality"].quality, w["quality"].latency, w["quality"].cost) == (0.8, 0.1, 0.1)
@@ -139,7 +139,7 @@ def tree(tmp_path: Path) -> Path:
 def test_errors_are_located(tree: Path, file: str, text: str, expected: list[str]) -> None:
     (tree / file).write_text(text)
     with pytest.raises(ConfigError) as ei:
-        configload.load(tree / "orchestrator.yaml")
+        loader.load(tree / "orchestrator.yaml")
     lines = str(ei.value).splitlines()
     for want in expected:
         assert any(want in line for line in lines), f"{want!r} not in {lines}"
@@ -154,7 +154,7 @@ def test_arbitrary_yaml_never_crashes(tmp_path_factory: pytest.TempPathFactory, 
     (d / "rules").mkdir()
     (d / "orchestrator.yaml").write_text(text)
     try:
-        configload.load(d / "orchestrator.yaml")
+        loader.load(d / "orchestrator.yaml")
     except ConfigError as e:
         assert e.issues and all(LOC.match(str(i)) for i in e.issues)
 
@@ -166,7 +166,7 @@ def test_routes_normalized(tree: Path) -> None:
           gpt-4o: [gpt-4o, {provider: openrouter, model: openai/gpt-4o}]
     """)
     )
-    cfg = configload.load(tree / "orchestrator.yaml")
+    cfg = loader.load(tree / "orchestrator.yaml")
     chain = cfg.routes["gpt-4o"]
     assert [(t.provider, t.model) for t in chain] == [
         (None, "gpt-4o"),

@@ -570,7 +570,9 @@ def test_plain_mitmdump_with_the_addon(ups: dict[str, FakeUpstream], tmp_path: P
 def test_bundled_catalog_drives_routing(ups: dict[str, FakeUpstream], tmp_path: Path) -> None:
     """A provider joined to the bundled benchmark DB (`catalog: openai`) gets the model the
     scorer ranks first from the real catalog, under its own id."""
-    from addon import classify, configload, dispatch, routing
+    from addon.config import loader
+    from addon.proxy import dispatch
+    from addon.routing import classify, decide
 
     cfg = _config(ups)
     cfg["providers"] = {
@@ -589,8 +591,8 @@ def test_bundled_catalog_drives_routing(ups: dict[str, FakeUpstream], tmp_path: 
     }
     p = ProxyProcess(tmp_path, cfg, rules, ENV)
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
-    view = dispatch.build_view(configload.load(p.config_path), ENV, {})
-    req = routing.RoutingRequest(
+    view = dispatch.build_view(loader.load(p.config_path), ENV, {})
+    req = decide.RoutingRequest(
         classify.features(body),
         "api.openai.com",
         "/v1/chat/completions",
@@ -598,8 +600,8 @@ def test_bundled_catalog_drives_routing(ups: dict[str, FakeUpstream], tmp_path: 
         "127.0.0.1",
         True,
     )
-    expected = routing.decide(view.router, req, lambda c: None, 4)
-    assert isinstance(expected, routing.RoutingDecision)
+    expected = decide.decide(view.router, req, lambda c: None, 4)
+    assert isinstance(expected, decide.RoutingDecision)
     assert len(view.catalog.candidates) > 20  # real OpenAI models from the bundled DB
     p.start()
     try:

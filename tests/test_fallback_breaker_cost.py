@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from addon import breaker as brk
-from addon.cost import Price, cost, estimate_max
-from addon.fallback import Fallback, GiveUp, Outcome, OutcomeKind, Retry, backoff, next_step
-from addon.wire import Usage
+from addon.routing import breaker as brk
+from addon.routing.cost import Price, cost, estimate_max
+from addon.routing.fallback import Fallback, GiveUp, Outcome, OutcomeKind, Retry, backoff, next_step
+from addon.wire.usage import Usage
 
 K = OutcomeKind
 

@@ -13,9 +13,9 @@ from email.utils import format_datetime
 
 import pytest
 
-from addon.fetch import Fetcher, FetchError, retry_after, user_agent
-from addon.sources.schema import FetchSettings
-from addon.urlguard import Guard, UnsafeURLError, check_url, checked_addresses
+from addon.refresh.fetch import Fetcher, FetchError, retry_after, user_agent
+from addon.refresh.sources.schema import FetchSettings
+from addon.refresh.urlguard import Guard, UnsafeURLError, check_url, checked_addresses
 from tests.sourceserver import OPENROUTER, Redirect, SourceServer
 
 FAST = FetchSettings(connect_timeout_s=2, read_timeout_s=2, attempts=3, backoff_s=0.5,

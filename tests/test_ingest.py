@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from addon import benchmarks, ingest, snapshots
-from addon.snapshots import Collected, Failure, Snapshot
+from addon.refresh import ingest, snapshots
+from addon.refresh.snapshots import Collected, Failure, Snapshot
+from addon.store import benchmarks
 from tests.sourceserver import OPENROUTER, SourceServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,7 +147,9 @@ def test_stale_temporary_files_of_dead_builds_are_removed(previous: Path) -> Non
 KILL_SCRIPT = """
 import sys, threading
 from pathlib import Path
-from addon import benchmarks, ingest, refresh
+from addon.store import benchmarks
+from addon.refresh import ingest
+from addon.refresh import sidecar
 
 marker, point, argv = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
 
@@ -164,7 +167,7 @@ if point == "write":
     benchmarks.insert = insert_then_pause
 elif point == "replace":
     ingest.os.replace = pause
-raise SystemExit(refresh.main(argv, runtime=refresh.Runtime(allow_loopback=True)))
+raise SystemExit(sidecar.main(argv, runtime=sidecar.Runtime(allow_loopback=True)))
 """
 
 

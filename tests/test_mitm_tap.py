@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from addon.exchange import Incoming, Pending
-from addon.mitm import _usage_tap
+from addon.proxy.adapter import _usage_tap
+from addon.proxy.exchange import Incoming, Pending
 
 CHAT = (b'data: {"model":"m","choices":[{"delta":{"content":"hi"}}],"usage":null}\n\n'
         b'data: {"model":"m","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2}}\n\n'

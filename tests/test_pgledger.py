@@ -15,10 +15,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from addon import ledger, pgledger
-from addon.ledger import Ledger, LedgerRow
-from addon.pgledger import PgLedger, PgReader
-from addon.store import LedgerError, SqliteReader
+from addon.store import pgledger, sqlite_ledger
+from addon.store.ledgers import LedgerError, SqliteReader
+from addon.store.pgledger import PgLedger, PgReader
+from addon.store.sqlite_ledger import Ledger, LedgerRow
 from tests.services import PgServer, free_port, pg_server, pg_url
 
 __all__ = ["pg_server", "pg_url"]
@@ -156,12 +156,12 @@ def test_schema_has_the_sqlite_columns_in_order_and_indexes(
     wait_until(lambda: w.health()["connected"], "connection and migration")
     cols = pg_rows(pg_url, "SELECT column_name FROM information_schema.columns "
                            "WHERE table_name = 'requests' ORDER BY ordinal_position")  # fmt: skip
-    lite = ledger.connect(tmp_path / "ledger.db")
-    ledger.migrate(lite)
+    lite = sqlite_ledger.connect(tmp_path / "ledger.db")
+    sqlite_ledger.migrate(lite)
     sqlite_cols = [r[1] for r in lite.execute("PRAGMA table_info(requests)")]
     lite.close()
     assert cols == sqlite_cols  # SELECT * rows carry the same keys in the same order
-    assert sorted(cols) == sorted(ledger._COLUMNS)
+    assert sorted(cols) == sorted(sqlite_ledger._COLUMNS)
     indexes = pg_rows(pg_url, "SELECT indexdef FROM pg_indexes WHERE tablename = 'requests' "
                               "ORDER BY indexname")  # fmt: skip
     assert any("(policy, ts)" in i for i in indexes)

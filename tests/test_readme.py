@@ -9,7 +9,9 @@ from pathlib import Path
 import click
 import pytest
 
-from addon import cli, config, configload
+from addon import cli
+from addon.config import loader
+from addon.config import schema as config
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
@@ -32,7 +34,7 @@ def test_readme_example_config_validates(tmp_path: Path) -> None:
     shutil.copy(REPO / "rules" / "profiles.yaml", tmp_path / "rules")
     for name, body in examples.items():
         (tmp_path / name).write_text(body)
-    cfg = configload.load(tmp_path / "orchestrator.yaml")
+    cfg = loader.load(tmp_path / "orchestrator.yaml")
     assert cfg.policies and cfg.routes and cfg.models
 
 

@@ -14,11 +14,19 @@ from typing import Any
 import pytest
 import redis
 
-from addon import breaker as brk
-from addon.breaker import BreakerStatus
-from addon.budget import Alert, BudgetBook, BudgetRule, Exceeded, Reservation, to_units, window
-from addon.redisstate import RedisState
-from addon.state import StateUnavailable
+from addon.routing import breaker as brk
+from addon.routing.breaker import BreakerStatus
+from addon.routing.budget import (
+    Alert,
+    BudgetBook,
+    BudgetRule,
+    Exceeded,
+    Reservation,
+    to_units,
+    window,
+)
+from addon.state.memory import StateUnavailable
+from addon.state.redisstate import RedisState
 from tests.services import RedisServer, free_port, redis_server, redis_url
 
 __all__ = ["redis_server", "redis_url"]

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from addon import benchmarks, ingest, refresh
-from addon.refresh import Runtime
-from addon.schedule import Schedule, epoch
+from addon.refresh import ingest, sidecar
+from addon.refresh.schedule import Schedule, epoch
+from addon.refresh.sidecar import Runtime
+from addon.store import benchmarks
 from tests.sourceserver import (
     ARENA,
     FIXTURES,
@@ -114,7 +115,7 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     with SourceServer() as srv:
         srv.serve_fixtures()
         config = write_project(root, srv)
-        assert refresh.main(["-c", str(config)], runtime=runtime()) == 0
+        assert sidecar.main(["-c", str(config)], runtime=runtime()) == 0
     return (root / "data" / "benchmarks.db").read_bytes()
 
 
@@ -134,7 +135,7 @@ def test_all_sources_over_http_equal_a_build_from_the_same_files(
     tmp_path: Path, server: SourceServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = write_project(tmp_path / "net", server, litellm=True)
-    assert refresh.main(["-c", str(config)], runtime=runtime()) == 0
+    assert sidecar.main(["-c", str(config)], runtime=runtime()) == 0
     net = tmp_path / "net" / "data" / "benchmarks.db"
     folder = tmp_path / "files"
     folder.mkdir()
@@ -180,7 +181,7 @@ def test_schema_drift_older_openrouter_snapshot(
 ) -> None:
     server.routes[OPENROUTER].body = (FIXTURES / "openrouter_models_2025-12-02.json").read_bytes()
     config = project_with_previous(tmp_path, server, baseline)
-    assert refresh.main(["-c", str(config)], runtime=runtime()) == 0
+    assert sidecar.main(["-c", str(config)], runtime=runtime()) == 0
     db = tmp_path / "data" / "benchmarks.db"
     ids = {r[0] for r in rows(db, "SELECT provider_model_id FROM offerings WHERE provider = 'openrouter'")}  # fmt: skip
     assert len(ids) > 300 and "openai/gpt-4o-2024-08-06" in ids
@@ -247,8 +248,8 @@ def test_a_failing_source_keeps_its_previous_rows(
                                    hosts="127.0.0.1, internal.test", read_timeout=0.3)  # fmt: skip
     db = tmp_path / "data" / "benchmarks.db"
     before = _snapshot_of(db)
-    code = refresh.main(["-c", str(config)], runtime=runtime(resolver=lambda h, p: ["10.0.0.7"]))
-    assert code == refresh.EXIT_SOURCE_FAILED
+    code = sidecar.main(["-c", str(config)], runtime=runtime(resolver=lambda h, p: ["10.0.0.7"]))
+    assert code == sidecar.EXIT_SOURCE_FAILED
     after = _snapshot_of(db)
     assert after == before  # every source's rows are as they were, the failed one included
     status = refreshes(db)[source]
@@ -265,7 +266,7 @@ def test_one_failing_repo_reuses_its_previous_file(
 ) -> None:
     server.script(HF + "Qwen/Qwen3-32B", 404)
     config = project_with_previous(tmp_path, server, baseline)
-    assert refresh.main(["-c", str(config)], runtime=runtime()) == 0
+    assert sidecar.main(["-c", str(config)], runtime=runtime()) == 0
     db = tmp_path / "data" / "benchmarks.db"
     assert _snapshot_of(db)["huggingface"] == _snapshot_of_bytes(baseline, tmp_path)["huggingface"]
     status = refreshes(db)["huggingface"]
@@ -286,7 +287,7 @@ def test_every_price_source_failing_still_writes_from_previous_data(
     config = project_with_previous(tmp_path, server, baseline)
     db = tmp_path / "data" / "benchmarks.db"
     before = _snapshot_of(db)
-    assert refresh.main(["-c", str(config)], runtime=runtime()) == 1
+    assert sidecar.main(["-c", str(config)], runtime=runtime()) == 1
     assert _snapshot_of(db) == before
 
 
@@ -295,7 +296,7 @@ def test_nothing_written_without_any_price_data(
 ) -> None:
     server.script(OPENROUTER, 500)
     config = write_project(tmp_path, server)
-    assert refresh.main(["-c", str(config)], runtime=runtime()) == refresh.EXIT_NOT_WRITTEN
+    assert sidecar.main(["-c", str(config)], runtime=runtime()) == sidecar.EXIT_NOT_WRITTEN
     assert "no price source could be read" in capsys.readouterr().err
     assert not (tmp_path / "data" / "benchmarks.db").exists()
     assert not list((tmp_path / "data").glob(".*.tmp"))
@@ -309,7 +310,7 @@ def test_only_refreshes_one_kind_and_keeps_the_rest(
 ) -> None:
     config = project_with_previous(tmp_path, server, baseline)
     progress: list[str] = []
-    code = refresh.main(["-c", str(config), "--only", "openrouter", "--report"],
+    code = sidecar.main(["-c", str(config), "--only", "openrouter", "--report"],
                         runtime=runtime(progress=progress.append))  # fmt: skip
     assert code == 0 and set(server.hits) == {OPENROUTER}
     db = tmp_path / "data" / "benchmarks.db"
@@ -327,7 +328,7 @@ def test_disabled_source_is_dropped(tmp_path: Path, server: SourceServer, baseli
     config = project_with_previous(tmp_path, server, baseline)
     text = config.parent / "rules" / "sources.yaml"
     text.write_text(text.read_text().replace("interval: 2h}", "interval: 2h, enabled: false}"))
-    assert refresh.main(["-c", str(config)], runtime=runtime()) == 0
+    assert sidecar.main(["-c", str(config)], runtime=runtime()) == 0
     db = tmp_path / "data" / "benchmarks.db"
     assert ARENA not in server.hits and refreshes(db)["lmarena"][1] == "disabled"
     assert rows(db, "SELECT COUNT(*) FROM models WHERE quality IS NOT NULL") == [(0,)]
@@ -336,13 +337,13 @@ def test_disabled_source_is_dropped(tmp_path: Path, server: SourceServer, baseli
 def test_saved_snapshots_rebuild_the_same_db(tmp_path: Path, server: SourceServer) -> None:
     config = write_project(tmp_path / "p", server)
     saved = tmp_path / "saved"
-    assert refresh.main(["-c", str(config), "--save", str(saved)], runtime=runtime()) == 0
+    assert sidecar.main(["-c", str(config), "--save", str(saved)], runtime=runtime()) == 0
     assert (saved / "openrouter_models_2025-12-11.json").read_bytes() == server.routes[
         OPENROUTER
     ].body
     assert (saved / "local_models_lab.json").exists()
     again = tmp_path / "again.db"
-    assert refresh.main(["--from", str(saved), "--out", str(again), "-c", str(config)]) == 0
+    assert sidecar.main(["--from", str(saved), "--out", str(again), "-c", str(config)]) == 0
     net = tmp_path / "p" / "data" / "benchmarks.db"
     for name in ("models", "offerings", "aliases", "unmatched", "model_categories"):
         assert table(net, name) == table(again, name), name
@@ -363,7 +364,7 @@ def test_bad_options_exit_2(
 ) -> None:  # fmt: skip
     config = write_project(tmp_path, server)
     monkeypatch.chdir(tmp_path)
-    assert refresh.main(["-c", str(config), *argv], runtime=runtime()) == 2
+    assert sidecar.main(["-c", str(config), *argv], runtime=runtime()) == 2
     assert message in capsys.readouterr().err
     assert not server.hits
 
@@ -376,7 +377,7 @@ def test_invalid_sources_yaml_is_located(
         "allowed_hosts: [127.0.0.1]\nsources:\n  - kind: openrouter\n    url: https://x.test/m\n"
         "    intervall: 1h\n"
     )
-    assert refresh.main(["-c", str(config)], runtime=runtime()) == 2
+    assert sidecar.main(["-c", str(config)], runtime=runtime()) == 2
     err = capsys.readouterr().err
     assert f"{tmp_path / 'rules' / 'sources.yaml'}:5:5 sources.0.intervall: unknown key — did you mean `interval`?" in err  # fmt: skip
 
@@ -384,7 +385,7 @@ def test_invalid_sources_yaml_is_located(
 def test_no_config_needs_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                              capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     monkeypatch.chdir(tmp_path)
-    assert refresh.main([], runtime=runtime()) == 2
+    assert sidecar.main([], runtime=runtime()) == 2
     assert (
         "no orchestrator.yaml here — pass --out PATH or -c orchestrator.yaml"
         in capsys.readouterr().err
@@ -425,7 +426,7 @@ def test_every_refreshes_each_source_on_its_own_interval(
     text = config.parent / "rules" / "sources.yaml"  # only the two timed sources
     text.write_text(text.read_text().replace("repos: [", "enabled: false, repos: ["))
     fake = FakeTime(horizon=4 * 3600)
-    code = refresh.main(["-c", str(config), "--every", every],
+    code = sidecar.main(["-c", str(config), "--every", every],
                         runtime=runtime(clock=fake.clock, wait=fake.wait))  # fmt: skip
     assert code == 0
     assert (server.hits[OPENROUTER], server.hits[ARENA]) == (openrouter_hits, arena_hits)
@@ -439,15 +440,15 @@ def test_every_waits_out_fresh_data_after_a_restart(tmp_path: Path, server: Sour
                                                     baseline: bytes) -> None:  # fmt: skip
     config = project_with_previous(tmp_path, server, baseline)
     fake = FakeTime(horizon=30 * 60)  # the baseline was fetched at NOW
-    assert refresh.main(["-c", str(config), "--every", "1h"],
+    assert sidecar.main(["-c", str(config), "--every", "1h"],
                         runtime=runtime(clock=fake.clock, wait=fake.wait)) == 0  # fmt: skip
     assert not server.hits and fake.waits == [3600.0]
 
 
 def test_sigterm_stops_the_loop_cleanly(tmp_path: Path, server: SourceServer) -> None:
     config = write_project(tmp_path, server)
-    script = ("import sys; from addon import refresh; raise SystemExit(refresh.main("
-              "sys.argv[1:], runtime=refresh.Runtime(allow_loopback=True)))")  # fmt: skip
+    script = ("import sys; from addon.refresh import sidecar; raise SystemExit(sidecar.main("
+              "sys.argv[1:], runtime=sidecar.Runtime(allow_loopback=True)))")  # fmt: skip
     with subprocess.Popen(
         [sys.executable, "-c", script, "-c", str(config), "--every", "1h"],
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -471,10 +472,10 @@ def test_progress_goes_to_an_interactive_stderr_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     config = write_project(tmp_path, server)
-    assert refresh.main(["-c", str(config)], runtime=runtime()) == 0
+    assert sidecar.main(["-c", str(config)], runtime=runtime()) == 0
     assert capsys.readouterr().err == ""
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
-    assert refresh.main(["-c", str(config), "--only", "local"], runtime=runtime()) == 0
+    assert sidecar.main(["-c", str(config), "--only", "local"], runtime=runtime()) == 0
     assert capsys.readouterr().err.splitlines() == [
         "refresh: local: fetching 1 URLs", "refresh: local: 1 fetched, 0 failed",
         "refresh: parsing snapshots", "refresh: matching names across sources",

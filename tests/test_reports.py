@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from addon import reports
 from addon.errors import OrchestratorError
-from addon.ledger import Ledger, LedgerRow
-from addon.store import SqliteReader
+from addon.store import reports
+from addon.store.ledgers import SqliteReader
+from addon.store.sqlite_ledger import Ledger, LedgerRow
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC).timestamp()
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from addon.canonical import Inputs, assemble, openrouter_model_id
-from addon.model_names import DateTag, guard_conflicts, parse_name, strip_prefixes
-from addon.resolve import (
+from addon.refresh.canonical import Inputs, assemble, openrouter_model_id
+from addon.refresh.model_names import DateTag, guard_conflicts, parse_name, strip_prefixes
+from addon.refresh.resolve import (
     AliasRules,
     AliasRulesError,
     Match,
@@ -21,11 +21,11 @@ from addon.resolve import (
     load_alias_rules,
     settle,
 )
-from addon.sources.huggingface import HFModel
-from addon.sources.litellm import LiteLLMModel
-from addon.sources.lmarena import ArenaScore
-from addon.sources.local import LocalModel
-from addon.sources.openrouter import OpenRouterModel
+from addon.refresh.sources.huggingface import HFModel
+from addon.refresh.sources.litellm import LiteLLMModel
+from addon.refresh.sources.lmarena import ArenaScore
+from addon.refresh.sources.local import LocalModel
+from addon.refresh.sources.openrouter import OpenRouterModel
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures"

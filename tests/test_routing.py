@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 import yaml
 
-from addon import catalog as catmod
-from addon import classify, configload, ranking, routing, scoring
-from addon.benchmarks import OfferingRow
-from addon.catalog import Candidate
-from addon.config import DeclaredModel
+from addon.config import loader
+from addon.config.schema import DeclaredModel
+from addon.routing import catalog as catmod
+from addon.routing import classify, decide, ranking, scoring
+from addon.routing.catalog import Candidate
+from addon.store.benchmarks import OfferingRow
 
 MODELS = [
     {
@@ -86,7 +87,7 @@ POLICIES = [
 ROUTES = {"chain-me": ["small", {"provider": "p1", "model": "big"}]}
 
 
-def write_tree(tmp: Path, **over: Any) -> configload.Config:
+def write_tree(tmp: Path, **over: Any) -> loader.Config:
     (tmp / "rules").mkdir(exist_ok=True)
     settings = {
         "intercept": ["api.openai.com"],
@@ -115,7 +116,7 @@ def write_tree(tmp: Path, **over: Any) -> configload.Config:
     files.update(over)
     for name, data in files.items():
         (tmp / "rules" / name).write_text(yaml.safe_dump(data))
-    return configload.load(tmp / "orchestrator.yaml")
+    return loader.load(tmp / "orchestrator.yaml")
 
 
 ENV = {"P1_KEY": "k1", "P2_KEY": "k2"}  # p4 has no key: usable only with the client's own
@@ -133,9 +134,9 @@ def make_req(
     headers: dict[str, str] | None = None,
     host: str = "api.openai.com",
     client_key: bool = False,
-) -> routing.RoutingRequest:
+) -> decide.RoutingRequest:
     body = body or {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
-    return routing.RoutingRequest(
+    return decide.RoutingRequest(
         classify.features(body),
         host,
         "/v1/chat/completions",
@@ -146,7 +147,7 @@ def make_req(
 
 
 def usable_for(
-    router: ranking.Router, req: routing.RoutingRequest, open_breakers: frozenset[str] = frozenset()
+    router: ranking.Router, req: decide.RoutingRequest, open_breakers: frozenset[str] = frozenset()
 ):
     def usable(c: Candidate) -> str | None:
         p = router.catalog.providers[c.provider]
@@ -157,12 +158,12 @@ def usable_for(
     return usable
 
 
-def decide(router: ranking.Router, req: routing.RoutingRequest, **kw: Any):
-    return routing.decide(router, req, usable_for(router, req, **kw), 4)
+def route(router: ranking.Router, req: decide.RoutingRequest, **kw: Any):
+    return decide.decide(router, req, usable_for(router, req, **kw), 4)
 
 
 def first(d: Any) -> str:
-    assert isinstance(d, routing.RoutingDecision), d
+    assert isinstance(d, decide.RoutingDecision), d
     return d.chain[0].candidate.model_id
 
 
@@ -183,8 +184,8 @@ def first(d: Any) -> str:
 def test_profile_precedence(
     router: ranking.Router, model: str, headers: dict[str, str], profile: str, why: str
 ) -> None:
-    d = decide(router, make_req({"model": model, "messages": []}, headers))
-    assert isinstance(d, routing.RoutingDecision)
+    d = route(router, make_req({"model": model, "messages": []}, headers))
+    assert isinstance(d, decide.RoutingDecision)
     assert d.profile == profile and d.profile_reason.startswith(why)
 
 
@@ -198,8 +199,8 @@ def test_profile_precedence(
 def test_unknown_profile_is_a_clear_400(
     router: ranking.Router, model: str, headers: dict[str, str], fragment: str
 ) -> None:
-    d = decide(router, make_req({"model": model, "messages": []}, headers))
-    assert isinstance(d, routing.NoRoute) and d.status == 400 and fragment in d.message
+    d = route(router, make_req({"model": model, "messages": []}, headers))
+    assert isinstance(d, decide.NoRoute) and d.status == 400 and fragment in d.message
     assert "quality" in d.message  # lists the valid ones
 
 
@@ -210,7 +211,7 @@ def test_unknown_profile_is_a_clear_400(
     ("profile", "winner"), [("quality", "big"), ("budget", "small"), ("long_context", "big")]
 )
 def test_profile_winner(router: ranking.Router, profile: str, winner: str) -> None:
-    assert first(decide(router, make_req(headers={"x-orchestrator-profile": profile}))) == winner
+    assert first(route(router, make_req(headers={"x-orchestrator-profile": profile}))) == winner
 
 
 def test_parts_explain_the_score(router: ranking.Router) -> None:
@@ -284,15 +285,15 @@ def test_hard_filters(
     router: ranking.Router, body: dict, headers: dict[str, str], excluded: set[str], reason: str
 ) -> None:
     body = {"model": "gpt-4o", **body}
-    d = decide(router, make_req(body, headers))
-    assert isinstance(d, routing.RoutingDecision), d
+    d = route(router, make_req(body, headers))
+    assert isinstance(d, decide.RoutingDecision), d
     chosen = {s.candidate.model_id for s in d.chain}
     assert not chosen & excluded
     assert d.filtered.get(reason, 0) >= 1
 
 
 def test_min_quality_and_model_deny(router: ranking.Router) -> None:
-    d = decide(router, make_req(host="internal.example"))
+    d = route(router, make_req(host="internal.example"))
     chosen = {s.candidate.model_id for s in d.chain}
     assert chosen == {"big", "mid"}
     assert d.filtered["model_list"] == 1 and d.filtered["min_quality"] >= 1
@@ -300,13 +301,13 @@ def test_min_quality_and_model_deny(router: ranking.Router) -> None:
 
 def test_key_availability(router: ranking.Router) -> None:
     # p4 ("keyed") beats everything on paper but has no key configured
-    d = decide(router, make_req(headers={"x-orchestrator-profile": "quality"}))
+    d = route(router, make_req(headers={"x-orchestrator-profile": "quality"}))
     assert "keyed" not in {s.candidate.model_id for s in d.chain}
     # ... unless the client brought its own key for p4's host
-    d = decide(router, make_req(headers={"x-orchestrator-profile": "quality"}, client_key=True))
+    d = route(router, make_req(headers={"x-orchestrator-profile": "quality"}, client_key=True))
     assert first(d) == "keyed"
     # the client's key for another host does not count
-    d = decide(
+    d = route(
         router,
         make_req(
             headers={"x-orchestrator-profile": "quality"}, client_key=True, host="elsewhere.example"
@@ -317,30 +318,30 @@ def test_key_availability(router: ranking.Router) -> None:
 
 def test_open_breaker_skipped_and_all_open_is_503(router: ranking.Router) -> None:
     req = make_req(headers={"x-orchestrator-profile": "quality"})
-    assert first(decide(router, req, open_breakers=frozenset({"p1:big"}))) != "big"
+    assert first(route(router, req, open_breakers=frozenset({"p1:big"}))) != "big"
     everything = frozenset(c.key for c in router.catalog.candidates)
-    d = decide(router, req, open_breakers=everything)
-    assert isinstance(d, routing.NoRoute) and d.status == 503
+    d = route(router, req, open_breakers=everything)
+    assert isinstance(d, decide.NoRoute) and d.status == 503
 
 
 def test_nothing_fits_is_a_400_naming_filters(router: ranking.Router) -> None:
-    d = decide(
+    d = route(
         router, make_req({"model": "x", "messages": [{"role": "user", "content": "x" * 5_000_000}]})
     )
-    assert isinstance(d, routing.NoRoute) and d.status == 400 and "context" in d.message
+    assert isinstance(d, decide.NoRoute) and d.status == 400 and "context" in d.message
 
 
 # --------------------------------------------------------------------------- routes & pins
 
 
 def test_route_order_wins_over_scoring(router: ranking.Router) -> None:
-    d = decide(router, make_req({"model": "chain-me", "messages": []}))
+    d = route(router, make_req({"model": "chain-me", "messages": []}))
     assert d.mode == "route"
     assert [s.candidate.key for s in d.chain] == ["p2:small", "p1:big"]
 
 
 def test_route_ignored_when_profile_forced(router: ranking.Router) -> None:
-    d = decide(
+    d = route(
         router,
         make_req({"model": "chain-me", "messages": []}, {"x-orchestrator-profile": "quality"}),
     )
@@ -348,7 +349,7 @@ def test_route_ignored_when_profile_forced(router: ranking.Router) -> None:
 
 
 def test_pin_keeps_requested_model(router: ranking.Router) -> None:
-    d = decide(router, make_req({"model": "small", "messages": []}, {"x-pin": "1"}))
+    d = route(router, make_req({"model": "small", "messages": []}, {"x-pin": "1"}))
     assert d.mode == "pin" and [s.candidate.model_id for s in d.chain] == ["small"]
 
 
@@ -426,17 +427,17 @@ def test_chain_skips_aliases_of_the_same_model(tmp_path: Path) -> None:
     ]
     cat = catmod.build_catalog(cfg, rows, {**ENV, "OR_KEY": "k"})
     r = ranking.build_router(cfg, cat, {})
-    d = decide(r, make_req())
+    d = route(r, make_req())
     idents = [(s.candidate.provider, s.candidate.model_id) for s in d.chain]
     assert len(idents) == len(set(idents)) and ("or", "org/twin") in idents
 
 
 def test_provider_subset_matches_the_full_walk(router: ranking.Router) -> None:
     req = make_req(headers={"x-orchestrator-profile": "quality"})
-    full = decide(router, req)
+    full = route(router, req)
     keyed = frozenset({"p1", "p2", "p3"})  # p4 has no key and no client key
-    fast = routing.decide(router, req, usable_for(router, req), 4, keyed)
-    assert isinstance(full, routing.RoutingDecision) and isinstance(fast, routing.RoutingDecision)
+    fast = decide.decide(router, req, usable_for(router, req), 4, keyed)
+    assert isinstance(full, decide.RoutingDecision) and isinstance(fast, decide.RoutingDecision)
     assert [s.candidate.key for s in fast.chain] == [s.candidate.key for s in full.chain]
     assert fast.filtered["no_key"] >= 1
     assert router.ranking_for("quality", "simple", keyed) is router.ranking_for(
@@ -461,12 +462,12 @@ def test_incremental_rerank_equals_a_full_ranking(tmp_path: Path) -> None:
 
 
 def reference_decide(
-    router: ranking.Router, req: routing.RoutingRequest, usable: Any, max_chain: int
+    router: ranking.Router, req: decide.RoutingRequest, usable: Any, max_chain: int
 ) -> tuple[list[str], dict[str, int]]:
     """Scored routing the slow way: every candidate through `reject_reason`, in ranking order,
     counting what was passed over before the chain was full."""
-    chosen = routing.select_profile(router.config, req)
-    assert not isinstance(chosen, routing.NoRoute)
+    chosen = decide.select_profile(router.config, req)
+    assert not isinstance(chosen, decide.NoRoute)
     name, _, policy = chosen
     constraints = policy.constraints if policy else None
     cons_ctx = (constraints.min_context or 0) if constraints else 0
@@ -481,7 +482,7 @@ def reference_decide(
         static = ranking.static_reason(c, needs, constraints, budgeted)
         if static is None and (c.provider, c.model_id) in taken:
             continue
-        why = routing.reject_reason(c, req, constraints, min_ctx, usable, budgeted)
+        why = decide.reject_reason(c, req, constraints, min_ctx, usable, budgeted)
         if why:
             counts[why] = counts.get(why, 0) + 1
             continue
@@ -516,10 +517,10 @@ def test_memoized_walk_equals_the_full_walk(
     usable = usable_for(router, req, breakers)
     for max_chain in (1, 2, 4, 10):
         for _ in range(2):  # the second decision comes from the memo
-            d = routing.decide(router, req, usable, max_chain)
+            d = decide.decide(router, req, usable, max_chain)
             chain, counts = reference_decide(router, req, usable, max_chain)
             got = (
-                [s.candidate.key for s in d.chain] if isinstance(d, routing.RoutingDecision) else []
+                [s.candidate.key for s in d.chain] if isinstance(d, decide.RoutingDecision) else []
             )
             assert got == chain
             assert dict(d.filtered) == counts
@@ -532,8 +533,8 @@ def test_walk_memo_follows_a_rerank(tmp_path: Path) -> None:
     req = make_req()
 
     def chain(router: ranking.Router) -> list[str]:
-        d = decide(router, req)
-        assert isinstance(d, routing.RoutingDecision), d
+        d = route(router, req)
+        assert isinstance(d, decide.RoutingDecision), d
         return [s.candidate.key for s in d.chain]
 
     before = chain(r)
@@ -544,7 +545,7 @@ def test_walk_memo_follows_a_rerank(tmp_path: Path) -> None:
     assert chain(r) == before
 
 
-def _random_catalog(tmp_path: Path, rnd: random.Random) -> tuple[configload.Config, catmod.Catalog]:
+def _random_catalog(tmp_path: Path, rnd: random.Random) -> tuple[loader.Config, catmod.Catalog]:
     """A few hundred offerings behind the "or" provider (OpenRouter's catalog), with random
     prices, windows, ratings and capabilities, including exact score ties."""
     cfg = write_tree(tmp_path)
@@ -669,6 +670,6 @@ def test_a_capable_candidate_behind_an_open_breaker_is_a_503(router: ranking.Rou
     # only "big" and "keyed" see images; keyed has no key, big's breaker is open: the request
     # can be served once big recovers, so it is the router's state (503), not a bad request
     body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}
-    d = decide(router, make_req(body), open_breakers=frozenset({"p1:big"}))
-    assert isinstance(d, routing.NoRoute) and d.status == 503, d
+    d = route(router, make_req(body), open_breakers=frozenset({"p1:big"}))
+    assert isinstance(d, decide.NoRoute) and d.status == 503, d
     assert d.filtered["breaker_open"] == 1 and d.filtered["vision"] >= 1

@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 import yaml
 
-from addon import clients, configload
-from addon.config import Settings, address_kind
+from addon.config import loader
+from addon.config.schema import Settings, address_kind
 from addon.errors import ConfigError
-from addon.upstream import GuardedResolver
+from addon.proxy import clients
+from addon.proxy.upstream import GuardedResolver
 
 KEY = "router-key-for-team-a"
 
@@ -77,12 +78,12 @@ def _tree(tmp_path: Path, settings_yaml: dict[str, Any]) -> Path:
 )  # fmt: skip
 def test_unsafe_config_is_refused(tmp_path: Path, cfg: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as ei:
-        configload.load(_tree(tmp_path, {"intercept": ["api.openai.com"], **cfg}))
+        loader.load(_tree(tmp_path, {"intercept": ["api.openai.com"], **cfg}))
     assert message in str(ei.value)
 
 
 def test_local_provider_may_be_internal(tmp_path: Path) -> None:
-    cfg = configload.load(_tree(tmp_path, {
+    cfg = loader.load(_tree(tmp_path, {
         "intercept": ["api.openai.com"],
         "providers": {"ollama": {"base_url": "http://127.0.0.1:11434/v1", "local": True}},
         "listen": "0.0.0.0:8080", "clients": [{"name": "a", "key_env": "A"}],

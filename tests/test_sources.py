@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from addon.errors import ConfigError
-from addon.sources import (
+from addon.refresh.sources import (
     SourceFormatError,
     huggingface,
     litellm,

@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from addon.statuspage import render_page
+from addon.proxy.statuspage import render_page
 
 VOID = {"meta", "link", "br", "img", "input", "hr", "source", "wbr", "col", "area", "base"}
 KEY_IDS = (

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from addon import wire
-from addon.fallback import OutcomeKind
+from addon.routing.fallback import OutcomeKind
+from addon.wire import chat, failures, request, sse, usage
 
 
 @pytest.mark.parametrize(
@@ -25,8 +25,8 @@ from addon.fallback import OutcomeKind
     ],
 )
 def test_rewrite_changes_only_model(raw: bytes) -> None:
-    parsed = wire.parse_request(raw)
-    out = wire.rewrite(parsed, model="m-new")
+    parsed = request.parse_request(raw)
+    out = request.rewrite(parsed, model="m-new")
     before, after = json.loads(raw), json.loads(out)
     assert after.pop("model") == "m-new"
     before.pop("model", None)
@@ -50,15 +50,15 @@ def test_rewrite_changes_only_model(raw: bytes) -> None:
     ],
 )
 def test_include_usage_injected(raw: bytes, expected: dict) -> None:
-    out = json.loads(wire.rewrite(wire.parse_request(raw), model="m", include_usage=True))
+    out = json.loads(request.rewrite(request.parse_request(raw), model="m", include_usage=True))
     assert out["stream_options"] == expected and out["model"] == "m"
 
 
 def test_include_usage_left_alone_when_client_asked() -> None:
     raw = b'{"model":"x","stream":true,"stream_options":{"include_usage":true}}'
-    parsed = wire.parse_request(raw)
+    parsed = request.parse_request(raw)
     assert parsed.wants_usage
-    assert wire.rewrite(parsed, model="x", include_usage=True) == raw
+    assert request.rewrite(parsed, model="x", include_usage=True) == raw
 
 
 @pytest.mark.parametrize(
@@ -74,17 +74,17 @@ def test_include_usage_left_alone_when_client_asked() -> None:
     ],
 )
 def test_parse_errors_are_clean(raw: bytes, fragment: str) -> None:
-    with pytest.raises(wire.WireError, match=fragment):
-        wire.parse_request(raw)
+    with pytest.raises(request.WireError, match=fragment):
+        request.parse_request(raw)
 
 
 @given(st.binary(max_size=200))
 def test_any_bytes_parse_or_clean_error(raw: bytes) -> None:
     try:
-        parsed = wire.parse_request(raw)
-    except wire.WireError:
+        parsed = request.parse_request(raw)
+    except request.WireError:
         return
-    out = wire.rewrite(parsed, model="m")
+    out = request.rewrite(parsed, model="m")
     assert json.loads(out)["model"] == "m"
 
 
@@ -104,7 +104,7 @@ json_values = st.recursive(
 @given(st.dictionaries(st.text(max_size=8), json_values, max_size=6), st.text(max_size=20))
 def test_round_trip_except_model(body: dict, model: str) -> None:
     raw = json.dumps(body, ensure_ascii=False).encode()
-    out = json.loads(wire.rewrite(wire.parse_request(raw), model=model))
+    out = json.loads(request.rewrite(request.parse_request(raw), model=model))
     assert out.pop("model") == model
     body.pop("model", None)
     assert out == body
@@ -139,12 +139,12 @@ def reference_spans(raw: bytes) -> dict[str, tuple[int, int]]:
 
 def assert_spliced(raw: bytes) -> None:
     """parse_request reads `raw` as json does; rewrite changes the model value and no other byte."""
-    parsed = wire.parse_request(raw)
+    parsed = request.parse_request(raw)
     expected = json.loads(raw)
     assert repr(parsed.data) == repr(expected)  # repr: 1 and 1.0 differ, so do key orders
     ref = reference_spans(raw)
     assert parsed.span("model") == ref.get("model")  # the span parse_request found
-    out = wire.rewrite(parsed, model="m-new")
+    out = request.rewrite(parsed, model="m-new")
     expected["model"] = "m-new"
     assert repr(json.loads(out)) == repr(expected)
     if "model" in ref:
@@ -153,7 +153,7 @@ def assert_spliced(raw: bytes) -> None:
     else:
         close = len(raw.rstrip()) - 1
         assert out[:close] == raw[:close] and out.endswith(raw[close:])
-    assert wire.parse_request(raw).span("stream_options") == ref.get("stream_options")
+    assert request.parse_request(raw).span("stream_options") == ref.get("stream_options")
     assert parsed.spans == ref
 
 
@@ -209,9 +209,9 @@ def test_model_span_is_the_top_level_one(raw: bytes) -> None:
 
 def test_repeated_model_key_rewrites_the_one_json_reads() -> None:
     raw = b'{"model":"cheap","messages":[],"model":"expensive"}'
-    parsed = wire.parse_request(raw)
+    parsed = request.parse_request(raw)
     assert parsed.model == "expensive"
-    out = wire.rewrite(parsed, model="routed")
+    out = request.rewrite(parsed, model="routed")
     assert json.loads(out)["model"] == "routed"
     assert out == b'{"model":"cheap","messages":[],"model":"routed"}'
 
@@ -249,8 +249,8 @@ def test_common_bodies_are_searched_not_walked(raw: str, monkeypatch: pytest.Mon
     def walk(raw: bytes) -> None:
         raise AssertionError("walked the whole body")
 
-    monkeypatch.setattr(wire, "_member_spans", walk)
-    out = wire.rewrite(wire.parse_request(raw.encode()), model="m", include_usage=True)
+    monkeypatch.setattr(request, "_member_spans", walk)
+    out = request.rewrite(request.parse_request(raw.encode()), model="m", include_usage=True)
     assert json.loads(out)["model"] == "m"
 
 
@@ -283,22 +283,22 @@ def test_common_bodies_are_searched_not_walked(raw: str, monkeypatch: pytest.Mon
     ],
 )
 def test_bodies_only_json_reads_exactly(raw: bytes, key: str, value: object) -> None:
-    parsed = wire.parse_request(raw)
+    parsed = request.parse_request(raw)
     assert repr(parsed.data[key]) == repr(value)
     assert_spliced(raw)
 
 
 def test_deep_nesting_is_a_clean_error() -> None:
     deep = 100_000
-    with pytest.raises(wire.WireError, match="too deeply"):
-        wire.parse_request(b'{"a":' + b"[" * deep + b"]" * deep + b"}")
+    with pytest.raises(request.WireError, match="too deeply"):
+        request.parse_request(b'{"a":' + b"[" * deep + b"]" * deep + b"}")
     ok = 900
-    assert wire.parse_request(b'{"a":' + b"[" * ok + b"]" * ok + b',"model":"m"}').model == "m"
+    assert request.parse_request(b'{"a":' + b"[" * ok + b"]" * ok + b',"model":"m"}').model == "m"
 
 
 @given(st.text())
 def test_model_is_encoded_as_json_dumps_does(model: str) -> None:
-    out = wire.rewrite(wire.parse_request(b'{"model": "x"}'), model=model)
+    out = request.rewrite(request.parse_request(b'{"model": "x"}'), model=model)
     assert out == b'{"model": ' + json.dumps(model, ensure_ascii=False).encode() + b"}"
 
 
@@ -386,11 +386,11 @@ def request_bodies(draw: st.DrawFn) -> bytes:
 @given(request_bodies())
 def test_fast_model_search_agrees_with_json(raw: bytes) -> None:
     assert_spliced(raw)
-    parsed = wire.parse_request(raw)
+    parsed = request.parse_request(raw)
     so = parsed.data.get("stream_options")
     if "\\ud" in repr(so):
         return  # a lone surrogate in stream_options: re-encoding it as UTF-8 fails, as before
-    out = json.loads(wire.rewrite(parsed, model="m", include_usage=True))
+    out = json.loads(request.rewrite(parsed, model="m", include_usage=True))
     assert repr(out["stream_options"]) == repr(
         {**(so if isinstance(so, dict) else {}), "include_usage": True}
     )
@@ -399,7 +399,7 @@ def test_fast_model_search_agrees_with_json(raw: bytes) -> None:
 @pytest.mark.parametrize(
     ("obj", "expected"),
     [
-        ({"prompt_tokens": 10, "completion_tokens": 5}, wire.Usage(10, 5, 0, 0)),
+        ({"prompt_tokens": 10, "completion_tokens": 5}, usage.Usage(10, 5, 0, 0)),
         (
             {
                 "prompt_tokens": 10,
@@ -407,39 +407,39 @@ def test_fast_model_search_agrees_with_json(raw: bytes) -> None:
                 "prompt_tokens_details": {"cached_tokens": 4},
                 "completion_tokens_details": {"reasoning_tokens": 2},
             },
-            wire.Usage(10, 5, 4, 2),
+            usage.Usage(10, 5, 4, 2),
         ),
-        ({"input_tokens": 3, "output_tokens": 2}, wire.Usage(3, 2, 0, 0)),
-        ({"prompt_tokens": -1, "completion_tokens": "x"}, wire.Usage(0, 0, 0, 0)),
+        ({"input_tokens": 3, "output_tokens": 2}, usage.Usage(3, 2, 0, 0)),
+        ({"prompt_tokens": -1, "completion_tokens": "x"}, usage.Usage(0, 0, 0, 0)),
         (None, None),
     ],
 )
-def test_usage_from_obj(obj: object, expected: wire.Usage | None) -> None:
-    assert wire.Usage.from_obj(obj) == expected
+def test_usage_from_obj(obj: object, expected: usage.Usage | None) -> None:
+    assert usage.Usage.from_obj(obj) == expected
 
 
 def test_sse_parser_splits_across_chunks() -> None:
-    p = wire.SSEParser()
+    p = sse.SSEParser()
     stream = b'data: {"a":1}\n\ndata: {"b":\n\r\n\r\ndata: [DONE]\n\n'
     events = []
     for i in range(len(stream)):
         events += p.feed(stream[i : i + 1])
     assert [e.data for e in events] == [b'{"a":1}', b'{"b":', b"[DONE]"]
     assert events[-1].done
-    assert wire.event_json(events[1]) is None  # malformed: no exception
+    assert sse.event_json(events[1]) is None  # malformed: no exception
     assert p.flush() == []
 
 
 def test_sse_leftover_flushed() -> None:
-    p = wire.SSEParser()
+    p = sse.SSEParser()
     assert p.feed(b'data: {"x": 1}') == []
     (ev,) = p.flush()
-    assert wire.event_json(ev) == {"x": 1}
+    assert sse.event_json(ev) == {"x": 1}
 
 
 def test_usage_only_chunk() -> None:
-    assert wire.is_usage_only_chunk({"choices": [], "usage": {"prompt_tokens": 1}})
-    assert not wire.is_usage_only_chunk({"choices": [{}], "usage": None})
+    assert chat.is_usage_only_chunk({"choices": [], "usage": {"prompt_tokens": 1}})
+    assert not chat.is_usage_only_chunk({"choices": [{}], "usage": None})
 
 
 @pytest.mark.parametrize(
@@ -477,10 +477,10 @@ def test_usage_only_chunk() -> None:
 def test_classify_failure(
     status: int, body: bytes, retry_after: str | None, kind: OutcomeKind, ra: float | None
 ) -> None:
-    o = wire.classify_failure(status, body, retry_after)
+    o = failures.classify_failure(status, body, retry_after)
     assert o.kind is kind and o.status == status and o.retry_after == ra
 
 
 def test_error_message_prefers_upstream_text() -> None:
-    assert wire.error_message(b'{"error":{"message":"quota exceeded"}}') == "quota exceeded"
-    assert wire.error_message(b"plain text failure") == "plain text failure"
+    assert failures.error_message(b'{"error":{"message":"quota exceeded"}}') == "quota exceeded"
+    assert failures.error_message(b"plain text failure") == "plain text failure"

@@ -1,0 +1,147 @@
+"""The admin endpoint (default 127.0.0.1:9090), on its own port beside the proxy.
+
+GET  /            status page (self-contained HTML)
+GET  /healthz     {"status": "ok", "config": version}
+GET  /status      config version and last reload error, providers and key presence, breakers,
+                  catalog and DB age, ledger size, budgets
+GET  /metrics     Prometheus text
+GET  /rankings    ?profile=P[&task=T][&complexity=simple|medium|complex][&limit=N]
+GET  /costs       ?since=24h&by=model|provider|profile|client|policy
+GET  /costs/series ?since=24h&buckets=24
+POST /reload      reload the config now (also: SIGHUP, or just save a file)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from addon.proxy import statuspage
+from addon.routing import ranking
+from addon.routing.scoring import effective_weights
+from addon.store import reports
+
+if TYPE_CHECKING:
+    from addon.proxy.runtime import Runtime
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": {"message": message, "type": "invalid_request_error"}},
+                             status=status)  # fmt: skip
+
+
+class AdminServer:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+        self._page = statuspage.render_page()
+
+    async def start(self, host: str, port: int) -> None:
+        app = web.Application()
+        app.add_routes([
+            web.get("/", self.page),
+            web.get("/healthz", self.healthz),
+            web.get("/status", self.status),
+            web.get("/metrics", self.metrics),
+            web.get("/rankings", self.rankings),
+            web.get("/costs", self.costs),
+            web.get("/costs/series", self.series),
+            web.post("/reload", self.reload),
+        ])  # fmt: skip
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        self._runner = runner
+        server = site._server
+        self.port = server.sockets[0].getsockname()[1] if server else port  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def page(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._page, content_type="text/html", charset="utf-8")
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "config": self.rt.view.config.version})
+
+    async def status(self, request: web.Request) -> web.Response:
+        st = await asyncio.to_thread(self.rt.status)
+        d = self.rt.dispatcher
+        st["runtime"] = {"tasks": len(asyncio.all_tasks()), "streams_waiting": d.pipe.waiting,
+                         "upstream_connections": d.engine.connections()}  # fmt: skip
+        return web.json_response(st)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = await asyncio.to_thread(self.rt.metrics.render)
+        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    async def reload(self, request: web.Request) -> web.Response:
+        ok, message = await self.rt.reload("admin /reload")
+        return web.json_response({"ok": ok, "message": message,
+                                  "version": self.rt.view.config.version},
+                                 status=200 if ok else 422)  # fmt: skip
+
+    async def rankings(self, request: web.Request) -> web.Response:
+        view = self.rt.view
+        q = request.query
+        profile = q.get("profile", view.config.settings.default_profile)
+        if profile not in view.config.profiles:
+            return _error(400, f"unknown profile {profile!r}; use one of: "
+                               f"{', '.join(sorted(view.config.profiles))}")  # fmt: skip
+        cls = q.get("complexity", "medium")
+        if cls not in ranking.CLASSES:
+            return _error(400, f"unknown complexity {cls!r}; use simple, medium or complex")
+        try:
+            limit = int(q.get("limit", "50"))
+        except ValueError:
+            return _error(400, f"limit {q.get('limit')!r} is not a number")
+        return web.json_response(ranking_json(self.rt, profile, cls, limit))
+
+    async def costs(self, request: web.Request) -> web.Response:
+        by = request.query.get("by", "model")
+        try:
+            since = reports.parse_since(request.query.get("since", "24h"), time.time())
+            rows = await asyncio.to_thread(reports.load, self.rt.reader, since)
+            groups = reports.cost_report(rows, by)
+        except ValueError as e:
+            return _error(400, str(e))
+        return web.json_response(reports.as_json(groups, reports.totals(rows)))
+
+    async def series(self, request: web.Request) -> web.Response:
+        now = time.time()
+        try:
+            since = reports.parse_since(request.query.get("since", "24h"), now)
+            buckets = int(request.query.get("buckets", "24"))
+            if not 1 <= buckets <= 1000:
+                raise ValueError(f"buckets {buckets} is out of range; use 1 to 1000")
+        except ValueError as e:
+            return _error(400, str(e))
+        rows = await asyncio.to_thread(reports.load, self.rt.reader, since)
+        return web.json_response({"series": reports.spend_series(rows, since, now, buckets)})
+
+
+def ranking_json(rt: Runtime, profile: str, cls: str, limit: int) -> dict[str, Any]:
+    view = rt.view
+    w = effective_weights(view.config.profiles[profile], cls)
+    out = []
+    for s in view.router.ranking(profile, cls)[:limit]:
+        c = s.candidate
+        prov = view.catalog.providers[c.provider]
+        out.append({
+            "key": c.key, "model": c.model_id, "provider": c.provider,
+            "provider_model_id": c.provider_model_id, "score": s.score, "parts": dict(s.parts),
+            "input_per_mtok": c.price.input_per_mtok, "output_per_mtok": c.price.output_per_mtok,
+            "context_tokens": c.context_tokens, "quality": c.quality,
+            "key_available": prov.keyless or prov.has_env_key,
+            "breaker": (st.status.value if (st := rt.dispatcher.breakers.get(c.key)) else "closed"),
+        })  # fmt: skip
+    return {"profile": profile, "complexity": cls,
+            "weights": {"quality": w.quality, "latency": w.latency, "cost": w.cost,
+                        "context": w.context},
+            "candidates": out}  # fmt: skip

@@ -1,0 +1,130 @@
+"""Prometheus metrics, on a registry owned by the running proxy (no global state).
+
+Labels carry names only (profile, model, provider, outcome, target): never keys, prompts or
+client-chosen free text beyond the model name the router resolved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from addon.store.sqlite_ledger import LedgerRow
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+BREAKER_VALUE = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class _Live(Collector):
+    """Gauges read at scrape time from the proxy's state."""
+
+    def __init__(self, read: Callable[[], dict[str, Any]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        state = self.read()
+        br = GaugeMetricFamily(
+            "orchestrator_breaker_state",
+            "Circuit breaker per target: 0 closed, 1 half-open, 2 open.",
+            labels=["target"],
+        )
+        for b in state.get("breakers", []):
+            br.add_metric([b["target"]], BREAKER_VALUE.get(b["state"], 0))
+        yield br
+        age = GaugeMetricFamily(
+            "orchestrator_benchmark_db_age_seconds", "Age of the benchmark DB file in use."
+        )
+        if state.get("benchmarks_age_s") is not None:
+            age.add_metric([], state["benchmarks_age_s"])
+        yield age
+        bud = GaugeMetricFamily(
+            "orchestrator_budget_spend_ratio",
+            "Spent plus in-flight share of each budget window.",
+            labels=["budget", "scope"],
+        )
+        for b in state.get("budgets", []):
+            bud.add_metric([b["rule"], b["scope"]], b["share"])
+        yield bud
+
+
+class Metrics:
+    def __init__(self, read_state: Callable[[], dict[str, Any]]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "orchestrator_requests", "Intercepted LLM requests.",
+            ["profile", "model", "provider", "outcome"], registry=r,
+        )  # fmt: skip
+        self.attempts = Counter(
+            "orchestrator_attempts", "Upstream attempts.", ["provider", "model", "outcome"],
+            registry=r,
+        )  # fmt: skip
+        self.fallbacks = Counter(
+            "orchestrator_fallbacks", "Requests answered by a target other than the first.",
+            ["profile"], registry=r,
+        )  # fmt: skip
+        self.cost = Counter(
+            "orchestrator_cost_usd", "Spend in USD (priced requests).", ["provider", "model"],
+            registry=r,
+        )  # fmt: skip
+        self.unpriced = Counter(
+            "orchestrator_unpriced_requests", "Requests whose cost is unknown.",
+            ["provider", "model"], registry=r,
+        )  # fmt: skip
+        self.tokens = Counter(
+            "orchestrator_tokens", "Tokens by kind.", ["kind", "provider", "model"], registry=r
+        )
+        self.latency = Histogram(
+            "orchestrator_request_latency_seconds", "Total request latency through the router.",
+            ["provider"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.upstream_latency = Histogram(
+            "orchestrator_upstream_latency_seconds", "Latency of each upstream attempt.",
+            ["provider"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.ttft = Histogram(
+            "orchestrator_ttft_seconds", "Time to first token (streaming).", ["provider"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.reloads = Counter(
+            "orchestrator_config_reloads", "Config reloads by result.", ["result"], registry=r
+        )
+        self.budget_alerts = Counter(
+            "orchestrator_budget_alerts", "Budget alert thresholds crossed.", ["budget"],
+            registry=r,
+        )  # fmt: skip
+        self.budget_blocks = Counter(
+            "orchestrator_budget_blocked", "Requests refused or downgraded by a budget.",
+            ["budget", "action"], registry=r,
+        )  # fmt: skip
+        r.register(_Live(read_state))
+
+    def observe(self, row: LedgerRow) -> None:
+        model = row.routed_model or row.requested_model or "-"
+        provider = row.provider or "-"
+        self.requests.labels(row.profile or "-", model, provider, row.outcome).inc()
+        for a in row.attempt_log:
+            self.attempts.labels(a["provider"], a["model"], a["outcome"]).inc()
+            if a.get("ms") is not None:
+                self.upstream_latency.labels(a["provider"]).observe(a["ms"] / 1000)
+        if row.attempts > 1 and row.outcome == "ok":
+            self.fallbacks.labels(row.profile or "-").inc()
+        if row.cost_usd is not None:
+            self.cost.labels(provider, model).inc(row.cost_usd)
+        elif row.unpriced:
+            self.unpriced.labels(provider, model).inc()
+        for kind in ("prompt", "completion", "cached", "reasoning"):
+            n = getattr(row, f"{kind}_tokens")
+            if n:
+                self.tokens.labels(kind, provider, model).inc(n)
+        if row.latency_ms is not None:
+            self.latency.labels(provider).observe(row.latency_ms / 1000)
+        if row.ttft_ms is not None:
+            self.ttft.labels(provider).observe(row.ttft_ms / 1000)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

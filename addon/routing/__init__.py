@@ -1,0 +1,16 @@
+"""The pure routing core: values in, decisions out.
+
+- `classify`  request features: size estimate, needs, task, complexity
+- `catalog`   the candidate catalog (benchmark DB + declared models + providers)
+- `scoring`   per-profile scores and each metric's contribution
+- `ranking`   the pre-ranked orders per profile, the filter walk, observed re-ranking
+- `decide`    profile selection, routes and pins, the chain of targets for one request
+- `fallback`  attempt outcomes and the next step after each
+- `breaker`   circuit-breaker transitions
+- `cost`      prices and the cost of one call
+- `budget`    budget windows and the arithmetic of spend, reservations and alerts
+
+May import: the standard library (no clock, no I/O), pydantic values from `addon.config.schema`,
+`addon.wire`, `addon.errors`. Never mitmproxy, aiohttp, httpx, sqlite3, psycopg, redis,
+yaml or threading; anything that needs the time takes `now` as an argument.
+"""

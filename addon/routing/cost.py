@@ -1,0 +1,52 @@
+"""Cost of one call: pure arithmetic over usage and per-million-token prices.
+
+An unknown price is not free: `cost` returns None ("unpriced"), never 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from addon.wire.usage import Usage
+
+
+@dataclass(frozen=True)
+class Price:
+    input_per_mtok: float | None
+    output_per_mtok: float | None
+    cached_input_per_mtok: float | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.input_per_mtok is not None and self.output_per_mtok is not None
+
+
+def cost(usage: Usage, price: Price) -> float | None:
+    """USD for `usage` at `price`; None when the price is unknown.
+
+    Cached prompt tokens are billed at the cached-input price when the provider has one,
+    otherwise at the normal input price.
+    """
+    if price.input_per_mtok is None or price.output_per_mtok is None:
+        return None
+    cached = min(usage.cached_tokens, usage.prompt_tokens)
+    fresh = usage.prompt_tokens - cached
+    cached_price = (
+        price.cached_input_per_mtok
+        if price.cached_input_per_mtok is not None
+        else price.input_per_mtok
+    )
+    usd = (
+        fresh * price.input_per_mtok
+        + cached * cached_price
+        + usage.completion_tokens * price.output_per_mtok
+    ) / 1_000_000
+    return round(usd, 10)
+
+
+def estimate_max(prompt_tokens: int, max_output_tokens: int, price: Price) -> float | None:
+    """Upper bound of a request's cost before it is sent (no cache discount assumed)."""
+    if not price.known:
+        return None
+    assert price.input_per_mtok is not None and price.output_per_mtok is not None
+    return (prompt_tokens * price.input_per_mtok + max_output_tokens * price.output_per_mtok) / 1e6

@@ -1,0 +1,321 @@
+"""decide(request) -> RoutingDecision: profile, policy, and the ordered chain of targets. Pure.
+
+Rankings are computed per (profile, complexity class) when the router is built (config load;
+live latency stats only move the candidates observed: see `addon.ranking`); per request the
+work is a walk down one pre-ranked list, already rid of the candidates the request's needs
+rule out, applying the size and state filters until the chain is full.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from addon.config.loader import Config
+from addon.config.schema import Constraints, Policy
+from addon.routing import cost as costmod
+from addon.routing.catalog import Candidate
+from addon.routing.classify import RequestFeatures
+from addon.routing.ranking import Needs, Router, glob, static_reason
+from addon.routing.scoring import Scored
+
+PROFILE_HEADER = "x-orchestrator-profile"
+ALIAS_PREFIX = "orchestrator/"
+AUTO = "auto"
+DEFAULT_MAX_OUTPUT = 1024  # assumed completion size for cost caps when the client sets none
+
+
+@dataclass(frozen=True)
+class RoutingRequest:
+    features: RequestFeatures
+    host: str
+    path: str
+    headers: Mapping[str, str]  # lower-case names
+    client_addr: str
+    client_key: bool  # the client sent its own API key (usable only at `host`)
+    client_name: str | None = None  # authenticated router client (`clients:`), if any
+    allowed_policies: frozenset[str] | None = None  # that client's `policies:`, None = all
+
+
+@dataclass(frozen=True)
+class RoutingDecision:
+    profile: str
+    profile_reason: str
+    policy: str | None
+    chain: tuple[Scored, ...]
+    requested: Candidate | None  # what the client asked for (for savings), if known
+    filtered: Mapping[str, int]
+    mode: str  # "scored" | "route" | "pin"
+    reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NoRoute:
+    status: int
+    message: str
+    code: str
+    profile: str | None = None
+    policy: str | None = None
+    filtered: Mapping[str, int] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- policy & profile
+
+
+def _in_network(addr: str, net: str) -> bool:
+    try:
+        return ipaddress.ip_address(addr.split("%")[0]) in ipaddress.ip_network(net, strict=False)
+    except ValueError:
+        return False
+
+
+def policy_matches(p: Policy, req: RoutingRequest) -> bool:
+    """Every condition of the policy's `match` holds (the cheap equality checks first)."""
+    m = p.match
+    f = req.features
+    if m.task is not None and m.task != f.task:
+        return False
+    if m.complexity is not None and m.complexity != f.complexity_class:
+        return False
+    for name, pat in m.headers.items():
+        value = req.headers.get(name.lower())
+        if value is None or not glob(pat, value):
+            return False
+    if m.host is not None and not glob(m.host, req.host):
+        return False
+    if m.path is not None and not glob(m.path, req.path):
+        return False
+    if m.model is not None and not glob(m.model, f.requested_model or ""):
+        return False
+    return m.client is None or m.client == req.client_name or _in_network(req.client_addr, m.client)
+
+
+def select_profile(cfg: Config, req: RoutingRequest) -> tuple[str, str, Policy | None] | NoRoute:
+    """(profile, why, matching policy) — header > model alias > policy > default."""
+    allowed = req.allowed_policies
+    policy = next(
+        (p for p in cfg.policies
+         if (allowed is None or p.name in allowed) and policy_matches(p, req)),
+        None,
+    )  # fmt: skip
+    header = req.headers.get(PROFILE_HEADER)
+    if header:
+        if header not in cfg.profiles:
+            known = ", ".join(sorted(cfg.profiles))
+            return NoRoute(
+                400,
+                f"unknown profile {header!r} in X-Orchestrator-Profile; use one of: {known}",
+                "unknown_profile",
+            )
+        return header, "header X-Orchestrator-Profile", policy
+    model = req.features.requested_model or ""
+    if model.startswith(ALIAS_PREFIX):
+        name = model[len(ALIAS_PREFIX) :]
+        if name not in cfg.profiles:
+            return NoRoute(
+                400,
+                f"unknown profile {name!r} in model {model!r}; use one of: "
+                f"{', '.join(ALIAS_PREFIX + k for k in sorted(cfg.profiles))}",
+                "unknown_profile",
+            )
+        return name, f"model alias {model}", policy
+    if policy and policy.profile:
+        return policy.profile, f"policy {policy.name}", policy
+    if model == AUTO:
+        return cfg.settings.default_profile, "model alias auto (default profile)", policy
+    return cfg.settings.default_profile, "default_profile", policy
+
+
+# --------------------------------------------------------------------------- filters
+
+# Filters that depend on the router's state, not on the request or the candidate alone: a
+# request turned away only by these can be served later (503), not never (400).
+STATE_FILTERS = frozenset({"no_key", "breaker_open", "rate_limited"})
+
+
+def size_reason(c: Candidate, f: RequestFeatures, max_cost_usd: float | None) -> str | None:
+    """Why `c` cannot serve a request of this size (context window, per-request cost cap)."""
+    ctx = c.context_tokens
+    if ctx is not None and f.prompt_tokens + (f.max_output_tokens or 0) > ctx:
+        return "context"
+    if max_cost_usd is not None:
+        est = costmod.estimate_max(
+            f.prompt_tokens, f.max_output_tokens or DEFAULT_MAX_OUTPUT, c.price
+        )
+        if est is None:
+            return "unpriced"
+        if est > max_cost_usd:
+            return "max_cost"
+    return None
+
+
+def reject_reason(
+    c: Candidate,
+    req: RoutingRequest,
+    constraints: Constraints | None,
+    min_context: int,
+    usable: Callable[[Candidate], str | None],
+    budgeted: bool = False,
+) -> str | None:
+    """Why `c` cannot serve `req` (a short filter name), or None if it can: the needs first,
+    then the request's size, then the router's state (`usable`)."""
+    return (
+        static_reason(c, Needs.of(req.features, min_context), constraints, budgeted)
+        or size_reason(c, req.features, constraints.max_cost_usd if constraints else None)
+        or usable(c)
+    )
+
+
+# --------------------------------------------------------------------------- decide
+
+
+def requested_candidate(router: Router, req: RoutingRequest) -> Candidate | None:
+    name = req.features.requested_model
+    if not name:
+        return None
+    found = router.catalog.lookup(name)
+    if not found:
+        return None
+    same_host = [c for c in found if router.catalog.providers[c.provider].host == req.host]
+    priced = [c for c in (same_host or found) if c.price.known]
+    return (priced or same_host or list(found))[0]
+
+
+def decide(
+    router: Router,
+    req: RoutingRequest,
+    usable: Callable[[Candidate], str | None],
+    max_chain: int,
+    providers: frozenset[str] | None = None,
+) -> RoutingDecision | NoRoute:
+    """The routing decision for one request.
+
+    `usable(candidate)` answers the stateful questions (credentials for this request, breaker
+    state) with a filter name, or None when the candidate may be tried.
+    """
+    cfg = router.config
+    chosen = select_profile(cfg, req)
+    if isinstance(chosen, NoRoute):
+        return chosen
+    profile_name, why, policy = chosen
+    profile = cfg.profiles[profile_name]
+    constraints = policy.constraints if policy else None
+    budgeted = bool(policy and policy.budget)
+    min_ctx = max(profile.min_context, (constraints.min_context or 0) if constraints else 0)
+    cls = req.features.complexity_class
+    filtered: dict[str, int] = {}
+    requested = requested_candidate(router, req)
+    model = req.features.requested_model or ""
+    forced = why.startswith(("header", "model alias"))
+    state_only = False  # some candidate fit the request and was turned away by state alone
+
+    mode = "scored"
+    chain: list[Scored] = []
+    if not forced and (model in cfg.routes or (policy and policy.pin)):
+        if providers is not None:
+            full = len(router.rankings[(profile_name, cls)])
+            if no_key := full - len(router.ranking_for(profile_name, cls, providers)):
+                filtered["no_key"] = no_key
+        position = router.position(profile_name, cls)
+        targets: list[Candidate] = []
+        if policy and policy.pin:
+            targets.extend(router.catalog.lookup(model))
+            mode = "pin"
+        for t in cfg.routes.get(model, ()):
+            targets.extend(
+                c
+                for c in router.catalog.lookup(t.model)
+                if t.provider is None or c.provider == t.provider
+            )
+            mode = "route" if mode != "pin" else mode
+        seen: set[str] = set()
+        for c in targets:
+            if c.key in seen:
+                continue
+            seen.add(c.key)
+            s = position.get(c.key)
+            if s is None:
+                continue
+            r = reject_reason(c, req, constraints, min_ctx, usable, budgeted)
+            if r:
+                filtered[r] = filtered.get(r, 0) + 1
+                state_only = state_only or r in STATE_FILTERS
+                continue
+            chain.append(s)
+            if len(chain) >= max_chain:
+                break
+        if policy and policy.pin and not cfg.routes.get(model):
+            chain.sort(key=lambda s: -s.score)
+    else:
+        f = req.features
+        walk = router.walk(profile_name, cls, providers, f, min_ctx, constraints, budgeted)
+        if walk.no_key:
+            filtered["no_key"] = walk.no_key
+        max_cost = constraints.max_cost_usd if constraints else None
+        need = f.prompt_tokens + (f.max_output_tokens or 0)
+        # One entry per (provider, model): a dated alias of a model that just failed at the
+        # same provider would fail the same way, so it is no fallback.
+        taken: set[tuple[str, str]] = set()
+        stop = len(walk.entries)
+        for i, s in enumerate(walk.entries):
+            c = s.candidate
+            ident = (c.provider, c.model_id)
+            if ident in taken:
+                continue
+            ctx = c.context_tokens
+            if ctx is not None and need > ctx:  # size_reason's first check, inlined
+                r = "context"
+            else:
+                r = (max_cost is not None and size_reason(c, f, max_cost)) or usable(c)
+            if r:
+                filtered[r] = filtered.get(r, 0) + 1
+                state_only = state_only or r in STATE_FILTERS
+                continue
+            chain.append(s)
+            taken.add(ident)
+            if len(chain) >= max_chain:
+                stop = i
+                break
+        for r, n in walk.rejected_before(stop).items():
+            filtered[r] = filtered.get(r, 0) + n
+
+    if not chain:
+        detail = ", ".join(f"{k}: {v}" for k, v in Counter(filtered).most_common())
+        detail = detail or "catalog is empty"
+        what = {"pin": f"model {model!r} (pinned by policy)", "route": f"route {model!r}"}.get(
+            mode, f"profile {profile_name!r}"
+        )
+        # a candidate that fits the request but is unusable right now (keys, breakers, rate
+        # limits) is the router's state: 503; otherwise the request itself cannot be served
+        # under these rules: 400
+        status = 503 if state_only or (filtered and set(filtered) <= STATE_FILTERS) else 400
+        return NoRoute(
+            status,
+            f"no candidate can serve this request under {what}; filtered out: {detail}; "
+            + (
+                "a model that fits is unusable right now (open breaker, rate limit or no key): "
+                "retry shortly, or check `orchestrator status`"
+                if status == 503
+                else "ask for less (context, tools, images) or relax the policy's constraints"
+            ),
+            "no_candidate",
+            profile_name,
+            policy.name if policy else None,
+            filtered,
+        )
+    best = chain[0]
+    return RoutingDecision(
+        profile=profile_name,
+        profile_reason=why,
+        policy=policy.name if policy else None,
+        chain=tuple(chain),
+        requested=requested,
+        filtered=filtered,
+        mode=mode,
+        reasons=(
+            f"profile {profile_name} ({why})",
+            f"{mode}: {best.candidate.key} score {best.score:.3f} = {router.explain(best)}",
+        ),
+    )

@@ -1,0 +1,12 @@
+"""Pure wire formats: bytes and JSON in, values out, one module per concern.
+
+- `request`   read a JSON request body once and splice a new `model` into it
+- `usage`     token usage and the answering model of a JSON answer
+- `sse`       server-sent events: incremental splitting, each event's JSON
+- `chat`      chat completions and legacy completions: prompt and answer text
+- `failures`  the router's error bodies; an upstream's non-2xx answer as an Outcome
+
+May import: the standard library, orjson, `addon.routing.fallback` (the Outcome values),
+`addon.errors`. Never mitmproxy, aiohttp, httpx, sqlite3, psycopg, redis, yaml, threading,
+or the clock.
+"""
