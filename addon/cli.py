@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from addon.config import loader
+from addon.config.loaded import Config
 from addon.errors import ConfigError, OrchestratorError
 from addon.proxy import ca, dispatch
 from addon.refresh.sources.schema import load_sources
@@ -23,7 +24,7 @@ from addon.store import ledgers, reports
 DEFAULT_CONFIG = "orchestrator.yaml"
 
 
-def _load(config: str) -> loader.Config:
+def _load(config: str) -> Config:
     try:
         return loader.load(config)
     except ConfigError as e:
@@ -162,12 +163,12 @@ def refresh(ctx: click.Context) -> None:
     sys.exit(refresh_mod.main(list(ctx.args)))
 
 
-def _admin(cfg: loader.Config) -> str:
+def _admin(cfg: Config) -> str:
     host, _, port = cfg.settings.admin.listen.rpartition(":")
     return f"http://{host.strip('[]')}:{port}"
 
 
-def _admin_call(cfg: loader.Config, method: str, path: str) -> dict[str, Any]:
+def _admin_call(cfg: Config, method: str, path: str) -> dict[str, Any]:
     """Ask the running proxy's admin endpoint; exit 3 with a remedy when it is not there."""
     import httpx
 

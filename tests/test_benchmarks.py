@@ -15,8 +15,9 @@ from click.testing import CliRunner
 from addon import cli
 from addon.refresh import ingest, sidecar, snapshots
 from addon.refresh.summary import RefreshSummary
+from addon.routing.catalog import OfferingRow
 from addon.store import benchmarks
-from addon.store.benchmarks import BenchmarkDBError, OfferingRow
+from addon.store.benchmarks import BenchmarkDBError
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = REPO.parent / "shared" / "fixtures" / "sources"

@@ -10,7 +10,7 @@ import click
 import pytest
 
 from addon import cli
-from addon.config import loader
+from addon.config import loader, rules
 from addon.config import schema as config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,15 +72,15 @@ def test_every_orchestrator_yaml_key_documented(key: str) -> None:
 @pytest.mark.parametrize(
     "model",
     [
-        config.Profile,
-        config.Weights,
-        config.Policy,
-        config.Match,
-        config.Constraints,
-        config.AllowDeny,
-        config.DeclaredModel,
-        config.Capabilities,
-        config.RouteTarget,
+        rules.Profile,
+        rules.Weights,
+        rules.Policy,
+        rules.Match,
+        rules.Constraints,
+        rules.AllowDeny,
+        rules.DeclaredModel,
+        rules.Capabilities,
+        rules.RouteTarget,
     ],
 )
 def test_every_rules_key_documented(model: type[config.Strict]) -> None:

@@ -11,11 +11,11 @@ import pytest
 import yaml
 
 from addon.config import loader
-from addon.config.schema import DeclaredModel
+from addon.config.loaded import Config
+from addon.config.rules import DeclaredModel
 from addon.routing import catalog as catmod
 from addon.routing import classify, decide, ranking, scoring
-from addon.routing.catalog import Candidate
-from addon.store.benchmarks import OfferingRow
+from addon.routing.catalog import Candidate, OfferingRow
 
 MODELS = [
     {
@@ -87,7 +87,7 @@ POLICIES = [
 ROUTES = {"chain-me": ["small", {"provider": "p1", "model": "big"}]}
 
 
-def write_tree(tmp: Path, **over: Any) -> loader.Config:
+def write_tree(tmp: Path, **over: Any) -> Config:
     (tmp / "rules").mkdir(exist_ok=True)
     settings = {
         "intercept": ["api.openai.com"],
@@ -545,7 +545,7 @@ def test_walk_memo_follows_a_rerank(tmp_path: Path) -> None:
     assert chain(r) == before
 
 
-def _random_catalog(tmp_path: Path, rnd: random.Random) -> tuple[loader.Config, catmod.Catalog]:
+def _random_catalog(tmp_path: Path, rnd: random.Random) -> tuple[Config, catmod.Catalog]:
     """A few hundred offerings behind the "or" provider (OpenRouter's catalog), with random
     prices, windows, ratings and capabilities, including exact score ties."""
     cfg = write_tree(tmp_path)

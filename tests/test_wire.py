@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from addon.routing.fallback import OutcomeKind
+from addon.routing.fallback import OutcomeKind, classify_failure
 from addon.wire import chat, failures, request, sse, usage
 
 
@@ -477,7 +477,7 @@ def test_usage_only_chunk() -> None:
 def test_classify_failure(
     status: int, body: bytes, retry_after: str | None, kind: OutcomeKind, ra: float | None
 ) -> None:
-    o = failures.classify_failure(status, body, retry_after)
+    o = classify_failure(status, body, retry_after)
     assert o.kind is kind and o.status == status and o.retry_after == ra
 
 

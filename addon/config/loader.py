@@ -12,7 +12,6 @@ import fnmatch
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
@@ -21,41 +20,15 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from addon.config import rules
 from addon.config import schema as schema
+from addon.config.loaded import Config
 from addon.config.schema import address_kind
 from addon.errors import ConfigError, ConfigIssue
 
 Marks = dict[tuple[str | int, ...], tuple[int, int]]
 VALUE = "\0value"  # marks key for the position of a scalar value (vs. its key)
 _TYPE_TAG = re.compile(r"^(str|int|float|bool|none|[A-Z]\w*|function-\w+\[.*\]|\w+\[.*\])$")
-
-
-@dataclass(frozen=True)
-class Config:
-    """Everything the router reads from YAML. Built whole, swapped in one assignment."""
-
-    path: Path
-    base_dir: Path
-    rules_dir: Path
-    settings: schema.Settings
-    profiles: dict[str, schema.Profile]
-    policies: tuple[schema.Policy, ...]
-    routes: dict[str, tuple[schema.RouteTarget, ...]]
-    models: tuple[schema.DeclaredModel, ...]
-    files: tuple[Path, ...]
-    version: str
-
-    def resolve(self, p: str) -> Path:
-        path = Path(p).expanduser()
-        return path if path.is_absolute() else self.base_dir / path
-
-    @property
-    def benchmarks_path(self) -> Path:
-        return self.resolve(self.settings.data.benchmarks)
-
-    @property
-    def ledger_path(self) -> Path:
-        return self.resolve(self.settings.data.ledger)
 
 
 # --------------------------------------------------------------------------- YAML with marks
@@ -263,7 +236,7 @@ def load(path: str | Path) -> Config:
                 )
             ]
         )
-    for name, model in schema.RULE_FILES.items():
+    for name, model in rules.RULE_FILES.items():
         f = rules_dir / name
         if not f.exists():
             parsed[name] = model.model_validate({"profiles": {}} if name == "profiles.yaml" else {})
@@ -278,10 +251,10 @@ def load(path: str | Path) -> Config:
     if issues:
         raise ConfigError(issues)
 
-    profiles: dict[str, schema.Profile] = dict(parsed["profiles.yaml"].profiles)
+    profiles: dict[str, rules.Profile] = dict(parsed["profiles.yaml"].profiles)
     policies = tuple(parsed["policies.yaml"].policies)
     routes = {
-        k: tuple(e if isinstance(e, schema.RouteTarget) else schema.RouteTarget(model=e) for e in v)
+        k: tuple(e if isinstance(e, rules.RouteTarget) else rules.RouteTarget(model=e) for e in v)
         for k, v in parsed["routes.yaml"].routes.items()
     }
     models = tuple(parsed["models.yaml"].models)
@@ -397,4 +370,4 @@ def load(path: str | Path) -> Config:
 
 def watched_files(cfg: Config) -> tuple[Path, ...]:
     """Files whose change should trigger a reload (including rule files not yet created)."""
-    return (cfg.path, *(cfg.rules_dir / n for n in schema.RULE_FILES))
+    return (cfg.path, *(cfg.rules_dir / n for n in rules.RULE_FILES))

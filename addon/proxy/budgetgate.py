@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from addon.config.loader import Config
-from addon.config.schema import Policy
+from addon.config.loaded import Config
+from addon.config.rules import Policy
 from addon.proxy.exchange import Pending, Reply, json_reply
 from addon.proxy.metrics import Metrics
 from addon.routing import budget, decide, ranking

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import overload
 from urllib.parse import urlsplit
 
-from addon.config import loader
+from addon.config.loaded import Config
 from addon.config.schema import LLM_PATHS, ROUTED_PATHS
 from addon.proxy import budgetgate, clients, recording
 from addon.proxy.exchange import (
@@ -56,7 +56,7 @@ ACCOUNT_HEADERS = ("openai-organization", "openai-project", "cookie")
 class View:
     """Everything derived from one config version; replaced whole on reload."""
 
-    config: loader.Config
+    config: Config
     catalog: catmod.Catalog
     router: ranking.Router
     keys: Mapping[str, str] = field(repr=False)
@@ -80,7 +80,7 @@ class View:
         return got
 
 
-def build_view(cfg: loader.Config, env: Mapping[str, str], latency: Mapping[str, float]) -> View:
+def build_view(cfg: Config, env: Mapping[str, str], latency: Mapping[str, float]) -> View:
     rows, source, warnings = benchmarks.load_catalog_rows(cfg)
     catalog = catmod.build_catalog(cfg, rows, env, source, warnings)
     keys = {

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from addon.config import loader
+from addon.config.loaded import Config
 from addon.config.schema import Settings
 from addon.errors import ConfigError
 from addon.proxy import budgetgate, dispatch
@@ -46,7 +47,7 @@ def _settle() -> None:
     gc.freeze()
 
 
-def watch_paths(cfg: loader.Config) -> tuple[Path, ...]:
+def watch_paths(cfg: Config) -> tuple[Path, ...]:
     return (*loader.watched_files(cfg), cfg.benchmarks_path)
 
 
@@ -63,7 +64,7 @@ def fingerprint(paths: tuple[Path, ...]) -> tuple[tuple[int, int] | None, ...]:
 
 
 class Runtime:
-    def __init__(self, cfg: loader.Config, view: dispatch.View,
+    def __init__(self, cfg: Config, view: dispatch.View,
                  apply_settings: Callable[[Settings], None]) -> None:  # fmt: skip
         self.config_path = cfg.path
         self.apply_settings = apply_settings
@@ -191,7 +192,7 @@ class Runtime:
             return True, msg
 
     @staticmethod
-    def _check_db(cfg: loader.Config) -> None:
+    def _check_db(cfg: Config) -> None:
         """A benchmark DB that exists but cannot be read keeps the old catalog."""
         path = cfg.benchmarks_path
         if path.exists():

@@ -36,9 +36,9 @@ from addon.routing.fallback import (
     Outcome,
     OutcomeKind,
     Retry,
+    classify_failure,
     next_step,
 )
-from addon.wire.failures import classify_failure
 from addon.wire.sse import SSEEvent, SSEParser
 
 log = logging.getLogger("orchestrator")

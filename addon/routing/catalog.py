@@ -10,14 +10,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from addon.config.loader import Config
-from addon.config.schema import DeclaredModel, Provider
-
-if TYPE_CHECKING:
-    from addon.store.benchmarks import OfferingRow
+from addon.config.loaded import Config
+from addon.config.rules import DeclaredModel
+from addon.config.schema import Provider
 from addon.routing.cost import Price
 
 log = logging.getLogger("orchestrator")
@@ -35,6 +32,31 @@ def host_of(url: str) -> str:
     ):
         return f"{host}:{port}"
     return host
+
+
+@dataclass(frozen=True, slots=True)
+class OfferingRow:
+    """One offering joined with its model: everything the router's catalog needs."""
+
+    model_id: str
+    model_name: str
+    org: str | None
+    provider: str
+    provider_model_id: str
+    input_per_mtok: float | None
+    output_per_mtok: float | None
+    cached_input_per_mtok: float | None
+    context_tokens: int | None
+    max_output_tokens: int | None
+    supports_tools: bool | None
+    supports_vision: bool | None
+    supports_json_schema: bool | None
+    supports_reasoning: bool | None
+    quality: float | None
+    quality_lo: float | None
+    quality_hi: float | None
+    open_weights: bool | None
+    source: str | None = None  # openrouter | litellm | local (a local provider's /models)
 
 
 @dataclass(frozen=True)

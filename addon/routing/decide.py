@@ -13,8 +13,8 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from addon.config.loader import Config
-from addon.config.schema import Constraints, Policy
+from addon.config.loaded import Config
+from addon.config.rules import Constraints, Policy
 from addon.routing import cost as costmod
 from addon.routing.catalog import Candidate
 from addon.routing.classify import RequestFeatures

@@ -9,6 +9,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from addon.wire.failures import error_code, error_message, parse_retry_after
+
 
 class OutcomeKind(enum.Enum):
     OK = "ok"
@@ -147,3 +149,24 @@ def next_step(
     if has_next:
         return Fallback(label)
     return GiveUp("no candidate left")
+
+
+def classify_failure(status: int, body: bytes, retry_after: str | None = None) -> Outcome:
+    """An upstream's non-2xx answer as an Outcome (pure: status, body bytes, header value)."""
+    msg = error_message(body)
+    code = error_code(body)
+    low = f"{code} {msg}".lower()
+    ra = parse_retry_after(retry_after)
+    if status == 429:
+        return Outcome(OutcomeKind.RATE_LIMITED, status, msg, retry_after=ra)
+    if status >= 500:
+        return Outcome(OutcomeKind.SERVER_ERROR, status, msg, retry_after=ra)
+    if status in (401, 403):
+        return Outcome(OutcomeKind.AUTH_ERROR, status, msg)
+    if status == 404:
+        return Outcome(OutcomeKind.NOT_FOUND, status, msg)
+    if "context_length" in low or "maximum context length" in low or "too many tokens" in low:
+        return Outcome(OutcomeKind.CONTEXT_TOO_LONG, status, msg)
+    if "content_policy" in low or "content_filter" in low or "safety" in low:
+        return Outcome(OutcomeKind.CONTENT_POLICY, status, msg)
+    return Outcome(OutcomeKind.CLIENT_ERROR, status, msg)

@@ -20,8 +20,8 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from addon.config.loader import Config
-from addon.config.schema import Constraints
+from addon.config.loaded import Config
+from addon.config.rules import Constraints
 from addon.routing.catalog import Candidate, Catalog
 from addon.routing.classify import RequestFeatures
 from addon.routing.scoring import ORDER, Norms, Scored, effective_weights, rank, static_norms

@@ -22,7 +22,7 @@ import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from addon.config.schema import Profile
+from addon.config.rules import Profile
 from addon.routing.catalog import Candidate
 
 COMPLEXITY_SHIFT = 0.15

@@ -17,8 +17,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from addon.routing.catalog import OfferingRow
+
 if TYPE_CHECKING:
-    from addon.config.loader import Config
+    from addon.config.loaded import Config
 
 REBUILD = "rebuild it with `orchestrator refresh --from DIR`"
 _SQLITE_HEADER = b"SQLite format 3\x00"
@@ -204,31 +206,6 @@ type Record = (
 
 
 # --- what the router reads -----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class OfferingRow:
-    """One offering joined with its model: everything the router's catalog needs."""
-
-    model_id: str
-    model_name: str
-    org: str | None
-    provider: str
-    provider_model_id: str
-    input_per_mtok: float | None
-    output_per_mtok: float | None
-    cached_input_per_mtok: float | None
-    context_tokens: int | None
-    max_output_tokens: int | None
-    supports_tools: bool | None
-    supports_vision: bool | None
-    supports_json_schema: bool | None
-    supports_reasoning: bool | None
-    quality: float | None
-    quality_lo: float | None
-    quality_hi: float | None
-    open_weights: bool | None
-    source: str | None = None  # openrouter | litellm | local (a local provider's /models)
 
 
 _OFFERINGS_SQL = """

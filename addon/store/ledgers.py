@@ -21,7 +21,7 @@ from addon.store import sqlite_ledger
 from addon.store.sqlite_ledger import LedgerRow
 
 if TYPE_CHECKING:
-    from addon.config.loader import Config
+    from addon.config.loaded import Config
 
 PG_SCHEMES = ("postgresql://", "postgres://")
 SPEND_COLUMNS = ("client", "policy", "profile")

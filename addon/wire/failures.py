@@ -1,11 +1,9 @@
-"""Error bodies: the router's own, and an upstream's non-2xx answer as an `Outcome`."""
+"""Error bodies: the router's own, an upstream's message and code, and `Retry-After`."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
-
-from addon.routing.fallback import Outcome, OutcomeKind
 
 
 def error_body(
@@ -34,17 +32,6 @@ def error_message(body: bytes) -> str:
     return body[:200].decode("utf-8", "replace").strip()
 
 
-def _error_code(body: bytes) -> str:
-    try:
-        obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return ""
-    err = obj.get("error") if isinstance(obj, dict) else None
-    if isinstance(err, dict):
-        return f"{err.get('code') or ''} {err.get('type') or ''}".lower()
-    return ""
-
-
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a Retry-After header (delta-seconds only; HTTP dates → None)."""
     if not value:
@@ -56,22 +43,12 @@ def parse_retry_after(value: str | None) -> float | None:
     return s if s >= 0 else None
 
 
-def classify_failure(status: int, body: bytes, retry_after: str | None = None) -> Outcome:
-    """An upstream's non-2xx answer as an Outcome (pure: status, body bytes, header value)."""
-    msg = error_message(body)
-    code = _error_code(body)
-    low = f"{code} {msg}".lower()
-    ra = parse_retry_after(retry_after)
-    if status == 429:
-        return Outcome(OutcomeKind.RATE_LIMITED, status, msg, retry_after=ra)
-    if status >= 500:
-        return Outcome(OutcomeKind.SERVER_ERROR, status, msg, retry_after=ra)
-    if status in (401, 403):
-        return Outcome(OutcomeKind.AUTH_ERROR, status, msg)
-    if status == 404:
-        return Outcome(OutcomeKind.NOT_FOUND, status, msg)
-    if "context_length" in low or "maximum context length" in low or "too many tokens" in low:
-        return Outcome(OutcomeKind.CONTEXT_TOO_LONG, status, msg)
-    if "content_policy" in low or "content_filter" in low or "safety" in low:
-        return Outcome(OutcomeKind.CONTENT_POLICY, status, msg)
-    return Outcome(OutcomeKind.CLIENT_ERROR, status, msg)
+def error_code(body: bytes) -> str:
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    err = obj.get("error") if isinstance(obj, dict) else None
+    if isinstance(err, dict):
+        return f"{err.get('code') or ''} {err.get('type') or ''}".lower()
+    return ""

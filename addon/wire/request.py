@@ -1,10 +1,8 @@
-"""The OpenAI wire format, as pure functions over bytes.
+"""A JSON request body, as pure functions over bytes (every API format shares this).
 
-- `parse_request` reads a JSON request body and finds where its top-level `model` value
-  sits, so `rewrite` can splice in a new `model` (and `stream_options`) without
-  re-serialising anything else: every other byte reaches the upstream unchanged.
-- `answer_facts` / `SSEParser` read token usage from a JSON body or an SSE stream.
-- `classify_failure` turns an upstream status and error body into an `Outcome`.
+`parse_request` reads the body once and finds where its top-level `model` value sits, so
+`rewrite` can splice in a new `model` (and `stream_options`) without re-serialising anything
+else: every other byte reaches the upstream unchanged.
 """
 
 from __future__ import annotations

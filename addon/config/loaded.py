@@ -1,0 +1,38 @@
+"""The `Config` value: everything the router reads from YAML, built whole by
+`addon.config.loader` and swapped in one assignment. Pure: no file is read here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from addon.config import rules
+from addon.config.schema import Settings
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the router reads from YAML. Built whole, swapped in one assignment."""
+
+    path: Path
+    base_dir: Path
+    rules_dir: Path
+    settings: Settings
+    profiles: dict[str, rules.Profile]
+    policies: tuple[rules.Policy, ...]
+    routes: dict[str, tuple[rules.RouteTarget, ...]]
+    models: tuple[rules.DeclaredModel, ...]
+    files: tuple[Path, ...]
+    version: str
+
+    def resolve(self, p: str) -> Path:
+        path = Path(p).expanduser()
+        return path if path.is_absolute() else self.base_dir / path
+
+    @property
+    def benchmarks_path(self) -> Path:
+        return self.resolve(self.settings.data.benchmarks)
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.resolve(self.settings.data.ledger)

@@ -1,0 +1,173 @@
+"""The pydantic schema of `rules/*.yaml` (profiles, policies, routes, models): the single
+source of truth for every key ops may write there. Defaults live here."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from addon.config.schema import Strict
+
+# --------------------------------------------------------------------------- rules/profiles.yaml
+
+
+class Weights(Strict):
+    quality: Annotated[float, Field(ge=0)] = 0.0
+    latency: Annotated[float, Field(ge=0)] = 0.0
+    cost: Annotated[float, Field(ge=0)] = 0.0
+    context: Annotated[float, Field(ge=0)] = 0.0
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> Weights:
+        if self.quality + self.latency + self.cost + self.context <= 0:
+            raise ValueError("all weights are 0; give at least one metric a positive weight")
+        return self
+
+
+class Profile(Strict):
+    description: str = ""
+    weights: Weights
+    min_context: Annotated[int, Field(ge=0)] = 0
+    complexity_adjust: bool = True
+
+
+class ProfilesFile(Strict):
+    profiles: dict[str, Profile]
+
+
+# --------------------------------------------------------------------------- rules/policies.yaml
+
+
+Task = Literal["chat", "code", "math", "creative", "extraction", "summarize", "embedding"]
+Complexity = Literal["simple", "medium", "complex"]
+
+
+class Match(Strict):
+    host: str | None = None
+    path: str | None = None
+    model: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    client: str | None = None
+    task: Task | None = None
+    complexity: Complexity | None = None
+
+    @field_validator("client")
+    @classmethod
+    def _client(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z][\w.-]*", v):
+            try:
+                ipaddress.ip_network(v, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{v!r} is neither a client name nor an IP address or network; "
+                    "write a name from `clients:` or a network like 10.0.0.0/8"
+                ) from None
+        return v
+
+
+class AllowDeny(Strict):
+    allow: list[str] = Field(default_factory=list)
+    deny: list[str] = Field(default_factory=list)
+
+
+class Constraints(Strict):
+    max_cost_usd: Annotated[float, Field(gt=0)] | None = None
+    min_quality: float | None = None
+    min_context: Annotated[int, Field(ge=0)] | None = None
+    providers: AllowDeny = Field(default_factory=AllowDeny)
+    models: AllowDeny = Field(default_factory=AllowDeny)
+
+
+class Budget(Strict):
+    usd: Annotated[float, Field(gt=0)]
+    per: Literal["day", "week", "month"] = "day"
+    scope: Literal["client", "policy", "profile"] = "policy"
+    on_exceed: str = "block"
+    alert_at: Annotated[float, Field(gt=0, le=1)] | None = 0.8
+
+    @field_validator("on_exceed")
+    @classmethod
+    def _on_exceed(cls, v: str) -> str:
+        if v != "block" and not (v.startswith("downgrade:") and len(v) > len("downgrade:")):
+            raise ValueError(f"{v!r} is not an action; use block or downgrade:<profile>")
+        return v
+
+    @property
+    def downgrade_to(self) -> str | None:
+        return self.on_exceed.split(":", 1)[1] if self.on_exceed.startswith("downgrade:") else None
+
+
+class Policy(Strict):
+    name: str
+    match: Match = Field(default_factory=Match)
+    profile: str | None = None
+    constraints: Constraints = Field(default_factory=Constraints)
+    pin: bool = False
+    budget: Budget | None = None
+
+
+class PoliciesFile(Strict):
+    policies: list[Policy] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> PoliciesFile:
+        seen: set[str] = set()
+        for p in self.policies:
+            if p.name in seen:
+                raise ValueError(f"policy name {p.name!r} is used twice; names must be unique")
+            seen.add(p.name)
+        return self
+
+
+# --------------------------------------------------------------------------- rules/routes.yaml
+
+
+class RouteTarget(Strict):
+    model: str
+    provider: str | None = None
+
+
+RouteEntry = str | RouteTarget
+
+
+class RoutesFile(Strict):
+    routes: dict[str, list[RouteEntry]] = Field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- rules/models.yaml
+
+
+class Capabilities(Strict):
+    tools: bool = False
+    vision: bool = False
+    json_schema: bool = False
+    reasoning: bool = False
+
+
+class DeclaredModel(Strict):
+    id: str
+    provider: str
+    provider_model_id: str | None = None
+    name: str | None = None
+    input_per_mtok: Annotated[float, Field(ge=0)] | None = None
+    output_per_mtok: Annotated[float, Field(ge=0)] | None = None
+    cached_input_per_mtok: Annotated[float, Field(ge=0)] | None = None
+    context_tokens: Annotated[int, Field(gt=0)] = 8192
+    max_output_tokens: Annotated[int, Field(gt=0)] | None = None
+    quality: float | None = None
+    capabilities: Capabilities = Field(default_factory=Capabilities)
+
+
+class ModelsFile(Strict):
+    models: list[DeclaredModel] = Field(default_factory=list)
+
+
+RULE_FILES: dict[str, type[Strict]] = {
+    "profiles.yaml": ProfilesFile,
+    "policies.yaml": PoliciesFile,
+    "routes.yaml": RoutesFile,
+    "models.yaml": ModelsFile,
+}
