@@ -10,6 +10,7 @@ from dataclasses import replace
 
 from addon.config.loaded import Config
 from addon.config.rules import Policy
+from addon.errors import StateUnavailable
 from addon.proxy.exchange import Pending, Reply, json_reply
 from addon.proxy.metrics import Metrics
 from addon.routing import budget, decide, ranking
@@ -17,7 +18,7 @@ from addon.routing import cost as costmod
 from addon.routing.catalog import Candidate
 from addon.routing.classify import RequestFeatures
 from addon.routing.scoring import Scored
-from addon.state.memory import Budgets, StateUnavailable
+from addon.state.memory import Budgets
 from addon.store.ledgers import LedgerError, LedgerReader
 from addon.wire.usage import Usage
 

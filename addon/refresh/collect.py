@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from addon.config.schema import Provider
+from addon.errors import Interrupted
 from addon.refresh.fetch import Fetcher, FetchError
 from addon.refresh.snapshots import Collected, Failure, Snapshot, dated_name, hf_name, local_name
 from addon.refresh.sources import SourceFormatError
@@ -23,10 +24,6 @@ from addon.refresh.sources import openrouter as openrouter_source
 from addon.refresh.sources.schema import REPO_ID, Source, SourcesFile
 
 Progress = Callable[[str], None]
-
-
-class Interrupted(Exception):
-    """The sidecar was asked to stop while fetching; nothing is written."""
 
 
 def collect(

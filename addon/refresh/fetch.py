@@ -30,6 +30,7 @@ from urllib.parse import urljoin
 
 import httpx
 
+from addon.errors import FetchError
 from addon.refresh.sources.schema import FetchSettings
 from addon.refresh.urlguard import (
     Guard,
@@ -43,16 +44,6 @@ from addon.refresh.urlguard import (
 
 Sleep = Callable[[float], bool]
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-
-
-class FetchError(Exception):
-    """One URL could not be fetched; ``str()`` is ``url: problem — remedy``."""
-
-    def __init__(self, url: str, problem: str, remedy: str) -> None:
-        super().__init__(f"{url}: {problem} — {remedy}")
-        self.url = url
-        self.problem = problem
-        self.remedy = remedy
 
 
 class _Retry(Exception):

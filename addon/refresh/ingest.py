@@ -27,6 +27,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from addon.errors import RefreshError
 from addon.refresh.canonical import Assembly, Inputs, assemble
 from addon.refresh.resolve import AliasRules, load_alias_rules
 from addon.refresh.snapshots import (
@@ -54,10 +55,6 @@ from addon.refresh.summary import RefreshSummary, SourceStats
 from addon.store import benchmarks
 
 Progress = Callable[[str], None]
-
-
-class RefreshError(Exception):
-    """No usable DB could be built; the previous DB (if any) is untouched."""
 
 
 _PARSERS: Mapping[str, Callable[[Snapshot], ParseResult[Any]]] = MappingProxyType(

@@ -30,6 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rapidfuzz import fuzz, process
 
+from addon.errors import AliasRulesError
 from addon.refresh.model_names import (
     NAME_THRESHOLD,
     DateTag,
@@ -266,10 +267,6 @@ def settle(
                 )
         settled.append(result)
     return settled
-
-
-class AliasRulesError(ValueError):
-    """rules/aliases.yaml is unreadable or invalid; the message names file, key and fix."""
 
 
 class AliasRule(BaseModel):

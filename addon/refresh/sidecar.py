@@ -29,7 +29,7 @@ from typing import TextIO
 
 from addon.config import loader
 from addon.config.schema import Provider
-from addon.errors import ConfigError
+from addon.errors import ConfigError, UsageError
 from addon.refresh import ingest
 from addon.refresh.collect import Interrupted, collect, local_hosts
 from addon.refresh.fetch import Fetcher
@@ -54,10 +54,6 @@ EXIT_CODES = f"""exit codes:
   130  interrupted (SIGINT/SIGTERM) during a single run: the DB is the previous one
        or, if the swap had already happened, the complete new one
   --every runs until SIGINT/SIGTERM and then exits {EXIT_OK}."""
-
-
-class UsageError(Exception):
-    """A bad combination of options; ``str()`` says what to pass instead."""
 
 
 @dataclass(frozen=True, slots=True)

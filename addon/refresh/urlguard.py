@@ -28,17 +28,9 @@ from urllib.parse import urlsplit
 import httpcore
 import httpx
 
+from addon.errors import UnsafeURLError
+
 Resolver = Callable[[str, int], list[str]]
-
-
-class UnsafeURLError(Exception):
-    """A URL or address the sidecar will not fetch: ``problem`` names it, ``remedy`` says
-    what to do; ``str()`` is ``problem — remedy``."""
-
-    def __init__(self, problem: str, remedy: str) -> None:
-        super().__init__(f"{problem} — {remedy}")
-        self.problem = problem
-        self.remedy = remedy
 
 
 @dataclass(frozen=True, slots=True)

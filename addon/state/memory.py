@@ -25,10 +25,6 @@ log = logging.getLogger("orchestrator")
 LATENCY_ALPHA = 0.3
 
 
-class StateUnavailable(Exception):
-    """The shared state store cannot answer (a budget cannot be checked)."""
-
-
 # --------------------------------------------------------------------------- interfaces
 
 

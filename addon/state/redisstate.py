@@ -51,6 +51,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from addon.config.redact import redact
+from addon.errors import StateUnavailable
 from addon.routing import breaker as brk
 from addon.routing.breaker import BreakerStatus
 from addon.routing.budget import (
@@ -64,7 +65,7 @@ from addon.routing.budget import (
     to_units,
     window,
 )
-from addon.state.memory import LATENCY_ALPHA, StateUnavailable
+from addon.state.memory import LATENCY_ALPHA
 from addon.state.redis_lua import SCRIPTS as _SCRIPTS
 
 log = logging.getLogger("orchestrator")

@@ -17,23 +17,15 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from addon.errors import BenchmarkDBError
 from addon.routing.catalog import OfferingRow
 
 if TYPE_CHECKING:
     from addon.config.loaded import Config
 
-REBUILD = "rebuild it with `orchestrator refresh --from DIR`"
+from addon.errors import REBUILD
+
 _SQLITE_HEADER = b"SQLite format 3\x00"
-
-
-class BenchmarkDBError(Exception):
-    """The benchmark DB at ``path`` cannot be used; ``str()`` says why and what to do."""
-
-    def __init__(self, path: Path | str, problem: str, remedy: str = REBUILD) -> None:
-        super().__init__(f"benchmark DB {path}: {problem} — {remedy}")
-        self.path = Path(path)
-        self.problem = problem
-        self.remedy = remedy
 
 
 @dataclass(frozen=True, slots=True)

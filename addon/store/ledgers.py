@@ -16,7 +16,7 @@ import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from addon.errors import OrchestratorError
+from addon.errors import LedgerError
 from addon.store import sqlite_ledger
 from addon.store.sqlite_ledger import LedgerRow
 
@@ -25,10 +25,6 @@ if TYPE_CHECKING:
 
 PG_SCHEMES = ("postgresql://", "postgres://")
 SPEND_COLUMNS = ("client", "policy", "profile")
-
-
-class LedgerError(OrchestratorError):
-    """The ledger cannot be read or written (missing, unreachable, not a ledger)."""
 
 
 def is_postgres(url: str) -> bool:

@@ -13,16 +13,14 @@ from typing import Any
 
 import orjson
 
+from addon.errors import WireError
+
 _decoder = json.JSONDecoder()
 _SPACE = b" \t\n\r"
 _QUOTE, _BACKSLASH, _COLON = b'"\\:'
 # orjson reads an integer outside [-2**63, 2**64) as a float; json keeps it exact
 _WIDE = 2.0**63
 _DIGITS_AS_ONES = bytes(0x31 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
-
-
-class WireError(ValueError):
-    """The request body is not something we can route (not JSON, not an object...)."""
 
 
 @dataclass(frozen=True, slots=True)

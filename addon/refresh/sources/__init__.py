@@ -19,17 +19,9 @@ from typing import Any
 
 import orjson
 
+from addon.errors import SourceFormatError
+
 _MILLION = Decimal(1_000_000)
-
-
-class SourceFormatError(ValueError):
-    """A snapshot file is unreadable as a whole: the message names file, problem, remedy."""
-
-    def __init__(self, name: str, problem: str, remedy: str) -> None:
-        super().__init__(f"{name}: {problem} — {remedy}")
-        self.name = name
-        self.problem = problem
-        self.remedy = remedy
 
 
 @dataclass(frozen=True, slots=True)
