@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from addon.refresh.canonical import Inputs, assemble, openrouter_model_id
+from addon.refresh.canonical import Inputs, assemble
+from addon.refresh.merge import openrouter_model_id
 from addon.refresh.model_names import DateTag, guard_conflicts, parse_name, strip_prefixes
 from addon.refresh.resolve import (
     AliasRules,

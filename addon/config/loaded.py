@@ -12,7 +12,11 @@ from addon.config.schema import Settings
 
 @dataclass(frozen=True)
 class Config:
-    """Everything the router reads from YAML. Built whole, swapped in one assignment."""
+    """Everything the router reads from YAML. Built whole, swapped in one assignment.
+
+    `files` are the YAML files read (the config first); `version` is a digest of their
+    paths and contents (12 hex digits), so it changes whenever one of them does.
+    """
 
     path: Path
     base_dir: Path
@@ -26,13 +30,17 @@ class Config:
     version: str
 
     def resolve(self, p: str) -> Path:
+        """`p` with `~` expanded, relative to the config file's folder unless absolute."""
         path = Path(p).expanduser()
         return path if path.is_absolute() else self.base_dir / path
 
     @property
     def benchmarks_path(self) -> Path:
+        """The benchmark DB file (`data.benchmarks`, resolved)."""
         return self.resolve(self.settings.data.benchmarks)
 
     @property
     def ledger_path(self) -> Path:
+        """The SQLite ledger file (`data.ledger`, resolved); unused when that is a
+        PostgreSQL URL."""
         return self.resolve(self.settings.data.ledger)

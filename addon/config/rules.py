@@ -15,6 +15,9 @@ from addon.config.schema import Strict
 
 
 class Weights(Strict):
+    """`profiles.<name>.weights` in `rules/profiles.yaml`: each metric's relative weight
+    (>= 0, at least one positive; the scorer divides by their sum)."""
+
     quality: Annotated[float, Field(ge=0)] = 0.0
     latency: Annotated[float, Field(ge=0)] = 0.0
     cost: Annotated[float, Field(ge=0)] = 0.0
@@ -28,6 +31,9 @@ class Weights(Strict):
 
 
 class Profile(Strict):
+    """`profiles.<name>` in `rules/profiles.yaml`: weights, a context floor (tokens), and
+    whether the complexity adjustment applies."""
+
     description: str = ""
     weights: Weights
     min_context: Annotated[int, Field(ge=0)] = 0
@@ -35,6 +41,8 @@ class Profile(Strict):
 
 
 class ProfilesFile(Strict):
+    """The whole of `rules/profiles.yaml`."""
+
     profiles: dict[str, Profile]
 
 
@@ -46,6 +54,10 @@ Complexity = Literal["simple", "medium", "complex"]
 
 
 class Match(Strict):
+    """`policies[].match` in `rules/policies.yaml`: every condition given must hold; `host`,
+    `path`, `model` and header values are globs, `client` a client name or IP network.
+    An empty match fits every request."""
+
     host: str | None = None
     path: str | None = None
     model: str | None = None
@@ -69,11 +81,18 @@ class Match(Strict):
 
 
 class AllowDeny(Strict):
+    """`constraints.providers` / `constraints.models` of a policy: allow and deny lists
+    (model entries are globs); an empty allow list allows everything."""
+
     allow: list[str] = Field(default_factory=list)
     deny: list[str] = Field(default_factory=list)
 
 
 class Constraints(Strict):
+    """`policies[].constraints` in `rules/policies.yaml`: hard filters on candidates.
+    `max_cost_usd` caps a request's estimated maximum cost (USD), `min_quality` is on the
+    rating scale, `min_context` in tokens."""
+
     max_cost_usd: Annotated[float, Field(gt=0)] | None = None
     min_quality: float | None = None
     min_context: Annotated[int, Field(ge=0)] | None = None
@@ -82,6 +101,10 @@ class Constraints(Strict):
 
 
 class Budget(Strict):
+    """`policies[].budget` in `rules/policies.yaml`: `usd` per calendar window (UTC), counted
+    per client, policy or profile; `block` or `downgrade:<profile>` once spent; `alert_at`
+    is the share of `usd` that logs an alert."""
+
     usd: Annotated[float, Field(gt=0)]
     per: Literal["day", "week", "month"] = "day"
     scope: Literal["client", "policy", "profile"] = "policy"
@@ -97,10 +120,14 @@ class Budget(Strict):
 
     @property
     def downgrade_to(self) -> str | None:
+        """The profile `downgrade:<profile>` names, or None for `block`."""
         return self.on_exceed.split(":", 1)[1] if self.on_exceed.startswith("downgrade:") else None
 
 
 class Policy(Strict):
+    """`policies[]` in `rules/policies.yaml`: the first policy whose `match` fits a request
+    picks its profile, constraints, pinning and budget."""
+
     name: str
     match: Match = Field(default_factory=Match)
     profile: str | None = None
@@ -110,6 +137,8 @@ class Policy(Strict):
 
 
 class PoliciesFile(Strict):
+    """The whole of `rules/policies.yaml`: the policies in order, names unique."""
+
     policies: list[Policy] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -126,6 +155,9 @@ class PoliciesFile(Strict):
 
 
 class RouteTarget(Strict):
+    """One target of `routes.<model>` in `rules/routes.yaml`: a model name, at `provider`
+    only if one is given (a bare string in the file is a target without a provider)."""
+
     model: str
     provider: str | None = None
 
@@ -134,6 +166,8 @@ RouteEntry = str | RouteTarget
 
 
 class RoutesFile(Strict):
+    """The whole of `rules/routes.yaml`: requested model -> its targets, in order."""
+
     routes: dict[str, list[RouteEntry]] = Field(default_factory=dict)
 
 
@@ -141,6 +175,8 @@ class RoutesFile(Strict):
 
 
 class Capabilities(Strict):
+    """`models[].capabilities` in `rules/models.yaml` (each false unless given)."""
+
     tools: bool = False
     vision: bool = False
     json_schema: bool = False
@@ -148,6 +184,10 @@ class Capabilities(Strict):
 
 
 class DeclaredModel(Strict):
+    """`models[]` in `rules/models.yaml`: an offering ops declare. Prices are USD per million
+    tokens (unset is unknown, or free on a `local: true` provider); limits are tokens;
+    `quality` is on the LMArena rating scale."""
+
     id: str
     provider: str
     provider_model_id: str | None = None
@@ -162,6 +202,8 @@ class DeclaredModel(Strict):
 
 
 class ModelsFile(Strict):
+    """The whole of `rules/models.yaml`."""
+
     models: list[DeclaredModel] = Field(default_factory=list)
 
 

@@ -19,6 +19,8 @@ ROUTED_PATHS = ("/chat/completions", "/completions")
 
 
 class Strict(BaseModel):
+    """The base of every YAML model: an unknown key is an error, a loaded value is frozen."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -38,6 +40,9 @@ def _host_port(v: str) -> str:
 
 
 class DataPaths(Strict):
+    """`data:` in `orchestrator.yaml`: where the benchmark DB, the ledger and its spool live
+    (a relative path is relative to the config file's folder)."""
+
     benchmarks: str = "data/benchmarks.db"
     ledger: str = Field(
         default="data/ledger.db",
@@ -77,6 +82,9 @@ def address_kind(host: str) -> str | None:
 
 
 class Provider(Strict):
+    """`providers.<name>` in `orchestrator.yaml`: an upstream API, the environment variable
+    holding its key, and whether it is a server of your own (`local`)."""
+
     base_url: str
     api_key_env: str | None = None
     max_connections: Annotated[int, Field(ge=1)] | None = None
@@ -116,7 +124,8 @@ class Provider(Strict):
 
 
 class Client(Strict):
-    """A router client: who may use the proxy (see README "Security")."""
+    """`clients[]` in `orchestrator.yaml`: who may use the proxy, by a key from the
+    environment or its SHA-256, and the policies it may use (see README "Security")."""
 
     name: str
     key_env: str | None = None
@@ -139,11 +148,17 @@ class Client(Strict):
 
 
 class Breaker(Strict):
+    """`resilience.breaker` in `orchestrator.yaml`: the target faults in a row that open a
+    breaker, and the seconds before it lets one probe through."""
+
     failures: Annotated[int, Field(ge=1)] = 3
     cooldown_s: Annotated[float, Field(gt=0)] = 60.0
 
 
 class Resilience(Strict):
+    """`resilience:` in `orchestrator.yaml`: attempts per request and the timeouts of the
+    attempt engine, in milliseconds."""
+
     max_attempts: Annotated[int, Field(ge=1, le=20)] = 4
     connect_timeout_ms: Annotated[int, Field(ge=1)] = 5000
     first_token_timeout_ms: Annotated[int, Field(ge=1)] = 20000
@@ -153,6 +168,8 @@ class Resilience(Strict):
 
 
 class Admin(Strict):
+    """`admin:` in `orchestrator.yaml`: whether the admin endpoint runs, and its host:port."""
+
     enabled: bool = True
     listen: str = "127.0.0.1:9090"
 
@@ -166,7 +183,7 @@ MODE_RE = re.compile(r"^(regular|transparent|local(:.*)?|reverse:https?://\S+)$"
 
 
 class Settings(Strict):
-    """`orchestrator.yaml`."""
+    """The whole of `orchestrator.yaml` (its top-level keys)."""
 
     listen: str = "127.0.0.1:8080"
     mode: str = "regular"
@@ -222,8 +239,10 @@ class Settings(Strict):
 
     @property
     def listen_host(self) -> str:
+        """The host of `listen`, without an IPv6 literal's brackets."""
         return self.listen.rpartition(":")[0].strip("[]")
 
     @property
     def listen_port(self) -> int:
+        """The port of `listen`."""
         return int(self.listen.rpartition(":")[2])

@@ -5,7 +5,8 @@
 - `collect`      fetch every source into snapshots; `snapshots` saves and reads them
 - `sources/`     one parser per source (OpenRouter, LMArena, LiteLLM, Hugging Face, local)
 - `ingest`       build the new benchmark DB atomically from snapshots
-- `canonical`    assemble canonical models from every source's rows
+- `canonical`, `merge`  assemble canonical models from every source's rows (`merge`: the
+  per-source steps)
 - `model_names`, `model_orgs`, `resolve`  name parsing and entity resolution
 - `summary`      the refresh report; `schedule` the `--every` clock
 

@@ -15,31 +15,25 @@ Order matters and is fixed:
 5. Local providers' ``/models`` ids become offerings of that provider at price 0: of the
    model they match, or of a model of their own (``local/<id>``, no quality) otherwise.
 
-Manual rules (``rules/aliases.yaml``, ``addon.resolve.AliasRules``) win over everything:
-``overrides`` pin a name to a model, ``never`` forbids one pairing.
+Manual rules (``rules/aliases.yaml``, ``addon.refresh.resolve.AliasRules``) win over
+everything: ``overrides`` pin a name to a model, ``never`` forbids one pairing.
+
+Each step is a method of ``addon.refresh.merge.Merge``; this module runs them and flattens
+the result into the records the benchmark DB stores, with the counts the summary reports.
 """
 
 from __future__ import annotations
 
-import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import astuple, dataclass, field
-from types import MappingProxyType
 from typing import Any
 
-from addon.refresh.model_names import ROUTING_TAGS, DateTag, NameSig, parse_name, strip_prefixes
-from addon.refresh.model_orgs import (
-    FIRST_PARTY,
-    PROVIDER_OWNER,
-    family,
-    family_owner,
-    is_org,
-    params_from_name,
-)
-from addon.refresh.resolve import AliasRules, Match, Method, Miss, NameIndex, settle
+from addon.refresh.merge import Merge
+from addon.refresh.model_orgs import family, params_from_name
+from addon.refresh.resolve import AliasRules, Match, Miss
 from addon.refresh.sources.huggingface import HFModel
 from addon.refresh.sources.litellm import LiteLLMModel
-from addon.refresh.sources.lmarena import OVERALL, ArenaModelInfo, ArenaScore
+from addon.refresh.sources.lmarena import ArenaModelInfo, ArenaScore
 from addon.refresh.sources.local import LocalModel
 from addon.refresh.sources.openrouter import OpenRouterModel
 from addon.store.benchmarks import (
@@ -50,14 +44,14 @@ from addon.store.benchmarks import (
     UnmatchedRecord,
 )
 
-_METHOD_RANK = MappingProxyType(
-    {Method.MANUAL: 0, Method.EXACT: 1, Method.NORMALIZED: 2, Method.EVIDENCE: 3}
-)
-_ORG_PREFIX = re.compile(r"^[^:]{1,40}:\s+")
-
 
 @dataclass(frozen=True, slots=True)
 class Inputs:
+    """Every source's parsed records for one assembly, and the manual alias rules.
+
+    `arena_file` names the LMArena file the ratings came from (kept as `quality_source`).
+    """
+
     openrouter: tuple[OpenRouterModel, ...] = ()
     litellm: tuple[LiteLLMModel, ...] = ()
     arena: tuple[ArenaScore, ...] = ()
@@ -70,6 +64,16 @@ class Inputs:
 
 @dataclass(frozen=True, slots=True)
 class Assembly:
+    """The canonical tables for the benchmark DB, and what the refresh summary reports.
+
+    `matches` holds the first match per (source, name), `misses` the names that never
+    matched, `created` the names that made a model of their own. `fetched` counts each source's
+    records, `new_models` the models a source created, `duplicates` its repeated offerings,
+    `rows_by_source` the DB rows it contributed. `keyed_rows` maps a source to its rows by
+    key (an offering's (provider, model id), a model's (id,)), to diff against the previous
+    DB.
+    """
+
     models: tuple[ModelRecord, ...]
     categories: tuple[CategoryRecord, ...]
     offerings: tuple[OfferingRecord, ...]
@@ -83,286 +87,6 @@ class Assembly:
     duplicates: dict[str, int]
     rows_by_source: dict[str, int]
     keyed_rows: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]]
-
-
-def openrouter_model_id(openrouter_id: str) -> str:
-    """Canonical id for an OpenRouter id: routing variants (``:free``) map to the base."""
-    base, _, tag = openrouter_id.lower().partition(":")
-    return base if tag in ROUTING_TAGS or not tag else f"{base}:{tag}"
-
-
-class _Build:
-    def __init__(self, rules: AliasRules) -> None:
-        self.index = NameIndex()
-        self.models: dict[str, dict[str, Any]] = {}
-        self.offerings: dict[tuple[str, str], OfferingRecord] = {}
-        self.matches: dict[tuple[str, str], Match] = {}
-        self.created: list[Match] = []
-        self.misses: dict[tuple[str, str], Miss] = {}
-        self.categories: list[CategoryRecord] = []
-        self.hf_owner: dict[str, str] = {}
-        self.attached_dates: defaultdict[str, set[DateTag]] = defaultdict(set)
-        self.new_models: Counter[str] = Counter()
-        self.duplicates: Counter[str] = Counter()
-        self.overrides: dict[tuple[str, str], str] = {
-            (r.source, r.name): r.model for r in rules.overrides
-        }
-        never: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
-        for rule in rules.never:
-            never[(rule.source, rule.name)].add(rule.model)
-        self.never = {key: frozenset(models) for key, models in never.items()}
-
-    def resolve(self, source: str, name: str) -> Match | Miss:
-        target = self.overrides.get((source, name))
-        if target is not None:
-            if target in self.models:
-                return Match(source, name, target, Method.MANUAL, 100.0)
-            reason = f"override target {target} is not a known model — fix rules/aliases.yaml"
-            return Miss(source, name, target, None, reason, True)
-        return self.index.resolve(source, name, self.never.get((source, name), frozenset()))
-
-    def record(self, result: Match | Miss) -> None:
-        key = (result.source, result.name)
-        if isinstance(result, Match):
-            self.matches.setdefault(key, result)
-            date = parse_name(result.name).date
-            if date is not None:
-                self.attached_dates[result.model_id].add(date)
-        else:
-            self.misses.setdefault(key, result)
-
-    def add_offering(self, offering: OfferingRecord, *, replace: bool = False) -> None:
-        key = (offering.provider, offering.provider_model_id)
-        if key in self.offerings and not replace:
-            self.duplicates[offering.source] += 1
-        else:
-            self.offerings[key] = offering
-
-    def openrouter(self, records: tuple[OpenRouterModel, ...]) -> None:
-        hf_claims: defaultdict[str, set[str]] = defaultdict(set)
-        hf_spelling: dict[str, str] = {}
-        for rec in sorted(records, key=lambda r: r.id):
-            model_id = openrouter_model_id(rec.id)
-            if model_id not in self.models or rec.id.lower() == model_id:
-                name = _ORG_PREFIX.sub("", rec.name).removesuffix(" (free)").strip()
-                self.models[model_id] = {
-                    "id": model_id, "name": name or model_id, "org": model_id.split("/")[0],
-                    "context_tokens": rec.context_length, "slug": rec.canonical_slug,
-                }  # fmt: skip
-            method = Method.EXACT if rec.id.lower() == model_id else Method.NORMALIZED
-            self.record(Match("openrouter", rec.id, model_id, method, 100.0))
-            self.add_offering(
-                OfferingRecord(
-                    model_id, "openrouter", rec.id, rec.input_per_mtok, rec.output_per_mtok,
-                    rec.cached_input_per_mtok, rec.context_length, rec.max_completion_tokens,
-                    rec.supports_tools, rec.supports_vision, rec.supports_json_schema,
-                    rec.supports_reasoning, "openrouter",
-                )
-            )  # fmt: skip
-            if rec.hugging_face_id:
-                hf_claims[rec.hugging_face_id.lower()].add(model_id)
-                hf_spelling.setdefault(rec.hugging_face_id.lower(), rec.hugging_face_id)
-        families = {_name_family(parse_name(model_id)): model_id for model_id in self.models}
-        for model_id, model in sorted(self.models.items()):
-            self.index.add(model_id, model_id, "id")
-            slug = _useful_slug(model_id, model["slug"], families)
-            if slug:
-                self.index.add(model_id, slug, "slug", drop_date=True)
-        for hf_key, owners in sorted(hf_claims.items()):
-            spelling = hf_spelling[hf_key]
-            if len(owners) > 1:
-                reason = "HF id claimed by several OpenRouter models: " + ", ".join(sorted(owners))
-                self.record(Miss("huggingface", spelling, None, None, reason, True))
-                continue
-            owner = next(iter(owners))
-            self.hf_owner[hf_key] = owner
-            self.models[owner]["hf_id"] = spelling
-            self.index.add(owner, spelling, "hf")
-            self.record(Match("huggingface", spelling, owner, Method.EVIDENCE, 100.0))
-
-    def litellm(self, records: tuple[LiteLLMModel, ...]) -> None:
-        leftovers: defaultdict[tuple[object, ...], list[LiteLLMModel]] = defaultdict(list)
-        ordered = sorted(records, key=lambda r: r.key)
-        results = settle(
-            self.index,
-            [self.resolve("litellm", rec.key) for rec in ordered],
-            self.attached_dates,
-        )
-        for rec, result in zip(ordered, results, strict=True):
-            if isinstance(result, Match):
-                self.record(result)
-                self.add_offering(_litellm_offering(result.model_id, rec))
-            elif result.uncertain:
-                self.record(result)
-            else:
-                leftovers[parse_name(rec.key).strict_key()].append(rec)
-        groups = [(min(group, key=_representative), group) for group in leftovers.values()]
-        for rep, group in sorted(groups, key=lambda pair: _representative(pair[0])):
-            model_id = self._new_model_id(rep)
-            rep_base = strip_prefixes(rep.key)[0]
-            self.models[model_id] = {
-                "id": model_id, "name": rep.provider_model_id.split("/")[-1],
-                "org": model_id.split("/")[0], "context_tokens": rep.context_tokens, "slug": None,
-            }  # fmt: skip
-            self.new_models["litellm"] += 1
-            for rec in sorted(group, key=lambda r: r.key):
-                same = strip_prefixes(rec.key)[0] == rep_base
-                method = Method.EXACT if same else Method.NORMALIZED
-                match = Match("litellm", rec.key, model_id, method, 100.0)
-                self.created.append(match)
-                self.add_offering(_litellm_offering(model_id, rec))
-                self.index.add(model_id, rec.key, "new")
-
-    def _new_model_id(self, rep: LiteLLMModel) -> str:
-        """A fresh "org/slug" id for a model only LiteLLM knows; never reuses an id."""
-        _, org, _ = strip_prefixes(rep.key)
-        slug = re.sub(r"[:@]+", "-", parse_name(rep.key).base)
-        path = rep.provider_model_id.lower().split("/")
-        owner = family_owner(slug) or PROVIDER_OWNER.get(rep.provider)
-        if owner is None:
-            orgs = [o for o in (org, path[0] if len(path) > 1 else None) if is_org(o, rep.provider)]
-            owner = orgs[0] if orgs else None
-        base_id = candidate = f"{owner or rep.provider}/{slug}"
-        serial = 1
-        while candidate in self.models:
-            serial += 1
-            candidate = f"{base_id}-{serial}"
-        return candidate
-
-    def arena(self, scores: tuple[ArenaScore, ...], file_name: str | None) -> None:
-        by_name: defaultdict[str, dict[str, ArenaScore]] = defaultdict(dict)
-        for score in scores:
-            by_name[score.model].setdefault(score.category, score)
-        chosen: dict[str, tuple[tuple[Any, ...], str]] = {}
-        names = sorted(by_name)
-        for name, result in zip(
-            names,
-            settle(self.index, [self.resolve("lmarena", n) for n in names], self.attached_dates),
-            strict=True,
-        ):
-            self.record(result)
-            if isinstance(result, Match):
-                rank = (_METHOD_RANK.get(result.method, 4), -result.score, name)
-                if result.model_id not in chosen or rank < chosen[result.model_id][0]:
-                    chosen[result.model_id] = (rank, name)
-        for model_id, (_, name) in sorted(chosen.items()):
-            model, ratings = self.models[model_id], by_name[name]
-            overall = ratings.get(OVERALL)
-            if overall is not None:
-                model.update(quality=overall.rating, quality_lo=overall.rating_lo,
-                             quality_hi=overall.rating_hi, quality_source=file_name)  # fmt: skip
-                _set_license(model, overall.license)
-            for category, score in sorted(ratings.items()):
-                self.categories.append(
-                    CategoryRecord(
-                        model_id, category, score.rating, score.rating_lo, score.rating_hi
-                    )
-                )
-
-    def lmsys(self, table: tuple[ArenaModelInfo, ...]) -> int:
-        info = {row.key.lower(): row for row in table}
-        filled = 0
-        for (source, name), match in sorted(self.matches.items()):
-            row = info.get(name.lower()) if source == "lmarena" else None
-            if row and row.license and self.models[match.model_id].get("license") is None:
-                _set_license(self.models[match.model_id], row.license)
-                filled += 1
-        return filled
-
-    def huggingface(self, records: tuple[HFModel, ...]) -> None:
-        ordered = sorted(records, key=lambda r: r.id)
-        results: list[Match | Miss] = []
-        for rec in ordered:
-            owner = self.hf_owner.get(rec.id.lower())
-            if owner is not None:
-                results.append(Match("huggingface", rec.id, owner, Method.EVIDENCE, 100.0))
-            else:
-                results.append(self.resolve("huggingface", rec.id))
-        for rec, result in zip(
-            ordered, settle(self.index, results, self.attached_dates), strict=True
-        ):
-            self.record(result)
-            if isinstance(result, Match):
-                model = self.models[result.model_id]
-                model.setdefault("hf_id", rec.id)
-                model.update(open_weights=True, params_b=rec.params_b or model.get("params_b"))
-                if rec.license:
-                    model["license"] = rec.license
-
-    def local(self, records: tuple[LocalModel, ...]) -> None:
-        ordered = sorted(records, key=lambda r: (r.id, r.provider))
-        results = settle(
-            self.index, [self.resolve("local", r.id) for r in ordered], self.attached_dates
-        )
-        own: dict[str, str] = {}  # the same unmatched id on two servers is one model
-        for rec, result in zip(ordered, results, strict=True):
-            if isinstance(result, Match):
-                self.record(result)
-                model_id = result.model_id
-            elif rec.id in own:
-                model_id = own[rec.id]
-            else:
-                if result.uncertain:
-                    self.record(result)
-                model_id = own[rec.id] = self._local_model_id(rec.id)
-                self.models[model_id] = {"id": model_id, "name": rec.id, "org": None,
-                                         "context_tokens": rec.context_tokens, "slug": None}  # fmt: skip
-                self.new_models["local"] += 1
-                self.created.append(Match("local", rec.id, model_id, Method.EXACT, 100.0))
-            self.add_offering(
-                OfferingRecord(model_id, rec.provider, rec.id, 0.0, 0.0, None, rec.context_tokens,
-                               None, None, None, None, None, "local"),
-                replace=True,  # the server's own list beats a price map's guess for it
-            )  # fmt: skip
-
-    def _local_model_id(self, name: str) -> str:
-        base = candidate = "local/" + re.sub(r"[^\w.:@-]+", "-", name.lower()).strip("-")
-        serial = 1
-        while candidate in self.models:
-            serial += 1
-            candidate = f"{base}-{serial}"
-        return candidate
-
-
-def _name_family(sig: NameSig) -> tuple[object, ...]:
-    return (sig.names, sig.guard_key)
-
-
-def _useful_slug(
-    model_id: str, slug: str | None, families: dict[tuple[object, ...], str]
-) -> str | None:
-    """OpenRouter's canonical slug as an extra name, when it adds tokens the id lacks.
-
-    Its date is a listing date (``claude-4.5-opus-20251124`` for the 20251101 model), so
-    it is dropped; a slug that then looks like another model's id is not used at all.
-    """
-    if not slug:
-        return None
-    tag = model_id.partition(":")[2]
-    slug = f"{slug}:{tag}" if tag else slug  # ":thinking" slugs lack the variant
-    family = _name_family(parse_name(slug))
-    if family == _name_family(parse_name(model_id)) or families.get(family, model_id) != model_id:
-        return None
-    return slug
-
-
-def _set_license(model: dict[str, Any], license_text: str | None) -> None:
-    if license_text and model.get("license") is None:
-        model["license"] = license_text
-        if model.get("open_weights") is None:
-            model["open_weights"] = "propr" not in license_text.lower()  # sic: "Propretary"
-
-
-def _representative(rec: LiteLLMModel) -> tuple[int, int, str]:
-    return (0 if rec.provider in FIRST_PARTY else 1, len(rec.key), rec.key)
-
-
-def _litellm_offering(model_id: str, rec: LiteLLMModel) -> OfferingRecord:
-    return OfferingRecord(
-        model_id, rec.provider, rec.provider_model_id, rec.input_per_mtok, rec.output_per_mtok,
-        rec.cached_input_per_mtok, rec.context_tokens, rec.max_output_tokens, rec.supports_tools,
-        rec.supports_vision, rec.supports_json_schema, rec.supports_reasoning, "litellm",
-    )  # fmt: skip
 
 
 def _model_record(model: dict[str, Any]) -> ModelRecord:
@@ -381,7 +105,9 @@ def _model_record(model: dict[str, Any]) -> ModelRecord:
 
 
 def assemble(inputs: Inputs) -> Assembly:
-    build = _Build(inputs.rules)
+    """Merge every source's records in the fixed order above into the DB's tables; the
+    same inputs always give the same tables, in the same order."""
+    build = Merge(inputs.rules)
     build.openrouter(inputs.openrouter)
     build.litellm(inputs.litellm)
     build.arena(inputs.arena, inputs.arena_file)

@@ -1,7 +1,7 @@
 """Fetch the sources of ``rules/sources.yaml`` into snapshots (network mode of refresh).
 
 One ``Collected`` per kind asked for. A failure is recorded with its key (the kind, one
-Hugging Face repo, or one local provider) so ``addon.ingest`` reuses exactly the previous
+Hugging Face repo, or one local provider) so ``addon.refresh.ingest`` reuses exactly the previous
 data that could not be refreshed. Hugging Face repos are the configured ``repos`` plus,
 with ``from_openrouter``, every ``hugging_face_id`` OpenRouter lists (from this run's
 OpenRouter snapshot, else the previous one), capped at ``max_repos``. Local providers are

@@ -6,7 +6,7 @@ message names the URL, what went wrong and what to do. Behaviour:
 * one ``httpx.Client`` (``trust_env=False``: no proxy or netrc from the environment) with
   connect/read timeouts, a total deadline per attempt and a response size cap;
 * the ``User-Agent`` ``local-ai-orchestrator/<version> (+refresh)``;
-* redirects are followed by hand, each hop re-checked by ``addon.urlguard`` (https, host
+* redirects are followed by hand, each hop re-checked by ``addon.refresh.urlguard`` (https, host
   on the allowlist, DNS answers public), at most ``max_redirects`` of them;
 * 429, 5xx, timeouts and connection errors are retried up to ``attempts`` times with
   exponential backoff and jitter; ``Retry-After`` is honoured (seconds or HTTP date) up to

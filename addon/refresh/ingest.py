@@ -11,7 +11,7 @@ failures) and the snapshots the previous DB was built from. Per kind:
 * a kind not attempted this run (not due, ``--only``) reuses its previous snapshot
   (``kept``); a kind in ``drop`` (``enabled: false``) is left out (``disabled``).
 
-Then names are resolved across sources (``addon.canonical``) and everything, including the
+Then names are resolved across sources (``addon.refresh.canonical``) and everything, including the
 snapshots used, is written to a temporary file next to the target that replaces it with
 ``os.replace``. Until that rename the old DB is untouched; a killed build leaves only a
 stale temporary file, removed by the next build.

@@ -1,6 +1,6 @@
 """What a model's names say about it: who makes it, its family word, its parameter count.
 
-Used by ``addon.canonical`` for models only LiteLLM lists (their owner becomes the org of a
+Used by ``addon.refresh.canonical`` for models only LiteLLM lists (their owner becomes the org of a
 new canonical id) and for the ``family`` and ``params_b`` columns.
 """
 

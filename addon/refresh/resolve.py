@@ -13,7 +13,7 @@ A wrong merge gives a model its neighbour's price, so resolution is conservative
    the other dates a source (or an earlier source) lists for the same family.
 
 Manual rules from ``rules/aliases.yaml`` (``AliasRules``: ``overrides`` and ``never``) are
-loaded here and applied by ``addon.canonical`` before any automatic matching.
+loaded here and applied by ``addon.refresh.canonical`` before any automatic matching.
 """
 
 from __future__ import annotations

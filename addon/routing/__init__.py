@@ -3,7 +3,8 @@
 - `classify`  request features: size estimate, needs, task, complexity
 - `catalog`   the candidate catalog (benchmark DB + declared models + providers)
 - `scoring`   per-profile scores and each metric's contribution
-- `ranking`   the pre-ranked orders per profile, the filter walk, observed re-ranking
+- `ranking`   the pre-ranked orders per profile, the filter walk, the router and its reranks
+- `moves`     observed re-ranking: moving the few observed candidates within an order
 - `decide`    profile selection, routes and pins, the chain of targets for one request
 - `fallback`  attempt outcomes and the next step after each
 - `breaker`   circuit-breaker transitions

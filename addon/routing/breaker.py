@@ -2,6 +2,9 @@
 
 closed --(N consecutive target faults)--> open --(cooldown elapsed)--> half_open
 half_open lets exactly one probe through: success closes, failure re-opens.
+
+`now` and `opened_at` are seconds on whatever clock the caller keeps (the state stores use
+`time.monotonic()`); `cooldown_s` is in seconds too.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from dataclasses import dataclass, replace
 
 
 class BreakerStatus(enum.Enum):
+    """Where a breaker is in the cycle above."""
+
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
@@ -18,6 +23,9 @@ class BreakerStatus(enum.Enum):
 
 @dataclass(frozen=True)
 class BreakerState:
+    """One target's breaker: its status, the target faults in a row so far, when it last
+    opened, and whether its one half-open probe is out."""
+
     status: BreakerStatus = BreakerStatus.CLOSED
     failures: int = 0
     opened_at: float = 0.0

@@ -3,7 +3,7 @@
 A call first reserves its estimated maximum cost; it is admitted only if spent + everything
 already reserved + its own estimate fits the budget, so concurrent calls can never overshoot.
 When the call ends the reservation is settled with the real cost (or released unbilled).
-Amounts are kept as integers in units of 1e-10 USD (the precision of `addon.cost`), so sums
+Amounts are kept as integers in units of 1e-10 USD (the precision of `addon.routing.cost`), so sums
 are exact and the admission check needs no float tolerance.
 
 Pure bookkeeping for one event loop: no I/O, no clock (callers pass `now`, epoch seconds),
@@ -30,14 +30,17 @@ _UNITS = 10_000_000_000  # per USD
 
 
 def to_units(usd: float) -> int:
+    """USD as integer units of 1e-10 USD (rounded to the nearest unit)."""
     return round(usd * _UNITS)
 
 
 def from_units(units: int) -> float:
+    """Integer units of 1e-10 USD back as USD."""
     return units / _UNITS
 
 
 def checked_amount(usd: float, what: str) -> float:
+    """`usd` unchanged if it is a finite amount >= 0; ValueError naming `what` otherwise."""
     if not math.isfinite(usd) or usd < 0:
         raise ValueError(f"{what} must be a finite amount >= 0 USD, got {usd!r}")
     return usd
@@ -116,6 +119,9 @@ def _duration(seconds: int) -> str:
 
 @dataclass(frozen=True)
 class Reservation:
+    """An admitted call's hold on its budget window: `amount` USD (its estimated maximum)
+    in [`window_start`, `window_end`), epoch seconds, until settled or released."""
+
     id: int
     rule: str
     scope_key: str
@@ -140,6 +146,8 @@ class Exceeded:
 
     @property
     def message(self) -> str:
+        """The refusal the client sees: the amounts, the limit, and when it resets (or that
+        this call alone is over the whole limit)."""
         r = self.rule
         head = f"budget {r.name!r} exceeded: "
         where = f"{_limit_text(self.limit)} per {r.per} for {r.scope} {self.scope_key}"
@@ -168,6 +176,7 @@ class Alert:
 
     @property
     def message(self) -> str:
+        """The log line: the share spent, the amounts, and the alert threshold."""
         return (
             f"budget {self.rule!r} for {self.scope_key} reached {self.spent / self.limit:.0%} "
             f"(${self.spent:.6f} of {_limit_text(self.limit)}; alert at {self.threshold:.0%})"
@@ -299,10 +308,12 @@ class BudgetBook:
         self._open(key, acct)
 
     def spent(self, rule: BudgetRule, scope_key: str, now: float) -> float:
+        """USD charged so far in the window containing `now`."""
         acct = self._accounts.get((rule.name, scope_key, *window(rule.per, now)))
         return from_units(acct.spent) if acct else 0.0
 
     def reserved(self, rule: BudgetRule, scope_key: str, now: float) -> float:
+        """USD held by open reservations in the window containing `now`."""
         acct = self._accounts.get((rule.name, scope_key, *window(rule.per, now)))
         return from_units(sum(acct.holds.values())) if acct else 0.0
 

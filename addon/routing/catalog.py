@@ -2,7 +2,7 @@
 configured providers.
 
 `build_catalog` is pure (rows, config and an environment mapping in; a Catalog out); the
-rows come from `addon.benchmarks.load_catalog_rows`.
+rows come from `addon.store.benchmarks.load_catalog_rows`.
 """
 
 from __future__ import annotations
@@ -61,6 +61,10 @@ class OfferingRow:
 
 @dataclass(frozen=True)
 class ProviderInfo:
+    """A configured provider as routing sees it: its URL and `host[:port]`, the environment
+    variable of its key and whether that is set, whether it is a local server, and the
+    extra headers sent to it."""
+
     name: str
     base_url: str
     host: str
@@ -71,11 +75,15 @@ class ProviderInfo:
 
     @property
     def keyless(self) -> bool:
+        """Whether the provider takes no key at all (`api_key_env` unset)."""
         return self.api_key_env is None
 
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
+    """One model at one configured provider: what the router scores, filters and sends.
+    Prices are USD per million tokens (`price`); context and output limits are tokens."""
+
     key: str  # "provider:provider_model_id", unique
     model_id: str  # canonical model id
     name: str
@@ -95,6 +103,10 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Catalog:
+    """Every candidate one config can route to, sorted by key, with the providers and a
+    name index. `source` is where the rows came from (a DB path, ``bundled:<path>`` or
+    ``none``); `warnings` what loading them noted."""
+
     candidates: tuple[Candidate, ...]
     providers: dict[str, ProviderInfo]
     by_name: dict[str, tuple[Candidate, ...]] = field(repr=False)
@@ -102,12 +114,15 @@ class Catalog:
     warnings: tuple[str, ...] = ()
 
     def lookup(self, name: str) -> tuple[Candidate, ...]:
+        """The candidates a model name denotes, ignoring case: a canonical or provider
+        model id, or either one's last path segment."""
         return self.by_name.get(name.lower(), ())
 
 
 def provider_infos(
     providers: Mapping[str, Provider], env: Mapping[str, str]
 ) -> dict[str, ProviderInfo]:
+    """Each configured provider by name; `env` is only asked whether its key is set."""
     return {
         name: ProviderInfo(
             name=name,
@@ -129,6 +144,12 @@ def build_catalog(
     source: str = "",
     warnings: list[str] | None = None,
 ) -> Catalog:
+    """The candidates of `cfg`'s providers: each DB offering at every provider whose
+    `catalog:` names the offering's provider (a provider that is not local defaults to its
+    own name), a local server's own `/models` offerings, then the models of
+    `rules/models.yaml`, which replace an offering of the same key. Quality is normalized
+    min-max from the 5th percentile of the rated ones; an unrated candidate gets
+    `UNKNOWN_QUALITY_PRIOR`."""
     providers = provider_infos(cfg.settings.providers, env)
     by_catalog: dict[str, list[str]] = {}
     for name, p in cfg.settings.providers.items():

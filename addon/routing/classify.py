@@ -5,9 +5,10 @@ Token estimate
     prompt tokens are estimated from text length: ``ceil(chars / 3.5)`` per text part
     (English BPE tokenizers average ~4 characters per token; 3.5 adds a ~15% safety margin),
     plus 4 tokens of framing per message, 3 of reply priming, plus 765 tokens per image (a
-    high-detail 512px tile budget) — deliberately on the high side so a context-fit check never admits a
-    request that the provider would reject. Tools and tool calls count as the text of their
-    Python repr; its length is bounded from above without building it (see `_repr_len`).
+    high-detail 512px tile budget) — deliberately on the high side so a context-fit check
+    never admits a request that the provider would reject. Tools and tool calls count as the
+    text of their Python repr; its length is bounded from above without building it (see
+    `_repr_len`).
 
 Complexity (0..1), from four features, each documented by the term it adds:
     size       0.35 * min(1, log10(prompt_tokens / 100) / 2)   (100 → 0, 10k+ → 0.35)
@@ -196,6 +197,10 @@ def _repr_len(value: Any) -> int:
 
 @dataclass(frozen=True, slots=True)
 class RequestFeatures:
+    """What routing reads of one request body: the model asked for, whether it streams,
+    the estimated prompt tokens and the output cap asked for (tokens), what it needs of a
+    model, its task and its complexity (0..1), and how many messages it has."""
+
     requested_model: str | None
     stream: bool
     prompt_tokens: int
@@ -209,6 +214,8 @@ class RequestFeatures:
 
     @property
     def complexity_class(self) -> str:
+        """The class the scorer adjusts weights by: `complexity` cut at 0.33 and 0.66 into
+        "simple", "medium" and "complex"."""
         if self.complexity < 0.33:
             return "simple"
         if self.complexity < 0.66:
@@ -232,6 +239,7 @@ def _text_parts(content: list[Any]) -> tuple[list[str], int]:
 
 
 def estimate_tokens(chars: int) -> int:
+    """Tokens estimated for `chars` characters of text (see the module docstring)."""
     return math.ceil(chars / CHARS_PER_TOKEN)
 
 

@@ -12,12 +12,16 @@ from addon.wire.usage import Usage
 
 @dataclass(frozen=True)
 class Price:
+    """USD per million tokens: input, output, and cached input (None: the provider bills
+    cached prompt tokens at the input price). None for input or output is an unknown price."""
+
     input_per_mtok: float | None
     output_per_mtok: float | None
     cached_input_per_mtok: float | None = None
 
     @property
     def known(self) -> bool:
+        """Whether both the input and the output price are known."""
         return self.input_per_mtok is not None and self.output_per_mtok is not None
 
 

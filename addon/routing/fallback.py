@@ -1,6 +1,6 @@
 """What to do after an upstream attempt: pure, no I/O, no clock (callers pass `now`).
 
-`addon.upstream` reduces every attempt (status, exception, timeout) to an `Outcome`;
+`addon.proxy.upstream` reduces every attempt (status, exception, timeout) to an `Outcome`;
 `next_step` turns the outcome and the attempts so far into Retry, Fallback or GiveUp.
 """
 
@@ -13,6 +13,8 @@ from addon.wire.failures import error_code, error_message, parse_retry_after
 
 
 class OutcomeKind(enum.Enum):
+    """What one upstream attempt came to, whatever the transport said."""
+
     OK = "ok"
     CONNECT_ERROR = "connect_error"  # refused, reset or DNS failure before any response byte
     TIMEOUT = "timeout"  # no response headers / first token within the limit
@@ -28,6 +30,9 @@ class OutcomeKind(enum.Enum):
 
 @dataclass(frozen=True)
 class Outcome:
+    """One attempt's result: its kind, the HTTP status if there was one, the upstream's
+    message, and its Retry-After in seconds."""
+
     kind: OutcomeKind
     status: int | None = None
     message: str = ""
@@ -35,6 +40,7 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
+        """Whether the attempt produced a usable answer."""
         return self.kind is OutcomeKind.OK
 
     @property
@@ -84,6 +90,9 @@ Step = Retry | Fallback | GiveUp
 
 @dataclass(frozen=True)
 class AttemptRecord:
+    """One finished attempt on one target: `started` in seconds on the caller's monotonic
+    clock, `elapsed_ms` in milliseconds."""
+
     provider: str
     model: str
     outcome: Outcome

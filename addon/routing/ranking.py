@@ -3,13 +3,13 @@
 `build_router` scores every candidate per (profile, class) once, at config load, with the
 neutral latency prior: the *base* orders. Observed latencies move only the candidates they
 were observed for, so `rerank` never rescores the catalog: it takes those few out of each
-base order and bisects them back in, re-scored (`Moves`). Everything derived from an order —
-the order restricted to the providers a request has keys for, the pass of the
-request-independent filters (`Walk`), a key -> entry index — is built once over the base
-order, kept for as long as the config (the router's lineage: every rerank shares it), and
-brought up to date with the same moves. A rerank or the first request after it therefore
-costs a few list copies and bisections, not a walk of the 3,000+ candidate catalog with
-the event loop held.
+base order and bisects them back in, re-scored (`addon.routing.moves.Moves`). Everything
+derived from an order — the order restricted to the providers a request has keys for, the
+pass of the request-independent filters (`Walk`), a key -> entry index — is built once over
+the base order, kept for as long as the config (the router's lineage: every rerank shares
+it), and brought up to date with the same moves. A rerank or the first request after it
+therefore costs a few list copies and bisections, not a walk of the 3,000+ candidate
+catalog with the event loop held.
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ from __future__ import annotations
 import bisect
 import fnmatch
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from addon.config.loaded import Config
 from addon.config.rules import Constraints
 from addon.routing.catalog import Candidate, Catalog
 from addon.routing.classify import RequestFeatures
+from addon.routing.moves import Moves
 from addon.routing.scoring import ORDER, Norms, Scored, effective_weights, rank, static_norms
 
 CLASSES = ("simple", "medium", "complex")
@@ -45,6 +46,7 @@ class Needs:
 
     @classmethod
     def of(cls, f: RequestFeatures, min_context: int) -> Needs:
+        """The needs of a request with features `f` that must fit `min_context` tokens."""
         return cls(f.needs_tools, f.needs_vision, f.needs_json_schema, min_context)
 
 
@@ -86,43 +88,6 @@ def static_reason(
     return None
 
 
-# --------------------------------------------------------------------------- moves
-
-
-@dataclass(frozen=True)
-class Moves:
-    """The candidates that observed latencies moved in one base order: their base entries
-    (`old`, in base order) and their re-scored entries (`new`), key for key."""
-
-    old: tuple[Scored, ...]
-    new: tuple[Scored, ...]
-
-    def apply(
-        self, base: Sequence[Scored], keep: Callable[[Scored], bool] | None = None
-    ) -> list[Scored]:
-        """`base` (a base order, or the part of one that `keep` accepts) with the moved
-        candidates taken out and put back at their new places: a bisection per moved
-        candidate and slice copies, no Python step per entry."""
-        out: list[Scored] = []
-        prev = 0
-        for s in self.old:  # in base order, so their places ascend
-            if keep is None or keep(s):
-                i = bisect.bisect_left(base, s.order, lo=prev, key=ORDER)
-                if i < len(base) and base[i] is s:
-                    out += base[prev:i]
-                    prev = i + 1
-        out += base[prev:]
-        rest, out, prev = out, [], 0
-        for s in self.new:  # best first, so their places ascend too
-            if keep is None or keep(s):
-                i = bisect.bisect_left(rest, s.order, lo=prev, key=ORDER)
-                out += rest[prev:i]
-                out.append(s)
-                prev = i
-        out += rest[prev:]
-        return out
-
-
 # --------------------------------------------------------------------------- walk
 
 
@@ -151,6 +116,8 @@ class Walk:
         budgeted: bool,
         no_key: int = 0,
     ) -> Walk:
+        """The filter pass over `ranking`; `no_key` counts the candidates already left out
+        of it for want of a usable key."""
         entries: list[Scored] = []
         rejected: list[Scored] = []
         why: list[str] = []
@@ -226,6 +193,14 @@ class Lineage:
 
 @dataclass(frozen=True)
 class Router:
+    """The rankings of one config and catalog, and memos of what is derived from them.
+
+    `base` holds each (profile, class) order with the neutral latency prior, `rankings` the
+    same orders with observed latencies, `moves` the edit from one to the other. A config
+    load builds a new router (`build_router`), a rerank a copy (`with_rankings`); the
+    memos are caches, left out of comparisons.
+    """
+
     config: Config
     catalog: Catalog
     norms: Norms
@@ -266,6 +241,7 @@ class Router:
         return got
 
     def ranking(self, profile: str, complexity_class: str = "medium") -> tuple[Scored, ...]:
+        """The ranking of `profile` for a request of `complexity_class`, best first."""
         return self.rankings[(profile, complexity_class)]
 
     def ranking_for(self, profile: str, cls: str, providers: frozenset[str]) -> tuple[Scored, ...]:
@@ -396,5 +372,5 @@ def with_rankings(
 
 def rerank(router: Router, latency_ms: Mapping[str, float]) -> Router:
     """The same router with observed latencies applied, every ranking at once (the proxy
-    runs `reranked` one ranking per event-loop turn instead: see `addon.runtime`)."""
+    runs `reranked` one ranking per event-loop turn instead: see `addon.proxy.runtime`)."""
     return with_rankings(router, {key: reranked(router, key, latency_ms) for key in router.base})

@@ -33,6 +33,9 @@ METRICS = ("quality", "latency", "cost", "context")
 
 @dataclass(frozen=True, slots=True)
 class Scored:
+    """A candidate's place in one ranking: its score (0..1, higher is better) and each
+    metric's weighted contribution to it."""
+
     candidate: Candidate
     score: float
     parts: tuple[tuple[str, float], ...]  # (metric, weighted contribution)
@@ -43,6 +46,7 @@ class Scored:
         object.__setattr__(self, "order", (-self.score, self.candidate.key))
 
     def explain(self) -> str:
+        """The contributions as text, e.g. ``quality 0.412 + latency 0.050 + …``."""
         return " + ".join(f"{m} {v:.3f}" for m, v in self.parts)
 
 
@@ -51,16 +55,22 @@ ORDER = operator.attrgetter("order")  # the sort key of a ranking, for sort and 
 
 @dataclass(frozen=True)
 class Weights:
+    """A profile's metric weights after the complexity adjustment (any scale: `rank`
+    divides by their sum)."""
+
     quality: float
     latency: float
     cost: float
     context: float
 
     def as_tuple(self) -> tuple[float, float, float, float]:
+        """(quality, latency, cost, context), the order `rank` reads them in."""
         return (self.quality, self.latency, self.cost, self.context)
 
 
 def effective_weights(profile: Profile, complexity_class: str) -> Weights:
+    """`profile`'s weights for a request of `complexity_class`, shifted as the module
+    docstring describes (unless the profile opts out)."""
     w = profile.weights
     q, lat, c, ctx = w.quality, w.latency, w.cost, w.context
     if profile.complexity_adjust:
@@ -74,6 +84,7 @@ def effective_weights(profile: Profile, complexity_class: str) -> Weights:
 
 
 def blended_price(c: Candidate) -> float | None:
+    """USD per million tokens, (3·input + output) / 4; None when the price is unknown."""
     p = c.price
     if p.input_per_mtok is None or p.output_per_mtok is None:
         return None
@@ -90,6 +101,7 @@ class Norms:
 
 
 def static_norms(candidates: Iterable[Candidate]) -> Norms:
+    """The quality, cost and context norms (0..1) of every candidate, over the whole set."""
     cands = list(candidates)
     logs = {c.key: math.log10(bp + 0.01) for c in cands if (bp := blended_price(c)) is not None}
     lo, hi = (min(logs.values()), max(logs.values())) if logs else (0.0, 1.0)
@@ -111,6 +123,7 @@ def static_norms(candidates: Iterable[Candidate]) -> Norms:
 
 
 def latency_norm(ewma_ms: float | None) -> float:
+    """0..1 for an observed latency in milliseconds, 0.5 when none was observed."""
     return 0.5 if ewma_ms is None else 1.0 / (1.0 + max(ewma_ms, 0.0) / 1000.0)
 
 

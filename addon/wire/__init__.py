@@ -4,9 +4,8 @@
 - `usage`     token usage and the answering model of a JSON answer
 - `sse`       server-sent events: incremental splitting, each event's JSON
 - `chat`      chat completions and legacy completions: prompt and answer text
-- `failures`  the router's error bodies; an upstream's non-2xx answer as an Outcome
+- `failures`  the router's error bodies; an upstream error's message, code and Retry-After
 
-May import: the standard library, orjson, `addon.routing.fallback` (the Outcome values),
-`addon.errors`. Never mitmproxy, aiohttp, httpx, sqlite3, psycopg, redis, yaml, threading,
+May import: the standard library, orjson, `addon.errors`. Never mitmproxy, aiohttp, httpx, sqlite3, psycopg, redis, yaml, threading,
 or the clock.
 """

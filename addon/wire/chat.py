@@ -19,12 +19,12 @@ def _choices_text(obj: Any, part: str) -> str:
 
 
 def delta_text(obj: dict[str, Any]) -> str:
-    """The text a streamed chunk adds (chat delta or legacy completion)."""
+    """The text a streamed chunk (its parsed JSON) adds: chat deltas or legacy `text`."""
     return _choices_text(obj, "delta")
 
 
 def answer_text(body: bytes) -> str | None:
-    """The text of a whole (non-streamed) answer."""
+    """The text of a whole (non-streamed) answer body; None if it is not JSON."""
     try:
         obj = json.loads(body)
     except (ValueError, UnicodeDecodeError):

@@ -9,6 +9,7 @@ from typing import Any
 def error_body(
     message: str, *, type_: str, code: str | None = None, extra: dict[str, Any] | None = None
 ) -> bytes:
+    """An OpenAI-style error body, ``{"error": {message, type, param, code, …extra}}``."""
     err: dict[str, Any] = {"message": message, "type": type_, "param": None, "code": code}
     if extra:
         err.update(extra)
@@ -44,6 +45,8 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 def error_code(body: bytes) -> str:
+    """An upstream error body's `code` and `type`, lower-cased and space-joined ("" if it
+    has neither), for matching against known failure words."""
     try:
         obj = json.loads(body)
     except (ValueError, UnicodeDecodeError):

@@ -39,15 +39,18 @@ class ParsedBody:
 
     @property
     def model(self) -> str | None:
+        """The body's `model`, when it is a string."""
         m = self.data.get("model")
         return m if isinstance(m, str) else None
 
     @property
     def stream(self) -> bool:
+        """Whether the body asks for a stream (`"stream": true`)."""
         return self.data.get("stream") is True
 
     @property
     def wants_usage(self) -> bool:
+        """Whether the body already asks for usage in its stream (`stream_options`)."""
         so = self.data.get("stream_options")
         return isinstance(so, dict) and so.get("include_usage") is True
 

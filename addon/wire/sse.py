@@ -9,11 +9,15 @@ from typing import Any
 
 @dataclass
 class SSEEvent:
+    """One server-sent event: its bytes as received, and its data lines' values joined by
+    newlines."""
+
     raw: bytes  # the event's bytes including its terminating blank line
     data: bytes  # joined data lines
 
     @property
     def done(self) -> bool:
+        """Whether this is the stream's ``data: [DONE]`` terminator."""
         return self.data.strip() == b"[DONE]"
 
 
@@ -26,6 +30,8 @@ class SSEParser:
     oversized: bool = False
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
+        """The events `chunk` completes, in order; a partial event waits for the next chunk.
+        A partial event past `max_event_bytes` is dropped and `oversized` set."""
         self._buf += chunk
         events: list[SSEEvent] = []
         while True:

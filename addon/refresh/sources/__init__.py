@@ -3,7 +3,7 @@
 Each source module exposes a pure ``parse(raw, name) -> ParseResult`` that turns the
 bytes of one saved snapshot (or, later, one HTTP response body) into typed, frozen
 records. Parsing never touches the network or the file system: ``addon.collect`` fetches
-the bodies (``addon.fetch``), ``addon.snapshots`` reads saved ones, ``addon.ingest`` parses.
+the bodies (``addon.refresh.fetch``), ``addon.refresh.snapshots`` reads saved ones, ``addon.refresh.ingest`` parses.
 
 A record that lacks a required field is skipped and reported as a ``SourceWarning``;
 only a file that cannot be read as a whole (not JSON/CSV, wrong top-level shape)

@@ -2,7 +2,7 @@
 
 The file is optional; every default lives here. Load it with ``load_sources``, which
 reports problems as ``file:line:col key: message — hint`` (``addon.errors.ConfigError``).
-Host allowlisting and the https rule are enforced when fetching (``addon.fetch``), so a
+Host allowlisting and the https rule are enforced when fetching (``addon.refresh.fetch``), so a
 bad URL fails its own source with a message instead of stopping the whole refresh.
 """
 
