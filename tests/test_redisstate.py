@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import redis
 
+from addon.errors import StateUnavailable
 from addon.routing import breaker as brk
 from addon.routing.breaker import BreakerStatus
 from addon.routing.budget import (
@@ -25,7 +26,6 @@ from addon.routing.budget import (
     to_units,
     window,
 )
-from addon.state.memory import StateUnavailable
 from addon.state.redisstate import RedisState
 from tests.services import RedisServer, free_port, redis_server, redis_url
 

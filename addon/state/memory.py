@@ -1,8 +1,9 @@
 """Router state that replicas may share: circuit breakers, live latency stats, budgets.
 
 Three small interfaces, each with an in-process implementation here (the embedded
-default, exactly the single-process behaviour) and a Redis one in `addon.redisstate`
-(`state: redis://…` in orchestrator.yaml).
+default, exactly the single-process behaviour) and a Redis one in
+`addon.state.redisstate` (`state: redis://…` in orchestrator.yaml). Both smooth latency
+with `smoothed` and log breaker transitions with `log_transition`.
 
 The request path reads only local values (`Breakers.get`, `Latency.values`,
 `Budgets.snapshot`): the Redis implementations keep a mirror that they refresh in the
@@ -22,13 +23,34 @@ from addon.routing.budget import Alert, BudgetBook, BudgetRule, Exceeded, Reserv
 
 log = logging.getLogger("orchestrator")
 
-LATENCY_ALPHA = 0.3
+LATENCY_ALPHA = 0.3  # weight of the newest latency sample in the moving average
+
+
+def smoothed(prev: float | None, ms: float) -> float:
+    """The exponentially weighted moving average after sample `ms` (ms); the first
+    sample (`prev` None) is taken as is."""
+    return ms if prev is None else LATENCY_ALPHA * ms + (1 - LATENCY_ALPHA) * prev
+
+
+def log_transition(
+    key: str,
+    old: brk.BreakerState,
+    new: brk.BreakerState,
+    note: str = "",
+    level: int = logging.WARNING,
+) -> None:
+    """Log `breaker <key>: <old> -> <new><note>` when the status changes (at `level`)."""
+    if new.status is not old.status:
+        log.log(level, "breaker %s: %s -> %s%s", key, old.status.value, new.status.value, note)
 
 
 # --------------------------------------------------------------------------- interfaces
 
 
 class Breakers(Protocol):
+    """Circuit breakers by target key: the state the request path reads, and the
+    transitions it asks for."""
+
     def get(self, key: str) -> brk.BreakerState | None:
         """The last known state; `opened_at` is on this process's `time.monotonic()`."""
 
@@ -42,19 +64,26 @@ class Breakers(Protocol):
     def release(self, key: str) -> None:
         """The attempt ended without a verdict: give a claimed probe back."""
 
-    def snapshot(self) -> dict[str, brk.BreakerState]: ...
+    def snapshot(self) -> dict[str, brk.BreakerState]:
+        """A copy of every known breaker state, by target key."""
 
 
 class Latency(Protocol):
+    """Observed latency per target, smoothed; `dirty` tells the scorer to rerank."""
+
     dirty: bool  # values changed since the last rerank cleared it
 
-    def observe(self, key: str, ms: float) -> None: ...
+    def observe(self, key: str, ms: float) -> None:
+        """One attempt's latency to `key` (ms), folded into its moving average."""
 
     def values(self) -> dict[str, float]:
         """Smoothed latency per target key (ms)."""
 
 
 class Budgets(Protocol):
+    """Budget accounts per (rule, scope key, window): reservations around a call,
+    charges, the ledger's spend at startup; `on_alert` gets each alert threshold crossed."""
+
     on_alert: Callable[[Alert], None]
 
     async def reserve(
@@ -67,7 +96,8 @@ class Budgets(Protocol):
         """Close the hold, charging `actual_usd` (None: the held amount). Alerts crossed go
         to `on_alert`."""
 
-    def release(self, reservation: Reservation) -> None: ...
+    def release(self, reservation: Reservation) -> None:
+        """Give the hold back without charging (the call never ran)."""
 
     def charge(self, rule: BudgetRule, scope_key: str, usd: float, now: float) -> None:
         """Spend without a reservation (a call downgraded after the budget ran out)."""
@@ -86,56 +116,62 @@ class Budgets(Protocol):
 
 
 class LocalBreakers:
+    """`Breakers` in this process: `states` holds every target that ever failed."""
+
     def __init__(self) -> None:
         self.states: dict[str, brk.BreakerState] = {}
 
     def get(self, key: str) -> brk.BreakerState | None:
+        """The state of `key`, None when it never failed."""
         return self.states.get(key)
 
     async def acquire(self, key: str, cooldown_s: float) -> bool:
+        """Claim the right to try `key` now: closed yes, open no until `cooldown_s` has
+        passed, then one half-open probe at a time."""
         state = self.states.get(key)
         if state is None:
             return True
         ok, new = brk.acquire(state, time.monotonic(), cooldown_s)
         if new is not state:
-            _log_transition(key, state, new, " (probe)")
+            log_transition(key, state, new, " (probe)")
             self.states[key] = new
         return ok
 
     def record(self, key: str, *, success: bool, threshold: int) -> None:
+        """An attempt's verdict on `key`: a success closes, `threshold` failures open."""
         state = self.states.get(key)
         if state is None and success:
             return
         state = state or brk.CLOSED
         new = brk.record(state, success=success, now=time.monotonic(), threshold=threshold)
-        _log_transition(key, state, new)
+        log_transition(key, state, new)
         self.states[key] = new
 
     def release(self, key: str) -> None:
+        """The attempt ended without a verdict: give a claimed probe back."""
         state = self.states.get(key)
         if state is not None and state.probing:
             self.states[key] = brk.release(state)
 
     def snapshot(self) -> dict[str, brk.BreakerState]:
+        """A copy of `states`."""
         return dict(self.states)
 
 
-def _log_transition(key: str, old: brk.BreakerState, new: brk.BreakerState, note: str = "") -> None:
-    if new.status is not old.status:
-        log.warning("breaker %s: %s -> %s%s", key, old.status.value, new.status.value, note)
-
-
 class LocalLatency:
+    """`Latency` in this process: one moving average per target."""
+
     def __init__(self) -> None:
         self._values: dict[str, float] = {}
         self.dirty = False
 
     def observe(self, key: str, ms: float) -> None:
-        prev = self._values.get(key)
-        self._values[key] = ms if prev is None else LATENCY_ALPHA * ms + (1 - LATENCY_ALPHA) * prev
+        """One attempt's latency to `key` (ms), folded into its moving average."""
+        self._values[key] = smoothed(self._values.get(key), ms)
         self.dirty = True
 
     def values(self) -> dict[str, float]:
+        """Smoothed latency per target key (ms)."""
         return dict(self._values)
 
 
@@ -149,23 +185,31 @@ class LocalBudgets:
     async def reserve(
         self, rule: BudgetRule, scope_key: str, amount_usd: float, now: float
     ) -> Reservation | Exceeded:
+        """Hold `amount_usd` if spent + held + it fits (`BudgetBook.reserve`)."""
         return self.book.reserve(rule, scope_key, amount_usd, now)
 
     def settle(self, reservation: Reservation, actual_usd: float | None, now: float) -> None:
+        """Close the hold, charging `actual_usd` (None: the held amount); each alert
+        crossed goes to `on_alert`."""
         for alert in self.book.settle(reservation, actual_usd, now):
             self.on_alert(alert)
 
     def release(self, reservation: Reservation) -> None:
+        """Give the hold back without charging."""
         self.book.release(reservation)
 
     def charge(self, rule: BudgetRule, scope_key: str, usd: float, now: float) -> None:
+        """Spend `usd` without a reservation in the window holding `now` (nothing for
+        zero or less)."""
         if usd > 0:
             self.book.seed(rule, scope_key, window(rule.per, now)[0], usd)
 
     async def seed(
         self, rule: BudgetRule, scope_key: str, window_start: float, spent: float
     ) -> None:
+        """Add the ledger's spend for the window starting at `window_start`."""
         self.book.seed(rule, scope_key, window_start, spent)
 
     def snapshot(self, now: float) -> list[dict[str, Any]]:
+        """The current windows (`BudgetBook.snapshot`)."""
         return self.book.snapshot(now)

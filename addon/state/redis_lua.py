@@ -1,4 +1,4 @@
-"""The Lua scripts behind `addon.redisstate`: each runs atomically in Redis, so replicas
+"""The Lua scripts behind `addon.state.redisstate`: each runs atomically in Redis, so replicas
 agree on breaker transitions, the single half-open probe and budget admission. Amounts are
 integer units of 1e-10 USD; times come from Redis `TIME` so replicas' clocks never matter.
 """
@@ -220,4 +220,4 @@ end
 return {rows, redis.call('HGETALL', KEYS[2])}
 """,
 }
-SCRIPTS = {name: _PRELUDE + body for name, body in _SOURCES.items()}
+SCRIPTS = {name: _PRELUDE + body for name, body in _SOURCES.items()}  # name -> full source
