@@ -12,9 +12,11 @@ from addon.config import loader
 from addon.proxy import budgetgate
 from addon.routing import budget
 from addon.state.memory import LocalBudgets
+from addon.store.ledger_schema import LedgerRow
 from addon.store.ledgers import LedgerReader, SqliteReader
-from addon.store.pgledger import PgLedger, PgReader
-from addon.store.sqlite_ledger import Ledger, LedgerRow
+from addon.store.pg_reader import PgReader
+from addon.store.pgledger import PgLedger
+from addon.store.sqlite_ledger import Ledger
 from tests.services import pg_server, pg_url
 
 __all__ = ["pg_server", "pg_url"]

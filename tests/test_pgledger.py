@@ -16,9 +16,11 @@ import psycopg
 import pytest
 
 from addon.store import pgledger, sqlite_ledger
+from addon.store.ledger_schema import LedgerRow
 from addon.store.ledgers import LedgerError, SqliteReader
-from addon.store.pgledger import PgLedger, PgReader
-from addon.store.sqlite_ledger import Ledger, LedgerRow
+from addon.store.pg_reader import PgReader
+from addon.store.pgledger import PgLedger
+from addon.store.sqlite_ledger import Ledger
 from tests.services import PgServer, free_port, pg_server, pg_url
 
 __all__ = ["pg_server", "pg_url"]

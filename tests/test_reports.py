@@ -11,8 +11,9 @@ import pytest
 
 from addon.errors import OrchestratorError
 from addon.store import reports
+from addon.store.ledger_schema import LedgerRow
 from addon.store.ledgers import SqliteReader
-from addon.store.sqlite_ledger import Ledger, LedgerRow
+from addon.store.sqlite_ledger import Ledger
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC).timestamp()
 

@@ -18,20 +18,22 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from addon.errors import LedgerError
 from addon.store import sqlite_ledger
-from addon.store.sqlite_ledger import LedgerRow
+from addon.store.ledger_schema import SPEND_COLUMNS, LedgerRow, row_filter
 
 if TYPE_CHECKING:
     from addon.config.loaded import Config
 
 PG_SCHEMES = ("postgresql://", "postgres://")
-SPEND_COLUMNS = ("client", "policy", "profile")
 
 
 def is_postgres(url: str) -> bool:
+    """Whether `data.ledger` names a PostgreSQL server rather than a SQLite file."""
     return url.startswith(PG_SCHEMES)
 
 
 class LedgerWriter(Protocol):
+    """What the running proxy writes through: `SqliteWriter` or `pgledger.PgLedger`."""
+
     def record(self, row: LedgerRow) -> None:
         """Queue one row; never blocks the event loop and never raises."""
 
@@ -39,52 +41,47 @@ class LedgerWriter(Protocol):
         """Wait until every row queued so far is stored (or, for PostgreSQL while it is
         down, safely spooled to disk); False on timeout."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Store what is queued and stop the writer thread; a second call does nothing."""
 
     def health(self) -> dict[str, Any]:
         """Writer-side numbers for /status: at least `kind` and `where`."""
 
 
 class LedgerReader(Protocol):
+    """What the CLI, the admin endpoint and the budget seed read through: `SqliteReader`
+    or `pg_reader.PgReader`. Every method but `stats` raises LedgerError when the store
+    cannot be read."""
+
     where: str  # the file path or the redacted URL, for messages
 
     def read_rows(
         self, *, since: float | None = None, request_id: str | None = None
-    ) -> list[dict[str, Any]]: ...
+    ) -> list[dict[str, Any]]:
+        """Rows at or after `since` (epoch seconds) and/or of one request id, oldest first,
+        as dicts keyed like the `requests` table."""
 
     def spend(self, policy: str, column: str, since: float) -> list[tuple[str, float]]:
         """`(COALESCE(column, ''), SUM(cost_usd))` of priced rows of `policy` at or after
         `since`; `column` is one of SPEND_COLUMNS."""
 
-    def prune(self, before_ts: float) -> int: ...
+    def prune(self, before_ts: float) -> int:
+        """Delete rows older than `before_ts` (epoch seconds); return how many went."""
 
     def stats(self) -> dict[str, Any]:
         """`kind`, `where`, `rows` (None when unreadable), `bytes`."""
 
-    def close(self) -> None: ...
-
-
-def row_filter(
-    since: float | None, request_id: str | None, param: str
-) -> tuple[str, dict[str, Any]]:
-    """The WHERE clause (without the keyword; "" for all rows) and its parameters for
-    `read_rows`; `param` renders a named placeholder (":{}" for SQLite, "%({})s" for
-    psycopg)."""
-    clauses: list[str] = []
-    params: dict[str, Any] = {}
-    if since is not None:
-        clauses.append(f"ts >= {param.format('since')}")
-        params["since"] = since
-    if request_id is not None:
-        clauses.append(f"id = {param.format('id')}")
-        params["id"] = request_id
-    return " AND ".join(clauses), params
+    def close(self) -> None:
+        """Release what the reader holds."""
 
 
 # --------------------------------------------------------------------------- SQLite
 
 
 class SqliteReader:
+    """Reads the SQLite ledger file, read-only except for `prune`; a missing file reads
+    as no spend and nothing to prune, but `read_rows` says how it gets created."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self.where = str(path)
@@ -104,6 +101,7 @@ class SqliteReader:
     def read_rows(
         self, *, since: float | None = None, request_id: str | None = None
     ) -> list[dict[str, Any]]:
+        """Rows at or after `since` and/or of one request id, oldest first."""
         if not self.path.exists():
             raise self._missing()
         where, params = row_filter(since, request_id, ":{}")
@@ -113,6 +111,8 @@ class SqliteReader:
             raise self._broken(e) from e
 
     def spend(self, policy: str, column: str, since: float) -> list[tuple[str, float]]:
+        """`(COALESCE(column, ''), SUM(cost_usd))` of priced rows of `policy` at or after
+        `since` (USD); [] while the file does not exist."""
         if column not in SPEND_COLUMNS:
             raise ValueError(f"spend column {column!r} is not one of {SPEND_COLUMNS}")
         if not self.path.exists():
@@ -129,6 +129,7 @@ class SqliteReader:
             raise self._broken(e) from e
 
     def prune(self, before_ts: float) -> int:
+        """Delete rows older than `before_ts`; return how many went (0 without a file)."""
         if not self.path.exists():
             return 0
         try:
@@ -141,24 +142,29 @@ class SqliteReader:
             raise self._broken(e) from e
 
     def stats(self) -> dict[str, Any]:
+        """`kind`, `where`, `path`, `rows` (None when unreadable) and `bytes` for /status."""
         return {"kind": "sqlite", "where": self.where, **sqlite_ledger.stats(self.path)}
 
     def close(self) -> None:
-        pass
+        """Nothing to release: every call opens and closes its own connection."""
 
 
 class SqliteWriter(sqlite_ledger.Ledger):
+    """The SQLite ledger's writer as a LedgerWriter (with its /status numbers)."""
+
     def health(self) -> dict[str, Any]:
-        return {"kind": "sqlite", "where": str(self.path), "queued": self._q.qsize()}
+        """`kind`, `where` and `queued` (rows waiting for the writer thread)."""
+        return {"kind": "sqlite", "where": str(self.path), "queued": self.queued()}
 
 
 # --------------------------------------------------------------------------- factories
 
 
 def open_reader(cfg: Config) -> LedgerReader:
+    """A reader for the configured store; PostgreSQL's driver loads only when it is used."""
     url = cfg.settings.data.ledger
     if is_postgres(url):
-        from addon.store.pgledger import PgReader
+        from addon.store.pg_reader import PgReader
 
         return PgReader(url)
     return SqliteReader(cfg.ledger_path)

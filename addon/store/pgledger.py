@@ -1,16 +1,18 @@
-"""The ledger in PostgreSQL (`data.ledger: postgresql://…`), shared by every replica.
+"""The ledger in PostgreSQL (`data.ledger: postgresql://…`), shared by every replica: how
+to connect to it, and its writer.
 
-`PgLedger` writes like `sqlite_ledger.Ledger`: a queue feeds one daemon thread that commits a batch
-per 50 ms burst, so the event loop never waits on the network. PostgreSQL may be down when
-the proxy starts or may restart under it; the proxy keeps serving. A batch that cannot be
-written goes to an on-disk SQLite spool (`data.spool`, the same `requests` table), and the
-thread drains the spool, oldest first, once the server answers again. Every insert is
-`ON CONFLICT (id) DO NOTHING`, so a batch retried after a commit whose acknowledgement was
-lost never doubles a row. Rows read back exactly like SQLite's: the columns in the order of
-SQLite's table (so `SELECT *` gives the same keys in the same order), JSON text, 0/1 flags.
+`PgLedger` writes on the shared writer thread (`batch_writer`): a batch per 50 ms burst, so
+the event loop never waits on the network. PostgreSQL may be down when the proxy starts or
+may restart under it; the proxy keeps serving. A batch that cannot be written goes to the
+on-disk spool (`ledger_spool`, `data.spool`), and the thread drains the spool, oldest
+first, once the server answers again. Every insert is `ON CONFLICT (id) DO NOTHING`, so a
+batch retried after a commit whose acknowledgement was lost never doubles a row. Rows read
+back (`pg_reader`) exactly like SQLite's: the columns of `ledger_schema` in table order,
+JSON text, 0/1 flags.
 
-The schema changes only through `MIGRATIONS`, recorded in `schema_migrations` and applied
-under an advisory lock so replicas starting together never race.
+Every connection, the writer's and `pg_reader`'s, takes its settings from `_connect_args`
+here: short TCP timeouts and a lock timeout. No message ever carries the password
+(`_scrub`). The schema changes only through `pg_migrations`.
 """
 
 from __future__ import annotations
@@ -18,10 +20,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import re
 import sqlite3
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,66 +29,21 @@ from typing import Any
 from urllib.parse import unquote
 
 import psycopg
-from psycopg import errors as pgerrors
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.rows import dict_row
 
 from addon.config.redact import redact
-from addon.store import sqlite_ledger
-from addon.store.ledgers import SPEND_COLUMNS, LedgerError, row_filter
-from addon.store.sqlite_ledger import _COLUMNS, LedgerRow
+from addon.errors import LedgerError
+from addon.store.batch_writer import QUEUE_MAX, BatchWriter
+from addon.store.ledger_schema import Dialect, LedgerRow, insert_sql
+from addon.store.ledger_spool import Spool
+from addon.store.pg_migrations import MIGRATIONS as MIGRATIONS  # re-exported for callers
+from addon.store.pg_migrations import migrate
 
 log = logging.getLogger("orchestrator")
 
-MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    (
-        "0001_requests",
-        (
-            """
-            CREATE TABLE requests (
-                id TEXT PRIMARY KEY,
-                ts DOUBLE PRECISION NOT NULL,
-                client TEXT,
-                host TEXT,
-                path TEXT,
-                profile TEXT,
-                profile_reason TEXT,
-                policy TEXT,
-                requested_model TEXT,
-                routed_model TEXT,
-                provider TEXT,
-                attempts INTEGER NOT NULL DEFAULT 0,
-                attempt_log TEXT,
-                status INTEGER,
-                outcome TEXT NOT NULL,
-                stream INTEGER NOT NULL DEFAULT 0,
-                prompt_tokens BIGINT,
-                completion_tokens BIGINT,
-                cached_tokens BIGINT,
-                reasoning_tokens BIGINT,
-                cost_usd DOUBLE PRECISION,
-                unpriced INTEGER NOT NULL DEFAULT 0,
-                requested_cost_usd DOUBLE PRECISION,
-                ttft_ms DOUBLE PRECISION,
-                latency_ms DOUBLE PRECISION,
-                reasons TEXT,
-                error TEXT,
-                prompt_sha256 TEXT,
-                prompt TEXT,
-                completion TEXT
-            )
-            """,
-            "CREATE INDEX requests_ts ON requests (ts)",
-            "CREATE INDEX requests_policy_ts ON requests (policy, ts)",
-        ),
-    ),
-)
-
-MIGRATION_LOCK = 0x6F7263682D6C6467  # any constant shared by every replica ("orch-ldg")
 RETRY_FIRST_S = 0.2
 RETRY_MAX_S = 5.0
 SPOOL_CHUNK = 2000
-QUEUE_MAX = 100_000
 # short timeouts and TCP keepalives: a dead or unreachable server must never wedge the writer
 CONNECT_DEFAULTS: dict[str, Any] = {
     "connect_timeout": 3,
@@ -105,16 +60,7 @@ CONNECT_DEFAULTS: dict[str, Any] = {
 # lock_timeout wins.
 LOCK_TIMEOUT_MS = 10_000
 
-_PG_INSERT = (
-    f"INSERT INTO requests ({', '.join(_COLUMNS)}) "
-    f"VALUES ({', '.join('%s' for _ in _COLUMNS)}) ON CONFLICT (id) DO NOTHING"
-)
-_SPOOL_INSERT = (
-    f"INSERT OR IGNORE INTO requests ({', '.join(_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
-)
-_SPOOL_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM requests ORDER BY ts LIMIT ?"
-
+_PG_INSERT = insert_sql(Dialect.POSTGRESQL)
 
 _redact = redact
 
@@ -157,27 +103,6 @@ def _connect_args(url: str) -> dict[str, Any]:
     return args
 
 
-def migrate(conn: psycopg.Connection[Any]) -> list[str]:
-    """Apply pending migrations in one transaction; return the names applied. Safe to run
-    again, and from several replicas at once (they queue on the advisory lock)."""
-    applied = []
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations "
-            "(name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
-        )
-        done = {r[0] for r in conn.execute("SELECT name FROM schema_migrations")}
-        for name, statements in MIGRATIONS:
-            if name in done:
-                continue
-            for stmt in statements:
-                conn.execute(stmt)
-            conn.execute("INSERT INTO schema_migrations VALUES (%s, %s)", (name, time.time()))
-            applied.append(name)
-    return applied
-
-
 def _rejects_row(e: psycopg.Error, conn: psycopg.Connection[Any]) -> bool:
     """The values were refused (out of range, not adaptable), not the connection or the
     server: sending the same row again would fail forever, so it must not stay spooled."""
@@ -193,11 +118,13 @@ def _pg_values(row: Sequence[Any]) -> tuple[Any, ...]:
     return tuple(v.replace("\x00", "\ufffd") if isinstance(v, str) else v for v in row)
 
 
-class PgLedger:
-    """Queue-fed PostgreSQL writer with an on-disk spool for outages; see the module doc.
+class PgLedger(BatchWriter):
+    """The PostgreSQL writer, with an on-disk spool for outages; see the module doc.
 
     Nothing here blocks on or raises from the network in the caller's thread: connecting,
-    migrating, spooling, draining and the daily prune all run on the writer thread.
+    migrating, spooling, draining and the daily prune all run on the writer thread. Only a
+    malformed URL raises (LedgerError), at once. The spool holds at most `spool_max_rows`;
+    rows beyond it are dropped and counted.
     """
 
     def __init__(
@@ -211,114 +138,72 @@ class PgLedger:
         self._url = url
         self.where = _redact(url)
         self.spool_path = spool_path
-        self.retention_days = retention_days
         self.spool_max_rows = spool_max_rows
         self.last_error: str | None = None
-        self.last_pruned = 0
-        self._q: queue.Queue[LedgerRow | None] = queue.Queue(maxsize=QUEUE_MAX)
-        self._cond = threading.Condition()
-        self._enqueue_lock = threading.Lock()
-        self._enqueued = 0  # rows accepted by record()
-        self._handled = 0  # rows committed to PostgreSQL, committed to the spool, or dropped
-        self._spooled = 0
+        super().__init__(thread_name="pgledger-writer", retention_days=retention_days,
+                         close_timeout_s=30.0)  # fmt: skip
+        self._spooled = 0  # rows in the spool file, as last counted
         self._dropped = 0
         self._conn: psycopg.Connection[Any] | None = None
-        self._spool: sqlite3.Connection | None = None
+        self._spool = Spool(spool_path)
         self._up: bool | None = None  # None until the first attempt; logs only on change
         self._retry_at = 0.0
         self._backoff = RETRY_FIRST_S
-        self._next_prune = 0.0
-        self._closed = False
-        self._queue_full_logged = False
         self._spool_full = False
-        self._thread = threading.Thread(target=self._run, name="pgledger-writer", daemon=True)
-        self._thread.start()
+        self._start()
 
     # ------------------------------------------------------------------ caller side
 
-    def record(self, row: LedgerRow) -> None:
-        with self._enqueue_lock:
-            try:
-                self._q.put_nowait(row)
-            except queue.Full:
-                self._drop_counted(1)
-                if not self._queue_full_logged:
-                    self._queue_full_logged = True
-                    log.error("ledger queue full (%d rows); dropping rows, %s first, until "
-                              "the writer catches up — is %s hanging?", QUEUE_MAX, row.id,
-                              self.where)  # fmt: skip
-                return
-            self._enqueued += 1
-
-    def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until every row queued so far is in PostgreSQL or in the spool."""
-        target = self._enqueued
-        with self._cond:
-            return self._cond.wait_for(lambda: self._handled >= target, timeout)
-
     def drain(self, timeout: float = 30.0) -> bool:
-        """Wait until every row queued so far, and the whole spool, is in PostgreSQL."""
-        target = self._enqueued
-        with self._cond:
-            return self._cond.wait_for(
-                lambda: self._handled >= target and self._spooled == 0, timeout
-            )
-
-    def close(self) -> None:
-        """Store what is queued (in PostgreSQL, or the spool while it is down) and stop."""
-        if self._closed:
-            return
-        self._closed = True
-        self._q.put(None)
-        self._thread.join(timeout=30)
-        if self._thread.is_alive():
-            log.error("ledger writer for %s did not stop within 30s; %d rows still queued",
-                      self.where, self._q.qsize())  # fmt: skip
+        """Wait until every row queued so far, and the whole spool, is in PostgreSQL;
+        False after `timeout` seconds."""
+        return self._wait_handled(timeout, lambda: self._spooled == 0)
 
     def health(self) -> dict[str, Any]:
+        """Writer-side numbers for /status: `kind`, `where` (redacted), `connected`,
+        `queued`, `spooled`, `dropped` (rows lost in all) and `last_error` (scrubbed)."""
         return {
             "kind": "postgresql",
             "where": self.where,
             "connected": self._conn is not None,
-            "queued": self._q.qsize(),
+            "queued": self.queued(),
             "spooled": self._spooled,
             "dropped": self._dropped,
             "last_error": self.last_error,
         }
 
+    def _queue_overflow(self, row: LedgerRow, first: bool) -> None:
+        self._drop_counted(1)
+        if first:
+            log.error("ledger queue full (%d rows); dropping rows, %s first, until "
+                      "the writer catches up — is %s hanging?", QUEUE_MAX, row.id,
+                      self.where)  # fmt: skip
+
     # ------------------------------------------------------------------ writer thread
 
-    def _run(self) -> None:
-        try:
-            if self.spool_path.exists():  # left over from a previous run: drain it
-                try:
-                    self._open_spool()
-                except (sqlite3.Error, OSError) as e:
-                    log.warning("ledger: cannot open the spool %s left by an earlier run: %s "
-                              "— move it aside; its rows are not sent", self.spool_path, e)  # fmt: skip
-            while True:
-                try:
-                    self._upkeep()
-                except Exception as e:  # the writer must outlive any surprise
-                    self._unexpected(e)
-                    self._lost(e)
-                rows, stop = self._take(self._wait_s())
-                if rows:
-                    self._store(rows)
-                if stop:
-                    return
-        finally:
-            self._disconnect()
-            if self._spool is not None:
-                self._spool.close()
+    def _begin(self) -> None:
+        if self.spool_path.exists():  # left over from a previous run: drain it
+            try:
+                self._open_spool()
+            except (sqlite3.Error, OSError) as e:
+                log.warning("ledger: cannot open the spool %s left by an earlier run: %s "
+                            "— move it aside; its rows are not sent", self.spool_path, e)  # fmt: skip
+
+    def _end(self) -> None:
+        self._disconnect()
+        self._spool.close()
 
     def _upkeep(self) -> None:
-        if self._conn is None and time.monotonic() >= self._retry_at:
-            self._connect()
-        if self._conn is not None:
-            self._maybe_prune()
-        if self._conn is not None and self._spooled:
-            self._drain_spool_chunk()
+        try:
+            if self._conn is None and time.monotonic() >= self._retry_at:
+                self._connect()
+            if self._conn is not None:
+                self._maybe_prune()
+            if self._conn is not None and self._spooled:
+                self._drain_spool_chunk()
+        except Exception as e:  # the writer must outlive any surprise
+            self._unexpected(e)
+            self._lost(e)
 
     def _unexpected(self, e: Exception) -> None:
         log.error("ledger writer: unexpected %s: %s", type(e).__name__, _scrub(e, self._url))
@@ -328,24 +213,6 @@ class PgLedger:
         if self._conn is None:
             return max(0.0, self._retry_at - time.monotonic())
         return 0.0 if self._spooled else 60.0
-
-    def _take(self, timeout: float) -> tuple[list[LedgerRow], bool]:
-        """One batch: the first row within `timeout`, then whatever follows within 50 ms."""
-        try:
-            item = self._q.get(timeout=timeout) if timeout > 0 else self._q.get_nowait()
-        except queue.Empty:
-            return [], False
-        self._queue_full_logged = False
-        batch = [item]
-        until = time.monotonic() + sqlite_ledger.BATCH_WINDOW_S
-        while len(batch) < sqlite_ledger.BATCH_MAX and item is not None:
-            left = until - time.monotonic()
-            try:
-                item = self._q.get(timeout=left) if left > 0 else self._q.get_nowait()
-            except queue.Empty:
-                break
-            batch.append(item)
-        return [r for r in batch if r is not None], None in batch
 
     def _store(self, rows: list[LedgerRow]) -> None:
         values = []
@@ -366,10 +233,6 @@ class PgLedger:
         except Exception as e:  # the writer must outlive any surprise; say what was lost
             self._unexpected(e)
             self._drop(len(values), f"unexpected {type(e).__name__}")
-        finally:
-            with self._cond:
-                self._handled += len(rows)
-                self._cond.notify_all()
 
     def _insert(self, values: Sequence[Sequence[Any]]) -> None:
         """Commit `values` to PostgreSQL; a row the server rejects on its own merits is
@@ -439,37 +302,26 @@ class PgLedger:
                 conn.close()
 
     def _maybe_prune(self) -> None:
-        now = time.time()
-        if now < self._next_prune or self._conn is None:
+        if self._conn is None:
             return
-        self._next_prune = now + sqlite_ledger.PRUNE_EVERY_S
+        cutoff = self._prune_cutoff()
+        if cutoff is None:
+            return
         try:
-            cur = self._conn.execute(
-                "DELETE FROM requests WHERE ts < %s", (now - self.retention_days * 86400,)
-            )
+            cur = self._conn.execute("DELETE FROM requests WHERE ts < %s", (cutoff,))
         except psycopg.Error as e:
             if self._conn.broken:
                 self._lost(e)
             else:
                 log.error("ledger prune failed on %s: %s", self.where, _scrub(e, self._url))
             return
-        self.last_pruned = cur.rowcount
-        if self.last_pruned:
-            log.info("ledger: pruned %d rows older than %d days", self.last_pruned,
-                     self.retention_days)  # fmt: skip
+        self._pruned(cur.rowcount)
 
     # ------------------------------------------------------------------ spool
 
-    def _open_spool(self) -> sqlite3.Connection:
-        if self._spool is None:
-            conn = sqlite_ledger.connect(self.spool_path)
-            try:
-                sqlite_ledger.migrate(conn)
-                count = conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
-            except sqlite3.Error:
-                conn.close()
-                raise
-            self._spool = conn
+    def _open_spool(self) -> Spool:
+        count = self._spool.open()
+        if count is not None:
             with self._cond:
                 self._spooled = count
             if count:
@@ -491,9 +343,7 @@ class PgLedger:
         if not keep:
             return
         try:
-            spool = self._open_spool()
-            with spool:
-                added = spool.executemany(_SPOOL_INSERT, keep).rowcount
+            added = self._open_spool().add(keep)
         except sqlite3.Error as e:
             self._drop(len(keep), f"cannot write the spool {self.spool_path}: {e}")
             return
@@ -505,7 +355,7 @@ class PgLedger:
         so a crash in between only means a harmless resend."""
         try:
             spool = self._open_spool()
-            values = spool.execute(_SPOOL_SELECT, (SPOOL_CHUNK,)).fetchall()
+            values = spool.oldest(SPOOL_CHUNK)
         except sqlite3.Error as e:
             log.error("ledger: cannot read the spool %s: %s", self.spool_path, e)
             self._spooled = 0  # stop retrying a broken file every loop; rows stay on disk
@@ -517,10 +367,7 @@ class PgLedger:
                 self._lost(e)
                 return
             try:
-                with spool:
-                    spool.executemany("DELETE FROM requests WHERE id = ?",
-                                      [(v[0],) for v in values])  # fmt: skip
-                left = spool.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+                left = spool.remove([v[0] for v in values])
             except sqlite3.Error as e:
                 log.error("ledger: cannot update the spool %s: %s", self.spool_path, e)
                 left = 0
@@ -544,99 +391,3 @@ class PgLedger:
     def _drop_counted(self, n: int) -> None:
         with self._cond:
             self._dropped += n
-
-
-class PgReader:
-    """Reads the PostgreSQL ledger for `costs`, `explain`, `prune`, the admin endpoint and
-    the budget seed: one short connection per call, so it is safe from any thread and
-    never holds a dead connection after a server restart."""
-
-    def __init__(self, url: str) -> None:
-        self._url = url
-        self.where = _redact(url)
-
-    def _connect(self) -> psycopg.Connection[dict[str, Any]]:
-        try:
-            return psycopg.connect(
-                self._url, autocommit=True, row_factory=dict_row, **_connect_args(self._url)
-            )
-        except psycopg.Error as e:
-            raise LedgerError(
-                f"cannot reach the PostgreSQL ledger {self.where}: {_scrub(e, self._url)} "
-                "— is the server up and `data.ledger` in orchestrator.yaml right?"
-            ) from None
-
-    def _missing(self) -> LedgerError:
-        return LedgerError(
-            f"the PostgreSQL ledger {self.where} has no requests yet — its table is created "
-            "when the proxy first starts (`orchestrator run`) with this `data.ledger`"
-        )
-
-    def _broken(self, e: psycopg.Error) -> LedgerError:
-        if isinstance(e, pgerrors.LockNotAvailable):
-            return LedgerError(
-                f"cannot read the PostgreSQL ledger {self.where}: another session holds a lock "
-                f"on its `requests` table ({_scrub(e, self._url)}) — retry once it is released; "
-                "pg_locks and pg_stat_activity on the server show who holds it"
-            )
-        return LedgerError(
-            f"cannot read the PostgreSQL ledger {self.where}: {_scrub(e, self._url)} "
-            "— is it an orchestrator ledger? Start the proxy once to create or migrate it"
-        )
-
-    def read_rows(
-        self, *, since: float | None = None, request_id: str | None = None
-    ) -> list[dict[str, Any]]:
-        clauses, params = row_filter(since, request_id, "%({})s")
-        where = f" WHERE {clauses}" if clauses else ""
-        with self._connect() as conn:
-            try:
-                return conn.execute(
-                    f"SELECT * FROM requests{where} ORDER BY ts",
-                    params,
-                ).fetchall()
-            except pgerrors.UndefinedTable:
-                raise self._missing() from None
-            except psycopg.Error as e:
-                raise self._broken(e) from None
-
-    def spend(self, policy: str, column: str, since: float) -> list[tuple[str, float]]:
-        if column not in SPEND_COLUMNS:
-            raise ValueError(f"spend column {column!r} is not one of {SPEND_COLUMNS}")
-        q = (f"SELECT COALESCE({column}, '') AS k, SUM(cost_usd) AS v FROM requests "
-             "WHERE policy = %s AND ts >= %s AND cost_usd IS NOT NULL GROUP BY 1")  # fmt: skip
-        with self._connect() as conn:
-            try:
-                rows = conn.execute(q, (policy, since)).fetchall()
-            except pgerrors.UndefinedTable:
-                return []
-            except psycopg.Error as e:
-                raise self._broken(e) from None
-        return [(r["k"], float(r["v"])) for r in rows if r["v"]]
-
-    def prune(self, before_ts: float) -> int:
-        with self._connect() as conn:
-            try:
-                return conn.execute("DELETE FROM requests WHERE ts < %s", (before_ts,)).rowcount
-            except pgerrors.UndefinedTable:
-                return 0
-            except psycopg.Error as e:
-                raise self._broken(e) from None
-
-    def stats(self) -> dict[str, Any]:
-        rows = size = None
-        try:
-            with self._connect() as conn:
-                found = conn.execute(
-                    "SELECT pg_total_relation_size(to_regclass('requests')) AS b"
-                ).fetchone()
-                size = found["b"] if found else None
-                if size is not None:
-                    count = conn.execute("SELECT COUNT(*) AS n FROM requests").fetchone()
-                    rows = count["n"] if count else None
-        except (LedgerError, psycopg.Error):
-            pass  # the status page shows rows: None; the writer's health says why
-        return {"kind": "postgresql", "where": self.where, "rows": rows, "bytes": size}
-
-    def close(self) -> None:
-        pass

@@ -1,6 +1,6 @@
 """Cost reports over ledger rows: grouping, percentiles, spend over time, and renderers.
 
-Everything here is a pure function of rows (mappings shaped like `addon.ledger.read_rows`
+Everything here is a pure function of rows (mappings shaped like `LedgerReader.read_rows`
 returns them) except `load`. An unknown price is never money: a row with tokens but no
 cost is counted as *unpriced* and left out of spend, never added as zero.
 """
@@ -107,10 +107,13 @@ def is_unpriced(row: Row) -> bool:
 
 
 def is_routed(row: Row) -> bool:
+    """The router picked a target and at least one attempt was made (not `unrouted`)."""
     return row.get("outcome") != "unrouted" and (row.get("attempts") or 0) >= 1
 
 
 def group_key(row: Row, by: str) -> str:
+    """The row's value for the grouping `by` (`model` is the routed model, else the one
+    requested); NO_KEY when it has none."""
     model = row.get("routed_model") or row.get("requested_model")
     value = model if by == "model" else row.get(by)
     return str(value) if value not in (None, "") else NO_KEY
@@ -159,6 +162,7 @@ def _summarize(key: str, rows: Sequence[Row]) -> CostGroup:
 
 
 def totals(rows: Iterable[Row]) -> CostGroup:
+    """One CostGroup over every row, keyed TOTAL_KEY."""
     return _summarize(TOTAL_KEY, list(rows))
 
 
@@ -310,6 +314,7 @@ def _dollars(value: float) -> str:
 
 
 def utc_iso(ts: float) -> str:
+    """Epoch seconds as `YYYY-MM-DDTHH:MM:SSZ` (UTC, whole seconds)."""
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
