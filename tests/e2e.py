@@ -3,10 +3,11 @@ helpers. Test modules import the fixtures they use (`from tests.e2e import ups, 
 
 from __future__ import annotations
 
+import re
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import openai
@@ -19,6 +20,9 @@ CLIENT_KEY = "sk-client-secret-0123456789"
 KEY_ALPHA = "sk-alpha-provider-key-AAAA"
 KEY_BETA = "sk-beta-provider-key-BBBB"
 FIRST_TOKEN_MS = 1500
+STALL_MS = 3000
+# the per-request line the proxy logs at debug level, after the row is queued (dispatch.record)
+REQUEST_LINE = re.compile(r"\b(orq-[0-9a-f]+) \S+ \S+ -> \S+ status=")
 
 
 def _free_port() -> int:
@@ -89,6 +93,7 @@ def _models() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def ups() -> Iterator[dict[str, FakeUpstream]]:
+    """One loopback fake per provider name (plus `orig` and `outside`), for the module."""
     names = ("alpha", "beta", "gamma", "delta", "orig", "outside")
     fakes = {n: FakeUpstream(n, content=f"Hello from {n}").start() for n in names}
     yield fakes
@@ -98,6 +103,7 @@ def ups() -> Iterator[dict[str, FakeUpstream]]:
 
 @pytest.fixture(autouse=True)
 def _clean(ups: dict[str, FakeUpstream]) -> None:
+    """Before each test: forget every fake's requests and faults, stream at full speed."""
     for f in ups.values():
         f.clear()
         f.event_gap = 0.0
@@ -146,7 +152,7 @@ def _config(ups: dict[str, FakeUpstream], mode: str = "regular") -> dict[str, An
             "max_attempts": 4,
             "connect_timeout_ms": 1000,
             "first_token_timeout_ms": FIRST_TOKEN_MS,
-            "stall_timeout_ms": 3000,
+            "stall_timeout_ms": STALL_MS,
             "breaker": {"failures": 50, "cooldown_s": 60},
         },
         "log_level": "debug",
@@ -207,6 +213,7 @@ ENV = {"ORQ_TEST_KEY_ALPHA": KEY_ALPHA, "ORQ_TEST_KEY_BETA": KEY_BETA}
 def proxy(
     ups: dict[str, FakeUpstream], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ProxyProcess]:
+    """One proxy on the shared config, for the module."""
     p = ProxyProcess(tmp_path_factory.mktemp("proxy"), _config(ups), RULES, ENV).start()
     yield p
     p.stop()
@@ -214,6 +221,7 @@ def proxy(
 
 @pytest.fixture
 def client(proxy: ProxyProcess, monkeypatch: pytest.MonkeyPatch) -> Iterator[openai.OpenAI]:
+    """The openai SDK aimed at api.openai.com through the proxy (HTTPS_PROXY, its CA)."""
     for k, v in proxy.client_env().items():
         monkeypatch.setenv(k, v)
     c = openai.OpenAI(api_key=CLIENT_KEY, base_url="https://api.openai.com/v1", max_retries=0)
@@ -222,6 +230,8 @@ def client(proxy: ProxyProcess, monkeypatch: pytest.MonkeyPatch) -> Iterator[ope
 
 
 def ledger_row(proxy: ProxyProcess, request_id: str, timeout: float = 5.0) -> dict[str, Any]:
+    """The ledger row of `request_id`, polled until the writer has committed it; fails
+    after `timeout` seconds, so a caller holding a row knows the row exists."""
     deadline = time.monotonic() + timeout
     while True:
         if proxy.ledger_path.exists():
@@ -240,7 +250,27 @@ def ledger_row(proxy: ProxyProcess, request_id: str, timeout: float = 5.0) -> di
         time.sleep(0.05)
 
 
+def wait_for_request_lines(
+    proxy: ProxyProcess, request_ids: Iterable[str], timeout: float = 10.0
+) -> None:
+    """Block until the captured log holds the per-request debug line of every id in
+    `request_ids` (needs `log_level: debug`, as the shared config has). The proxy writes that
+    line last for a request, after its ledger row is queued and its budget settled: once it
+    is captured, so is everything the proxy logged about the request, and a check that
+    something is absent from the log inspects a log that is there."""
+    want = set(request_ids)
+    deadline = time.monotonic() + timeout
+    while True:
+        missing = want - set(REQUEST_LINE.findall(proxy.log()))
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no log line for {sorted(missing)[:5]}\n{proxy.log()[-3000:]}")
+        time.sleep(0.05)
+
+
 def all_ledger_rows(proxy: ProxyProcess) -> list[dict[str, Any]]:
+    """Every ledger row committed so far, read once: wait for the rows you need first."""
     conn = sqlite3.connect(f"file:{proxy.ledger_path}?mode=ro", uri=True)
     conn.row_factory = sqlite3.Row
     try:
@@ -250,6 +280,7 @@ def all_ledger_rows(proxy: ProxyProcess) -> list[dict[str, Any]]:
 
 
 def chat(client: openai.OpenAI, model: str = "gpt-4o", **kw: Any) -> Any:
+    """A one-message chat completion; the raw response, so headers can be read."""
     return client.chat.completions.with_raw_response.create(
         model=model, messages=[{"role": "user", "content": "Say hi"}], **kw
     )

@@ -22,7 +22,11 @@ ADMIN_RE = re.compile(r"admin endpoint: http://[^:]+:(\d+)/")
 
 
 class ProxyProcess:
-    """`orchestrator run -c CONFIG --port 0`, its log captured; `port` parsed from the log."""
+    """`orchestrator run -c CONFIG --port 0`, its log captured; `port` parsed from the log.
+
+    A config with `log_level: debug` also gets `--set termlog_verbosity=debug`: mitmproxy's
+    terminal log shows info and up by default, so without it the router's debug lines (one
+    per request) would never reach the captured log that tests inspect."""
 
     def __init__(
         self,
@@ -36,6 +40,7 @@ class ProxyProcess:
         self.confdir = workdir / "certs"
         (workdir / "rules").mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+        self.debug = config.get("log_level") == "debug"
         for name, data in rules.items():
             (workdir / "rules" / name).write_text(yaml.safe_dump(data, sort_keys=False))
         self.env = {**os.environ, **(env or {})}
@@ -48,21 +53,28 @@ class ProxyProcess:
 
     @property
     def url(self) -> str:
+        """The proxy's own address (valid once started)."""
         return f"http://127.0.0.1:{self.port}"
 
     @property
     def ca_cert(self) -> Path:
+        """The proxy's CA certificate alone."""
         return self.confdir / "mitmproxy-ca-cert.pem"
 
     @property
     def ca_bundle(self) -> Path:
+        """System roots plus the proxy's CA: what SSL_CERT_FILE should name."""
         return self.confdir / "orchestrator-ca-bundle.pem"
 
     @property
     def ledger_path(self) -> Path:
+        """The SQLite ledger the shared test config writes."""
         return self.workdir / "data" / "ledger.db"
 
     def start(self, timeout: float = 30.0, *, mitmdump: bool = False) -> ProxyProcess:
+        """Start the process and wait (up to `timeout` s) until it listens and has printed its
+        banner; `mitmdump` loads the addon into plain mitmdump instead."""
+        verbosity = ["--set", "termlog_verbosity=debug"] if self.debug else []
         if mitmdump:  # the addon loaded straight into mitmproxy, no `orchestrator run`
             cmd = [
                 str(ORCHESTRATOR.with_name("mitmdump")),
@@ -76,6 +88,7 @@ class ProxyProcess:
                 f"orchestrator_config={self.config_path}",
                 "--set",
                 f"confdir={self.confdir}",
+                *verbosity,
             ]
         else:
             cmd = [
@@ -87,6 +100,7 @@ class ProxyProcess:
                 "0",
                 "--confdir",
                 str(self.confdir),
+                *verbosity,
             ]
         self.proc = subprocess.Popen(
             cmd,
@@ -110,6 +124,7 @@ class ProxyProcess:
         return self
 
     def admin_url(self, timeout: float = 10.0) -> str:
+        """The admin endpoint's base URL, waiting for its log line."""
         m = ADMIN_RE.search(self.wait_for_log(ADMIN_RE, timeout))
         assert m is not None
         return f"http://127.0.0.1:{m.group(1)}"
@@ -124,6 +139,8 @@ class ProxyProcess:
             self._cond.notify_all()
 
     def wait_for_log(self, pattern: re.Pattern[str], timeout: float = 10.0) -> str:
+        """The first captured line matching `pattern`, waiting up to `timeout` s for it;
+        TimeoutError (with the log) if none comes, RuntimeError if the process exits."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
@@ -138,6 +155,7 @@ class ProxyProcess:
                 self._cond.wait(left)
 
     def log(self) -> str:
+        """Everything captured so far (complete only once the process has stopped)."""
         with self._cond:
             return "\n".join(self.lines)
 
@@ -151,6 +169,7 @@ class ProxyProcess:
         }
 
     def stop(self) -> None:
+        """SIGINT and wait (kill after 10 s); the log is complete afterwards."""
         if self.proc is None:
             return
         if self.proc.poll() is None:
@@ -163,6 +182,7 @@ class ProxyProcess:
         self._close_pipe()
 
     def kill9(self) -> None:
+        """SIGKILL: no shutdown hooks run."""
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait(timeout=5)

@@ -46,6 +46,8 @@ def fleet_rules() -> dict[str, Any]:
 
 
 class Fleet:
+    """Two replicas sharing one PostgreSQL ledger and one Redis, a client for each."""
+
     def __init__(self, replicas: list[ProxyProcess], pg_url: str, redis_url: str) -> None:
         self.replicas = replicas
         self.pg_url = pg_url
@@ -57,24 +59,29 @@ class Fleet:
         ]  # fmt: skip
 
     def post(self, i: int, headers: dict[str, str] | None = None, **body: Any) -> httpx.Response:
+        """A chat completion through replica `i`."""
         payload = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello, fleet"}],
                    **body}  # fmt: skip
         return self.clients[i].post("https://api.openai.com/v1/chat/completions", json=payload,
                                     headers=headers or {})  # fmt: skip
 
     def status(self, i: int) -> dict[str, Any]:
+        """Replica `i`'s admin /status."""
         r = httpx.get(f"{self.replicas[i].admin_url()}/status", timeout=10)
         return dict(r.json())
 
     def breaker(self, i: int, target: str) -> str:
+        """The breaker state replica `i` reports for `target` ("closed" when it lists none)."""
         return next((b["state"] for b in self.status(i)["breakers"] if b["target"] == target),
                     "closed")  # fmt: skip
 
     def pg_rows(self, where: str = "TRUE", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        """Ledger rows in PostgreSQL matching `where`, read once."""
         with psycopg.connect(self.pg_url, row_factory=psycopg.rows.dict_row) as c:
             return list(c.execute(f"SELECT * FROM requests WHERE {where}", params).fetchall())
 
     def wait_for_rows(self, ids: set[str], timeout: float = 30.0) -> list[dict[str, Any]]:
+        """The rows of `ids`, polled until all are in PostgreSQL; fails after `timeout` s."""
         deadline = time.monotonic() + timeout
         while True:
             rows = self.pg_rows("id = ANY(%s)", (list(ids),))
@@ -86,6 +93,7 @@ class Fleet:
             time.sleep(0.05)
 
     def close(self) -> None:
+        """Close the clients (the replicas are the fixture's)."""
         for c in self.clients:
             c.close()
 
@@ -144,9 +152,12 @@ def test_a_provider_failing_on_replica_1_is_avoided_by_replica_2(
             assert r.status_code == 200 and r.headers["x-orchestrator-provider"] == "beta"
         tripped = time.monotonic()
         assert len(alpha.requests()) == 3
-        seen = [_poll(lambda i=i: fleet.breaker(i, target) == "open", 1.0, f"replica {i}")
+        # the bound is the point: README promises a breaker change is seen fleet-wide within
+        # about 250 ms (each replica's mirror refreshes that often); 2 s, eight refreshes,
+        # leaves room for the /status round trips on a loaded machine
+        seen = [_poll(lambda i=i: fleet.breaker(i, target) == "open", 2.0, f"replica {i}")
                 for i in (0, 1)]  # fmt: skip
-        assert max(seen) < 1.0
+        assert max(seen) < 2.0
         # both replicas now skip alpha without trying it
         for i in (1, 0, 1):
             assert fleet.post(i, QUALITY).headers["x-orchestrator-provider"] == "beta"
@@ -163,10 +174,11 @@ def test_a_provider_failing_on_replica_1_is_avoided_by_replica_2(
             ))  # fmt: skip
         assert answered.count("alpha") == 1, answered  # exactly one probe in the fleet
         assert len(alpha.requests()) == 4
-        # the probe succeeded on one replica: the other sees the breaker closed within 1 s
-        closed = [_poll(lambda i=i: fleet.breaker(i, target) == "closed", 1.0, f"replica {i}")
+        # the probe succeeded on one replica: the other sees the breaker closed promptly
+        # (the bound is the point, with the same margin as above)
+        closed = [_poll(lambda i=i: fleet.breaker(i, target) == "closed", 2.0, f"replica {i}")
                   for i in (0, 1)]  # fmt: skip
-        assert max(closed) < 1.0
+        assert max(closed) < 2.0
         alpha.always(None)
         assert {fleet.post(i, QUALITY).headers["x-orchestrator-provider"] for i in (0, 1)} == {
             "alpha"

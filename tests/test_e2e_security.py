@@ -30,6 +30,7 @@ from tests.e2e import (
     all_ledger_rows,
     ledger_row,
     ups,
+    wait_for_request_lines,
 )
 from tests.fakeupstream import Delay, FakeUpstream, Status
 from tests.proxyproc import ORCHESTRATOR, ProxyProcess
@@ -108,6 +109,8 @@ def test_openai_sdk_with_client_key_and_key_isolation(
     assert raw.headers["x-orchestrator-attempts"] == "2"  # alpha failed, a fallback answered
     row = ledger_row(sec, raw.headers["x-orchestrator-request-id"])
     assert row["client"] == "team-a"
+    # both attempts reached an upstream: the checks below inspect what was really sent
+    assert ups["alpha"].requests() and ups[raw.headers["x-orchestrator-provider"]].requests()
     seen = everything_seen(ups)
     for secret in (ROUTER_KEY, CLIENT_KEY):  # neither the router key nor the app's key
         assert secret not in seen
@@ -155,6 +158,12 @@ def test_debug_logs_ledger_and_responses_hold_no_key_material(sec: ProxyProcess)
     with client(sec) as c:
         r1 = c.post(URL, json={"model": "gpt-4o", "messages": []}, headers=QUALITY)
         r2 = c.post(URL, json={"model": "route-me", "messages": []})
+    # the rows and log lines of both requests are written after the responses: wait until
+    # they are there, or the checks below would pass on a ledger and log without them
+    rids = [r.headers["x-orchestrator-request-id"] for r in (r1, r2)]
+    for rid in rids:
+        assert ledger_row(sec, rid)["id"] == rid
+    wait_for_request_lines(sec, rids)
     blob = sec.log() + json.dumps(all_ledger_rows(sec)) + r1.text + r2.text + str(r1.headers)
     for secret in (ROUTER_KEY, CLIENT_KEY, KEY_ALPHA, KEY_BETA):
         assert secret not in blob
@@ -263,6 +272,7 @@ def test_prompts_stored_only_when_opted_in(sec: ProxyProcess, ups: dict[str, Fak
                        headers={"Authorization": f"Bearer {CLIENT_KEY}"})  # fmt: skip
         row = ledger_row(p, r.headers["x-orchestrator-request-id"])
         assert (row["prompt"], row["completion"], row["prompt_sha256"]) == (None, None, None)
+        wait_for_request_lines(p, [row["id"]])  # the log holds this request's lines
         assert "tell me" not in p.log() and "Hello from" not in p.log()
     finally:
         p.stop()

@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -456,10 +457,17 @@ def test_sigterm_stops_the_loop_cleanly(tmp_path: Path, server: SourceServer) ->
     ) as proc:  # fmt: skip
         assert proc.stdout is not None
         lines = []
-        while not any(line.startswith("wrote ") for line in lines):  # the first rebuild is done
-            line = proc.stdout.readline()
-            assert line, proc.communicate()
-            lines.append(line)
+        # a bounded wait: a sidecar that never finishes its first rebuild is killed after
+        # 60 s, which ends the read below with an empty line and fails the test
+        watchdog = threading.Timer(60, proc.kill)
+        watchdog.start()
+        try:
+            while not any(line.startswith("wrote ") for line in lines):  # first rebuild done
+                line = proc.stdout.readline()
+                assert line, proc.communicate()
+                lines.append(line)
+        finally:
+            watchdog.cancel()
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
