@@ -15,7 +15,8 @@ import click
 from addon.config import loader
 from addon.config.loaded import Config
 from addon.errors import ConfigError, OrchestratorError
-from addon.proxy import ca, dispatch
+from addon.proxy import ca, statuspage
+from addon.proxy.view import build_view, environ
 from addon.refresh.sources.schema import load_sources
 from addon.routing import classify, decide, ranking
 from addon.routing.scoring import Scored, effective_weights
@@ -24,15 +25,43 @@ from addon.store import ledgers, reports
 DEFAULT_CONFIG = "orchestrator.yaml"
 
 
+class Failed(click.ClickException):
+    """A command failed; the message says what happened and what to do. Exit 1: not found."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+class Invalid(Failed):
+    """Invalid input: the configuration, an option's value, or a store that cannot be read."""
+
+    exit_code = 2
+
+
+class NoProxy(Failed):
+    """No running proxy answered at the admin endpoint."""
+
+    exit_code = 3
+
+
+class _Commands(click.Group):
+    """The command group: any OrchestratorError a command lets through is reported as a
+    `Failed` (its message already names the file, value and remedy), never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as e:
+            raise Invalid(f"invalid configuration\n{e}") from None
+        except OrchestratorError as e:
+            raise Invalid(str(e)) from None
+
+
 def _load(config: str) -> Config:
-    try:
-        return loader.load(config)
-    except ConfigError as e:
-        click.echo(f"error: invalid configuration\n{e}", err=True)
-        sys.exit(2)
+    return loader.load(config)  # a ConfigError exits 2 through _Commands
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="local-ai-orchestrator")
 def main() -> None:
     """Local AI Orchestrator: route OpenAI-compatible LLM calls by YAML policy."""
@@ -73,7 +102,7 @@ def run(
     s = cfg.settings
     conf = Path(confdir) if confdir else ca.default_confdir(cfg.base_dir)
     ca.ensure_ca(conf)
-    from addon.proxy.adapter import serve
+    from addon.proxy.process import serve
 
     sys.exit(
         serve(
@@ -93,13 +122,8 @@ def check(config: str) -> None:
     """Validate the configuration and rules; print what the router would use."""
     cfg = _load(config)
     sources_file = cfg.rules_dir / "sources.yaml"
-    try:
-        sources = load_sources(sources_file)
-    except ConfigError as e:
-        click.echo(f"error: invalid configuration\n{e}", err=True)
-        sys.exit(2)
-    env = dispatch.environ()
-    view = dispatch.build_view(cfg, env, {})
+    sources = load_sources(sources_file)
+    view = build_view(cfg, environ(), {})
     cat = view.catalog
     s = cfg.settings
     click.echo(f"config {cfg.path} (version {cfg.version}): OK")
@@ -176,14 +200,13 @@ def _admin_call(cfg: Config, method: str, path: str) -> dict[str, Any]:
     try:
         r = httpx.request(method, url, timeout=30, trust_env=False)
     except httpx.HTTPError as e:
-        click.echo(f"error: no running proxy answered at {url} ({type(e).__name__}); start it "
-                   f"with `orchestrator run -c {cfg.path.name}` or check `admin.listen`", err=True)  # fmt: skip
-        sys.exit(3)
+        raise NoProxy(f"no running proxy answered at {url} ({type(e).__name__}); start it with "
+                      f"`orchestrator run -c {cfg.path.name}` or check `admin.listen`") from None  # fmt: skip
     try:
         data: dict[str, Any] = r.json()
     except ValueError:
-        click.echo(f"error: {url} answered HTTP {r.status_code} with a non-JSON body", err=True)
-        sys.exit(3)
+        raise NoProxy(f"{url} answered HTTP {r.status_code} with a non-JSON body; is "
+                      "`admin.listen` another service's port?") from None  # fmt: skip
     return data
 
 
@@ -197,31 +220,7 @@ def status(config: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(st, indent=2))
         return
-    c = st["config"]
-    click.echo(f"config {c['path']} version {c['version']}, loaded "
-               f"{reports.utc_iso(c['loaded_at'])}")  # fmt: skip
-    if c.get("last_error"):
-        click.echo(f"last reload REJECTED ({reports.utc_iso(c['last_error_at'])}):\n"
-                   f"{c['last_error']}")  # fmt: skip
-    cat = st["catalog"]
-    click.echo(f"catalog: {cat['candidates']} candidates from {cat['source']}")
-    for p in st["providers"]:
-        click.echo(f"provider {p['name']:<12} key {p['key']}")
-    breakers = st["breakers"] or [{"target": "(none tripped)", "state": "closed", "failures": 0}]
-    for b in breakers:
-        click.echo(f"breaker  {b['target']:<40} {b['state']:<9} failures {b['failures']}")
-    for b in st["budgets"]:
-        click.echo(f"budget   {b['rule']} [{b['scope']}] ${b['spent']:.6f} spent + "
-                   f"${b['reserved']:.6f} in flight of ${b['limit']:.2f} per {b['per']}")  # fmt: skip
-    lg = st["ledger"]
-    click.echo(f"ledger {lg['where']}: {lg['rows']} rows, {lg['bytes']} bytes"
-               + (f", {lg['spooled']} spooled while the database is unreachable"
-                  if lg.get("spooled") else ""))  # fmt: skip
-    shared = st.get("state", {})
-    if shared.get("kind") == "redis":
-        click.echo(f"state  {shared['where']}: "
-                   + ("connected" if shared.get("connected") else
-                      f"UNREACHABLE ({shared.get('last_error')})"))  # fmt: skip
+    click.echo(statuspage.status_text(st))
 
 
 @main.command()
@@ -249,14 +248,12 @@ def rank(config: str, profile: str | None, task: str, complexity: str, limit: in
     """Rank the candidates for a profile, with each metric's contribution and the filters that
     removed the others (live latency is not known here: every target gets the neutral prior)."""
     cfg = _load(config)
-    view = dispatch.build_view(cfg, dispatch.environ(), {})
+    view = build_view(cfg, environ(), {})
     name = profile or cfg.settings.default_profile
     if name not in cfg.profiles:
-        click.echo(f"error: unknown profile {name!r}; use one of: {', '.join(sorted(cfg.profiles))}",
-                   err=True)  # fmt: skip
-        sys.exit(2)
+        raise Invalid(f"unknown profile {name!r}; use one of: {', '.join(sorted(cfg.profiles))}")
     prof = cfg.profiles[name]
-    feats = dataclasses.replace(classify.features({"messages": []}), task=task,
+    feats = dataclasses.replace(classify.features({"messages": []}, requested_model=None), task=task,
                                 complexity={"simple": 0.1, "medium": 0.5, "complex": 0.9}[complexity])  # fmt: skip
     req = decide.RoutingRequest(feats, "", "/v1/chat/completions", {}, "127.0.0.1", False)
 
@@ -304,15 +301,11 @@ def explain(config: str, request_id: str) -> None:
     reader = ledgers.open_reader(cfg)
     try:
         rows = reader.read_rows(request_id=request_id)
-    except ledgers.LedgerError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
     finally:
         reader.close()
     if not rows:
-        click.echo(f"error: no request {request_id!r} in {reader.where} (ids are in the "
-                   "x-orchestrator-request-id response header)", err=True)  # fmt: skip
-        sys.exit(1)
+        raise Failed(f"no request {request_id!r} in {reader.where} (ids are in the "
+                     "x-orchestrator-request-id response header)")  # fmt: skip
     click.echo(reports.explain(rows[0]))
 
 
@@ -330,9 +323,8 @@ def costs(config: str, since: str, by: str, fmt: str | None) -> None:
     reader = ledgers.open_reader(cfg)
     try:
         rows = reports.load(reader, reports.parse_since(since, time.time()))
-    except (ValueError, OrchestratorError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+    except ValueError as e:
+        raise Invalid(str(e)) from None
     finally:
         reader.close()
     groups, total = reports.cost_report(rows, by), reports.totals(rows)
@@ -358,9 +350,6 @@ def prune(config: str, days: int | None) -> None:
     reader = ledgers.open_reader(cfg)
     try:
         n = reader.prune(time.time() - keep * 86400)
-    except ledgers.LedgerError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
     finally:
         reader.close()
     click.echo(f"pruned {n} rows older than {keep} days from {reader.where}")

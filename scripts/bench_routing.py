@@ -3,10 +3,10 @@
     .venv/bin/python scripts/bench_routing.py [--quick] [--sizes 1KB,200KB] [--json FILE]
 
 What one routed request costs the proxy before any upstream I/O, stage by stage, exactly as
-`addon.dispatch.Dispatcher.handle` chains them:
+`addon.proxy.dispatch.Dispatcher.handle` chains them:
 
     parse     addon.wire.parse_request(body)              (JSON, top-level spans)
-    features  addon.classify.features(parsed.data)        (token estimate, needs, task)
+    features  addon.routing.classify.features(parsed.data, …)  (token estimate, needs, task)
     decide    headers dict + addon.routing.decide(...)    (profile, policy, filter walk)
     rewrite   addon.wire.rewrite(parsed, model=...)       (the first target's body; the
                                                            dispatcher builds the next one only
@@ -51,7 +51,8 @@ if str(REPO) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO))
 
 from addon.config import loader  # noqa: E402
-from addon.proxy import dispatch  # noqa: E402
+from addon.proxy.outbound import has_client_key  # noqa: E402
+from addon.proxy.view import View, build_view  # noqa: E402
 from addon.routing import breaker, classify, decide, ranking  # noqa: E402
 from addon.routing.catalog import Candidate  # noqa: E402
 from addon.store.benchmarks import BUNDLED_DB  # noqa: E402
@@ -266,7 +267,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def route_once(
-    view: dispatch.View,
+    view: View,
     sc: Scenario,
     breakers: Mapping[str, breaker.BreakerState],
     clock: Callable[[], int],
@@ -280,11 +281,11 @@ def route_once(
     t0 = clock()
     parsed = parse_request(sc.body)
     t1 = clock()
-    feats = classify.features(parsed.data)
+    feats = classify.features(parsed.data, requested_model=parsed.model)
     t2 = clock()
     headers = {k.lower(): v for k, v in sc.headers}
     host = headers.get("host", "")
-    client_key = any(h in headers for h in dispatch.CLIENT_KEY_HEADERS)
+    client_key = has_client_key(sc.headers)
     req = decide.RoutingRequest(
         features=feats,
         host=host,
@@ -377,7 +378,7 @@ def machine_pauses(seconds: float) -> Pauses:
     )
 
 
-def measure(view: dispatch.View, sc: Scenario, budget_s: float) -> Row:
+def measure(view: View, sc: Scenario, budget_s: float) -> Row:
     """Up to `sc.iterations` calls, stopping after `budget_s` once 200 samples are in."""
     clock = time.perf_counter_ns
     breakers: dict[str, breaker.BreakerState] = {}
@@ -411,13 +412,14 @@ def measure(view: dispatch.View, sc: Scenario, budget_s: float) -> Row:
     )
 
 
-def rerank_cost(view: dispatch.View) -> tuple[float, float, float]:
+def rerank_cost(view: View) -> tuple[float, float, float]:
     """What a rerank with 50 observed candidates costs, as the proxy runs it (one
     `ranking.reranked` step per ranking, see addon.runtime): (total ms, longest step ms, ms
     for the first request's filter walk on the new router)."""
     cat = view.catalog
     sc = size_scenarios(["1KB"], 0.01)[0]
-    f = classify.features(parse_request(sc.body).data)
+    parsed = parse_request(sc.body)
+    f = classify.features(parsed.data, requested_model=parsed.model)
     keyed = view.keyed("api.openai.com")
     args = ("balanced", f.complexity_class, keyed, f, 0, None, False)
     view.router.walk(*args)  # the base walk exists: the proxy has served before
@@ -511,7 +513,7 @@ def _kb(n: int) -> str:
 
 
 @contextmanager
-def bench_view(db: Path = BUNDLED_DB) -> Iterator[tuple[dispatch.View, float]]:
+def bench_view(db: Path = BUNDLED_DB) -> Iterator[tuple[View, float]]:
     """The routing view for the whole bundled catalog, and how long building it took (ms)."""
     with tempfile.TemporaryDirectory(prefix="bench-routing-") as tmp:
         path = write_config(
@@ -522,7 +524,7 @@ def bench_view(db: Path = BUNDLED_DB) -> Iterator[tuple[dispatch.View, float]]:
         )
         t0 = time.perf_counter()
         cfg = loader.load(path)
-        view = dispatch.build_view(cfg, {KEY_ENV: "sk-bench"}, {})
+        view = build_view(cfg, {KEY_ENV: "sk-bench"}, {})
         yield view, (time.perf_counter() - t0) * 1000
 
 

@@ -21,7 +21,7 @@ KEY_ALPHA = "sk-alpha-provider-key-AAAA"
 KEY_BETA = "sk-beta-provider-key-BBBB"
 FIRST_TOKEN_MS = 1500
 STALL_MS = 3000
-# the per-request line the proxy logs at debug level, after the row is queued (dispatch.record)
+# the per-request line the proxy logs at debug level, after the row is queued (Dispatcher.finish)
 REQUEST_LINE = re.compile(r"\b(orq-[0-9a-f]+) \S+ \S+ -> \S+ status=")
 
 

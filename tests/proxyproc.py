@@ -23,10 +23,8 @@ ADMIN_RE = re.compile(r"admin endpoint: http://[^:]+:(\d+)/")
 
 class ProxyProcess:
     """`orchestrator run -c CONFIG --port 0`, its log captured; `port` parsed from the log.
-
-    A config with `log_level: debug` also gets `--set termlog_verbosity=debug`: mitmproxy's
-    terminal log shows info and up by default, so without it the router's debug lines (one
-    per request) would never reach the captured log that tests inspect."""
+    A config with `log_level: debug` makes the proxy itself log the router's debug lines
+    (one per request), which the tests inspect."""
 
     def __init__(
         self,
@@ -40,7 +38,6 @@ class ProxyProcess:
         self.confdir = workdir / "certs"
         (workdir / "rules").mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
-        self.debug = config.get("log_level") == "debug"
         for name, data in rules.items():
             (workdir / "rules" / name).write_text(yaml.safe_dump(data, sort_keys=False))
         self.env = {**os.environ, **(env or {})}
@@ -74,7 +71,6 @@ class ProxyProcess:
     def start(self, timeout: float = 30.0, *, mitmdump: bool = False) -> ProxyProcess:
         """Start the process and wait (up to `timeout` s) until it listens and has printed its
         banner; `mitmdump` loads the addon into plain mitmdump instead."""
-        verbosity = ["--set", "termlog_verbosity=debug"] if self.debug else []
         if mitmdump:  # the addon loaded straight into mitmproxy, no `orchestrator run`
             cmd = [
                 str(ORCHESTRATOR.with_name("mitmdump")),
@@ -88,7 +84,6 @@ class ProxyProcess:
                 f"orchestrator_config={self.config_path}",
                 "--set",
                 f"confdir={self.confdir}",
-                *verbosity,
             ]
         else:
             cmd = [
@@ -100,7 +95,6 @@ class ProxyProcess:
                 "0",
                 "--confdir",
                 str(self.confdir),
-                *verbosity,
             ]
         self.proc = subprocess.Popen(
             cmd,

@@ -12,7 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from addon.routing import classify
-from addon.routing.classify import CHARS_PER_TOKEN, TOKENS_PER_IMAGE, features
+from addon.routing.classify import CHARS_PER_TOKEN, TOKENS_PER_IMAGE, RequestFeatures
+from addon.wire.request import parse_request
+
+
+def features(body: dict[str, Any]) -> RequestFeatures:
+    """Features as the dispatcher computes them: the body parsed once, its model carried."""
+    parsed = parse_request(json.dumps(body).encode())
+    return classify.features(parsed.data, requested_model=parsed.model)
 
 
 def msg(text: str, role: str = "user") -> dict:

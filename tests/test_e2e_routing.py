@@ -582,7 +582,7 @@ def test_bundled_catalog_drives_routing(ups: dict[str, FakeUpstream], tmp_path: 
     """A provider joined to the bundled benchmark DB (`catalog: openai`) gets the model the
     scorer ranks first from the real catalog, under its own id."""
     from addon.config import loader
-    from addon.proxy import dispatch
+    from addon.proxy.view import build_view
     from addon.routing import classify, decide
 
     cfg = _config(ups)
@@ -602,9 +602,9 @@ def test_bundled_catalog_drives_routing(ups: dict[str, FakeUpstream], tmp_path: 
     }
     p = ProxyProcess(tmp_path, cfg, rules, ENV)
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
-    view = dispatch.build_view(loader.load(p.config_path), ENV, {})
+    view = build_view(loader.load(p.config_path), ENV, {})
     req = decide.RoutingRequest(
-        classify.features(body),
+        classify.features(body, requested_model=body.get("model")),
         "api.openai.com",
         "/v1/chat/completions",
         {"x-orchestrator-profile": "budget"},

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from addon.proxy.adapter import _usage_tap
 from addon.proxy.exchange import Incoming, Pending
+from addon.proxy.pipe import StreamReport, usage_tap
 
 CHAT = (b'data: {"model":"m","choices":[{"delta":{"content":"hi"}}],"usage":null}\n\n'
         b'data: {"model":"m","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2}}\n\n'
@@ -20,7 +20,8 @@ RESPONSES = (b'event: response.output_text.delta\ndata: {"type":"response.output
 def test_tap_passes_bytes_and_reads_usage(stream: bytes, usage: tuple[int, int], step: int) -> None:
     p = Pending("orq-x", 0.0, Incoming("POST", "h", "/v1/responses", (), b"", "127.0.0.1"),
                 "unrouted")  # fmt: skip
-    tap = _usage_tap(p)
+    p.report = StreamReport(outcome="ok")
+    tap = usage_tap(p.report)
     out = b"".join(tap(stream[i : i + step]) for i in range(0, len(stream), step)) + tap(b"")
     assert out == stream
     assert p.report is not None and p.report.usage is not None

@@ -137,7 +137,7 @@ def make_req(
 ) -> decide.RoutingRequest:
     body = body or {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
     return decide.RoutingRequest(
-        classify.features(body),
+        classify.features(body, requested_model=body.get("model")),
         host,
         "/v1/chat/completions",
         {k.lower(): v for k, v in (headers or {}).items()},

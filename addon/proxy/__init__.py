@@ -1,17 +1,29 @@
 """The mitmproxy adapter and everything that serves requests.
 
-- `adapter`     the mitmproxy addon class and `serve()` (the only mitmproxy importer but `ca`)
+mitmproxy glue (the only mitmproxy importers):
+- `adapter`     the routing addon (`Orchestrator`): options and hooks, flows to plain values
+- `clientauth`  the client-authentication addon (`ClientAuth`, `clients:`), registered first
+- `process`     `serve()`, the curated mitmproxy Master of `orchestrator run`; `router_addons`
+- `ca`          the per-installation CA and the `SSL_CERT_FILE` bundle
+
+The request path, in plain values:
 - `dispatch`    one request from features to answer: routing, the attempt engine, the reply
 - `exchange`    the values the adapter and the dispatcher pass each other
+- `view`        everything derived from one config version (catalog, rankings, keys)
+- `outbound`    what an attempt sends: which headers, whose key, which URL
+- `replies`     what the client gets back: status, `x-orchestrator-*` headers, body
 - `upstream`    the attempt engine (aiohttp): connect, first token, stall, fallback
-- `pipe`        the loopback pipe that hands an open upstream stream to mitmproxy
+- `pipe`        the loopback pipe that hands an open upstream stream to mitmproxy, and the
+                tap that reads usage off a stream passing through
 - `budgetgate`  budget reservations around a request
 - `recording`   one ledger row per request, and live latency for the scorer
-- `clients`     client authentication (`clients:`)
+- `clients`     client keys: digests, and which client a header proves
+- `options`     the mitmproxy options and log levels the settings ask for
+
+Around it:
 - `runtime`     the running proxy: config reloads, stores, background tasks
 - `admin`       the admin endpoint (`/status`, `/metrics`, `/rankings`) and `statuspage`
 - `metrics`     Prometheus metrics
-- `ca`          the per-installation CA
 
 May import everything below it (routing, wire, config, state, store); nothing imports it but
 `addon.cli` and `addon.entry`.

@@ -15,17 +15,40 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from addon.proxy import statuspage
+from addon.proxy.dispatch import Dispatcher
+from addon.proxy.metrics import Metrics
+from addon.proxy.view import View
 from addon.routing import ranking
 from addon.routing.scoring import effective_weights
 from addon.store import reports
+from addon.store.ledgers import LedgerReader
 
-if TYPE_CHECKING:
-    from addon.proxy.runtime import Runtime
+
+class RunningProxy(Protocol):
+    """What the admin endpoint reads from the running proxy (`addon.proxy.runtime.Runtime`
+    is one): the config in force, live state, the ledger, and a way to reload."""
+
+    dispatcher: Dispatcher
+    metrics: Metrics
+    reader: LedgerReader
+
+    @property
+    def view(self) -> View:
+        """The config version in force."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """The `/status` document (blocking: reads the ledger's size)."""
+        ...
+
+    async def reload(self, reason: str) -> tuple[bool, str]:
+        """Reload the config now: (whether it was swapped in, what happened)."""
+        ...
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -34,13 +57,16 @@ def _error(status: int, message: str) -> web.Response:
 
 
 class AdminServer:
-    def __init__(self, runtime: Runtime) -> None:
+    """The admin endpoint's aiohttp server: one route per URL in this module's docstring."""
+
+    def __init__(self, runtime: RunningProxy) -> None:
         self.rt = runtime
         self._runner: web.AppRunner | None = None
         self.port = 0
         self._page = statuspage.render_page()
 
     async def start(self, host: str, port: int) -> None:
+        """Serve on `host:port` (port 0: any free one; `self.port` says which)."""
         app = web.Application()
         app.add_routes([
             web.get("/", self.page),
@@ -61,16 +87,20 @@ class AdminServer:
         self.port = server.sockets[0].getsockname()[1] if server else port  # type: ignore[attr-defined]
 
     async def stop(self) -> None:
+        """Stop serving."""
         if self._runner is not None:
             await self._runner.cleanup()
 
     async def page(self, request: web.Request) -> web.Response:
+        """GET /: the status page."""
         return web.Response(body=self._page, content_type="text/html", charset="utf-8")
 
     async def healthz(self, request: web.Request) -> web.Response:
+        """GET /healthz: alive, and the config version in force."""
         return web.json_response({"status": "ok", "config": self.rt.view.config.version})
 
     async def status(self, request: web.Request) -> web.Response:
+        """GET /status: the runtime's status plus event-loop and connection counts."""
         st = await asyncio.to_thread(self.rt.status)
         d = self.rt.dispatcher
         st["runtime"] = {"tasks": len(asyncio.all_tasks()), "streams_waiting": d.pipe.waiting,
@@ -78,16 +108,19 @@ class AdminServer:
         return web.json_response(st)
 
     async def metrics(self, request: web.Request) -> web.Response:
+        """GET /metrics: Prometheus text."""
         body = await asyncio.to_thread(self.rt.metrics.render)
         return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
 
     async def reload(self, request: web.Request) -> web.Response:
+        """POST /reload: reload now; 422 with the reason when the new config is refused."""
         ok, message = await self.rt.reload("admin /reload")
         return web.json_response({"ok": ok, "message": message,
                                   "version": self.rt.view.config.version},
                                  status=200 if ok else 422)  # fmt: skip
 
     async def rankings(self, request: web.Request) -> web.Response:
+        """GET /rankings: a profile's ranked candidates for one complexity class."""
         view = self.rt.view
         q = request.query
         profile = q.get("profile", view.config.settings.default_profile)
@@ -104,6 +137,7 @@ class AdminServer:
         return web.json_response(ranking_json(self.rt, profile, cls, limit))
 
     async def costs(self, request: web.Request) -> web.Response:
+        """GET /costs: spend since `since`, grouped `by` a ledger column."""
         by = request.query.get("by", "model")
         try:
             since = reports.parse_since(request.query.get("since", "24h"), time.time())
@@ -114,6 +148,7 @@ class AdminServer:
         return web.json_response(reports.as_json(groups, reports.totals(rows)))
 
     async def series(self, request: web.Request) -> web.Response:
+        """GET /costs/series: spend since `since` in `buckets` equal time slices."""
         now = time.time()
         try:
             since = reports.parse_since(request.query.get("since", "24h"), now)
@@ -126,7 +161,9 @@ class AdminServer:
         return web.json_response({"series": reports.spend_series(rows, since, now, buckets)})
 
 
-def ranking_json(rt: Runtime, profile: str, cls: str, limit: int) -> dict[str, Any]:
+def ranking_json(rt: RunningProxy, profile: str, cls: str, limit: int) -> dict[str, Any]:
+    """The first `limit` candidates of `profile` at complexity `cls`, each with its score's
+    parts, price, context, key and breaker state, and the profile's effective weights."""
     view = rt.view
     w = effective_weights(view.config.profiles[profile], cls)
     out = []

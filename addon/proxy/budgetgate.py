@@ -27,6 +27,7 @@ SCOPE_COLUMN = {"client": "client", "policy": "policy", "profile": "profile"}
 
 
 def rule_of(policy: Policy) -> budget.BudgetRule | None:
+    """The budget rule of a policy's `budget:`, None when it has none."""
     b = policy.budget
     if b is None:
         return None

@@ -3,6 +3,7 @@ owner can read, and the combined bundle (system roots + this CA) for `SSL_CERT_F
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -13,8 +14,11 @@ CA_CERT = "mitmproxy-ca-cert.pem"
 BUNDLE = "orchestrator-ca-bundle.pem"
 PRIVATE = ("mitmproxy-ca.pem", "mitmproxy-ca.p12")  # files holding the private key
 
+log = logging.getLogger("orchestrator")
+
 
 def default_confdir(config_dir: Path) -> Path:
+    """Where the CA lives unless `--confdir` says otherwise: `data/mitmproxy` beside the config."""
     return config_dir / "data" / "mitmproxy"
 
 
@@ -41,3 +45,13 @@ def write_bundle(confdir: Path) -> Path:
     tmp.write_bytes(roots.rstrip(b"\n") + b"\n" + ca.read_bytes())
     os.replace(tmp, bundle)
     return bundle
+
+
+def bundle_or_cert(confdir: Path) -> Path:
+    """The bundle for `SSL_CERT_FILE`, freshly written; if it cannot be written, a warning
+    and the bare CA certificate's path (apps then need system roots from elsewhere)."""
+    try:
+        return write_bundle(confdir)
+    except OSError as e:
+        log.warning("could not write the CA bundle in %s: %s", confdir, e)
+        return confdir / CA_CERT

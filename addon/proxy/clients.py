@@ -20,6 +20,7 @@ log = logging.getLogger("orchestrator")
 
 
 def digest(key: str) -> str:
+    """The hex SHA-256 of a client key: the only form the router keeps."""
     return hashlib.sha256(key.encode()).hexdigest()
 
 

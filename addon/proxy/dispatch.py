@@ -9,95 +9,47 @@ into exactly one ledger row.
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import overload
-from urllib.parse import urlsplit
 
-from addon.config.loaded import Config
 from addon.config.schema import LLM_PATHS, ROUTED_PATHS
-from addon.proxy import budgetgate, clients, recording
+from addon.proxy import budgetgate, recording
 from addon.proxy.exchange import (
     Incoming,
     Passthrough,
     Pending,
     Reply,
     ToPipe,
+    internal_error_reply,
     json_reply,
     request_id,
 )
 from addon.proxy.metrics import Metrics
+from addon.proxy.outbound import has_client_key, outbound_headers, upstream_url
 from addon.proxy.pipe import Pipe, StreamReport
-from addon.proxy.upstream import HOP_BY_HOP, Engine, EngineResult, Target
+from addon.proxy.replies import reply_for
+from addon.proxy.upstream import Engine, EngineResult, Target
+from addon.proxy.view import View, local_hosts
 from addon.routing import breaker as brk
 from addon.routing import catalog as catmod
-from addon.routing import classify, decide, ranking
+from addon.routing import classify, decide
 from addon.routing.fallback import Outcome, OutcomeKind
 from addon.routing.scoring import Scored
 from addon.state import memory
-from addon.store import benchmarks
 from addon.store.ledgers import LedgerWriter
 from addon.store.sqlite_ledger import LedgerRow
 from addon.wire.chat import prompt_text
-from addon.wire.failures import error_body
 from addon.wire.request import ParsedBody, WireError, parse_request, rewrite
-from addon.wire.usage import response_model
 
 log = logging.getLogger("orchestrator")
 
-CLIENT_KEY_HEADERS = ("authorization", "api-key", "x-api-key")
-# Headers that identify the client's account at its own provider: never sent elsewhere.
-ACCOUNT_HEADERS = ("openai-organization", "openai-project", "cookie")
-
-
-@dataclass(frozen=True)
-class View:
-    """Everything derived from one config version; replaced whole on reload."""
-
-    config: Config
-    catalog: catmod.Catalog
-    router: ranking.Router
-    keys: Mapping[str, str] = field(repr=False)
-    client_digests: Mapping[str, str] = field(default_factory=dict, repr=False)
-    _keyed: dict[str, frozenset[str]] = field(default_factory=dict, compare=False, repr=False)
-
-    def keyed(self, client_key_host: str | None) -> frozenset[str]:
-        """Providers a request can be sent to with a key: keyless ones, ours (a configured
-        key), and, when the client sent its own key, those at the host it meant it for."""
-        host = client_key_host or ""
-        got = self._keyed.get(host)
-        if got is None:
-            got = frozenset(
-                name
-                for name, p in self.catalog.providers.items()
-                if p.keyless or name in self.keys or (host and p.host == host)
-            )
-            if len(self._keyed) > 256:  # hosts come from clients: keep the memo bounded
-                self._keyed.clear()
-            self._keyed[host] = got
-        return got
-
-
-def build_view(cfg: Config, env: Mapping[str, str], latency: Mapping[str, float]) -> View:
-    rows, source, warnings = benchmarks.load_catalog_rows(cfg)
-    catalog = catmod.build_catalog(cfg, rows, env, source, warnings)
-    keys = {
-        name: env[p.api_key_env]
-        for name, p in cfg.settings.providers.items()
-        if p.api_key_env and env.get(p.api_key_env)
-    }
-    return View(cfg, catalog, ranking.build_router(cfg, catalog, latency), keys,
-                clients.key_digests(cfg.settings, env))  # fmt: skip
-
-
-def intercepted(host: str, intercept: tuple[str, ...] | list[str]) -> bool:
-    bare = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    return any(entry in (host, bare) for entry in intercept)
-
 
 class Dispatcher:
+    """The request path: routing, the attempt engine, the pipe, and the ledger row of each
+    call. Holds the config version in force (`view`) and the live state it routes by
+    (breakers, latency, rate-limit cooldowns, budgets)."""
+
     def __init__(
         self,
         view: View,
@@ -113,7 +65,7 @@ class Dispatcher:
         self.budgets: memory.Budgets = budgets if budgets is not None else memory.LocalBudgets()
         self.metrics = metrics
         self.engine = Engine(view.config.settings.resilience)
-        self.engine.local_hosts = _local_hosts(view)
+        self.engine.local_hosts = local_hosts(view)
         self.engine.set_limits(
             {n: p.max_connections for n, p in view.config.settings.providers.items()}
         )
@@ -125,71 +77,104 @@ class Dispatcher:
         self.cooldown: dict[str, float] = {}  # candidate key -> monotonic time it may be retried
 
     def swap(self, view: View) -> None:
+        """Serve a new config version from the next request on (calls in flight keep theirs)."""
         self.view = view
         self.engine.resilience = view.config.settings.resilience
-        self.engine.local_hosts = _local_hosts(view)
+        self.engine.local_hosts = local_hosts(view)
         self.engine.set_limits(
             {n: p.max_connections for n, p in view.config.settings.providers.items()}
         )
 
     async def close(self) -> None:
+        """Close the pipe and the upstream connection pool."""
         await self.pipe.close()
         await self.engine.close()
 
     # ------------------------------------------------------------------ decide & attempt
 
-    def too_large(self, inc: Incoming, size: int) -> Reply | None:
+    def begin(self, inc: Incoming) -> Pending | None:
+        """The record of an LLM call (a POST to an LLM endpoint), opened before any work so
+        that every way the call ends, an internal error too, writes its one ledger row and
+        gives back its budget hold. None for anything else: forwarded untouched, unrecorded."""
+        if _endpoint(inc) is None:
+            return None
+        return Pending(request_id(), time.monotonic(), inc, "unrouted")
+
+    def too_large(self, inc: Incoming, size: int, pending: Pending | None = None) -> Reply | None:
         """413 in OpenAI format for an LLM request whose body is over `max_request_bytes`."""
         limit = self.view.config.settings.max_request_bytes
-        path = inc.path.split("?", 1)[0]
-        if size <= limit or inc.method != "POST" or not path.endswith(LLM_PATHS):
+        if size <= limit or _endpoint(inc) is None:
             return None
-        pending = Pending(request_id(), time.monotonic(), inc, "routed")
         msg = (f"request body of {size} bytes is over max_request_bytes ({limit}); send a "
                "smaller request or raise `max_request_bytes` in orchestrator.yaml")  # fmt: skip
         return json_reply(413, msg, type_="invalid_request_error", code="request_too_large",
-                          pending=pending)  # fmt: skip
+                          pending=_routed(inc, pending))  # fmt: skip
 
     def length_required(self, inc: Incoming) -> Reply | None:
         """411 for an LLM request sent without Content-Length (chunked, size unknown)."""
-        path = inc.path.split("?", 1)[0]
-        if inc.method != "POST" or not path.endswith(LLM_PATHS):
+        if _endpoint(inc) is None:
             return None
-        pending = Pending(request_id(), time.monotonic(), inc, "routed")
         msg = ("request body sent without Content-Length; send it with a Content-Length "
                "header (a body of unknown size could exhaust the router's memory)")  # fmt: skip
         return json_reply(411, msg, type_="invalid_request_error", code="length_required",
-                          pending=pending)  # fmt: skip
+                          pending=_routed(inc, None))  # fmt: skip
 
-    async def handle(self, inc: Incoming) -> Passthrough | Reply | ToPipe:
+    def screen(self, inc: Incoming) -> Reply | None:
+        """Before the body is read (`inc.body` empty): 411 for an LLM request of unknown
+        size (chunked, no Content-Length: it could grow without bound in memory; every
+        OpenAI SDK sends Content-Length), 413 for one announced over `max_request_bytes`;
+        None to read the body as usual."""
+        length = _header(inc, "content-length")
+        if length is None and "chunked" in (_header(inc, "transfer-encoding") or ""):
+            return self.length_required(inc)
+        try:
+            size = int(length or "0")
+        except ValueError:
+            return None
+        return self.too_large(inc, size)
+
+    def internal_error(self, pending: Pending, exc: Exception) -> Reply:
+        """The 500 for a call the router itself failed on: an unfetched stream is closed,
+        and the reply and the row name only the exception's type (its text could quote a
+        key). Finishing the row gives back any budget hold, as no usage was billed."""
+        if pending.token is not None:
+            self.pipe.discard(pending.token)
+            pending.token = None
+        pending.kind = "routed"
+        return internal_error_reply(pending, type(exc).__name__)
+
+    async def handle(self, pending: Pending) -> Passthrough | Reply | ToPipe:
+        """Route one LLM call opened by `begin`: what the adapter must do with the flow."""
         view = self.view  # one config version for the whole request
-        too_large = self.too_large(inc, len(inc.body))  # a chunked body, seen whole
+        inc = pending.incoming
+        too_large = self.too_large(inc, len(inc.body), pending)  # a chunked body, seen whole
         if too_large is not None:
             return too_large
         path = inc.path.split("?", 1)[0]
-        endpoint = next((p for p in LLM_PATHS if path.endswith(p)), None)
-        if inc.method != "POST" or endpoint is None:
+        endpoint = _endpoint(inc)
+        if endpoint is None:  # not opened by `begin`: no LLM call
             return Passthrough(None)
-        pending = Pending(request_id(), time.monotonic(), inc, "unrouted")
+        try:
+            parsed: ParsedBody | WireError = parse_request(inc.body)
+        except WireError as e:
+            parsed = e
+        if isinstance(parsed, ParsedBody):  # the one read of `model`, for the ledger
+            pending.requested_model = parsed.model
         if endpoint not in ROUTED_PATHS:
             pending.reasons.append(f"endpoint {endpoint} is not routed; forwarded as sent")
-            pending.requested_model = response_model(inc.body)
             return Passthrough(pending)
-        try:
-            parsed = parse_request(inc.body)
-        except WireError as e:
-            pending.reasons.append(f"body not routable ({e}); forwarded as sent")
-            pending.error = str(e)
+        if isinstance(parsed, WireError):
+            pending.reasons.append(f"body not routable ({parsed}); forwarded as sent")
+            pending.error = str(parsed)
             return Passthrough(pending)
         pending.kind = "routed"
-        pending.requested_model = parsed.model
         pending.stream = parsed.stream
         if view.config.settings.log_prompts != "off":
             pending.prompt = prompt_text(parsed.data)
         headers = {k.lower(): v for k, v in inc.headers}
-        client_key = any(h in headers for h in CLIENT_KEY_HEADERS)
+        client_key = has_client_key(inc.headers)
         req = decide.RoutingRequest(
-            features=classify.features(parsed.data),
+            features=classify.features(parsed.data, requested_model=parsed.model),
             host=inc.host,
             path=path,
             headers=headers,
@@ -232,7 +217,7 @@ class Dispatcher:
         inject_usage = parsed.stream and not parsed.wants_usage
         plan = _Plan(
             decision.chain,
-            lambda s: self._target(view, s, inc, headers, parsed, endpoint, inject_usage),
+            lambda s: self._target(view, s, inc, parsed, endpoint, inject_usage),
         )
         features = req.features
 
@@ -247,37 +232,17 @@ class Dispatcher:
         pending.attempts = result.attempts
         return await self._answer(view, pending, result, decision, inject_usage)
 
-    def _target(
-        self,
-        view: View,
-        s: Scored,
-        inc: Incoming,
-        headers: Mapping[str, str],
-        parsed: ParsedBody,
-        endpoint: str,
-        inject_usage: bool,
-    ) -> Target:
+    def _target(self, view: View, s: Scored, inc: Incoming, parsed: ParsedBody, endpoint: str,
+                inject_usage: bool) -> Target:  # fmt: skip
+        """The attempt at chain entry `s`: its URL, headers and rewritten body."""
         c = s.candidate
         prov = view.catalog.providers[c.provider]
-        same_host = prov.host == inc.host
-        out: list[tuple[str, str]] = []
-        for k, v in inc.headers:
-            lk = k.lower()
-            if lk in HOP_BY_HOP or lk in CLIENT_KEY_HEADERS or lk.startswith("x-orchestrator-"):
-                continue
-            if lk in ACCOUNT_HEADERS and not same_host:
-                continue
-            out.append((k, v))
-        out.extend(prov.headers)
-        if same_host and any(h in headers for h in CLIENT_KEY_HEADERS):
-            out.extend((k, v) for k, v in inc.headers if k.lower() in CLIENT_KEY_HEADERS)
-        elif c.provider in view.keys:
-            out.append(("Authorization", f"Bearer {view.keys[c.provider]}"))
-        out.append(("Accept-Encoding", "identity"))
-        query = inc.path.split("?", 1)[1] if "?" in inc.path else ""
-        url = prov.base_url + endpoint + (f"?{query}" if query else "")
+        headers = outbound_headers(inc.headers, same_host=prov.host == inc.host,
+                                   provider_headers=prov.headers,
+                                   provider_key=view.keys.get(c.provider))  # fmt: skip
         body = rewrite(parsed, model=c.provider_model_id, include_usage=inject_usage)
-        return Target(c, url, tuple(out), body, parsed.stream)
+        return Target(s, upstream_url(prov.base_url, endpoint, inc.path), headers, body,
+                      parsed.stream)  # fmt: skip
 
     async def _acquire(self, c: catmod.Candidate) -> bool:
         """Claim the right to try `c` now; an open breaker past its cooldown lets exactly
@@ -311,89 +276,36 @@ class Dispatcher:
         decision: decide.RoutingDecision,
         inject_usage: bool,
     ) -> Reply | ToPipe:
-        extra = [
-            ("x-orchestrator-profile", decision.profile),
-            ("x-orchestrator-attempts", str(len(result.attempts))),
-            ("x-orchestrator-request-id", pending.id),
-        ]
-        ans = result.answer
-        if ans is not None:
-            chosen = next(s for s in decision.chain if s.candidate.key == ans.target.candidate.key)
-            pending.answered_by = chosen
-            extra = [
-                ("x-orchestrator-model", chosen.candidate.provider_model_id),
-                ("x-orchestrator-provider", chosen.candidate.provider),
-                *extra,
-            ]
-            if ans.stream is not None:
-                report = StreamReport(keep_text=view.config.settings.log_prompts == "full")
-                pending.report = report
-                port = await self.pipe.ensure_started()
-                token = self.pipe.register(
-                    ans.stream,
-                    ans.status,
-                    [*ans.headers, *extra],
-                    strip_usage=inject_usage,
-                    stall_s=view.config.settings.resilience.stall_timeout_ms / 1000,
-                    report=report,
-                )
-                pending.token = token
-                return ToPipe(port, token, pending)
-            return Reply(ans.status, [*ans.headers, *extra], ans.body, pending)
-        # every attempt failed
-        last = result.last
-        failed = result.failed_answer
-        if (
-            failed is not None
-            and last is not None
-            and last.kind
-            in (OutcomeKind.CLIENT_ERROR, OutcomeKind.CONTENT_POLICY, OutcomeKind.CONTEXT_TOO_LONG)
-        ):
-            pending.answered_by = next(
-                s for s in decision.chain if s.candidate.key == failed.target.candidate.key
-            )
-            pending.error = last.message
-            return Reply(failed.status, [*failed.headers, *extra], failed.body, pending)
-        status = (
-            last.status
-            if last and last.status
-            else 504
-            if last and last.kind is OutcomeKind.TIMEOUT
-            else 502
+        """Hand the answer to the adapter: a whole reply, or an open stream on the pipe."""
+        reply = reply_for(result, request_id=pending.id, profile=decision.profile)
+        pending.answered_by = reply.answered_by
+        if reply.error is not None:
+            pending.error = reply.error
+        if reply.stream is None:
+            return Reply(reply.status, reply.headers, reply.body, pending)
+        report = StreamReport(keep_text=view.config.settings.log_prompts == "full")
+        pending.report = report
+        port = await self.pipe.ensure_started()
+        pending.token = self.pipe.register(
+            reply.stream,
+            reply.status,
+            reply.headers,
+            strip_usage=inject_usage,
+            stall_s=view.config.settings.resilience.stall_timeout_ms / 1000,
+            report=report,
         )
-        attempts = [
-            {
-                "provider": a.provider,
-                "model": a.model,
-                "outcome": a.outcome.kind.value,
-                "status": a.outcome.status,
-                "message": a.outcome.message,
-            }
-            for a in result.attempts
-        ]
-        msg = (
-            f"all {len(attempts)} upstream attempts failed; last: "
-            f"{attempts[-1]['provider']}/{attempts[-1]['model']} "
-            f"{last.kind.value if last else '?'}"
-            f"{f' {last.status}' if last and last.status else ''}: {last.message if last else ''}"
-        )
-        pending.error = msg
-        headers = [("content-type", "application/json"), *extra]
-        if last and last.retry_after is not None:
-            headers.append(("retry-after", str(int(last.retry_after + 0.999))))
-        return Reply(
-            status,
-            headers,
-            error_body(
-                msg,
-                type_="upstream_error",
-                code="all_attempts_failed",
-                extra={"attempts": attempts},
-            ),
-            pending,
-        )
+        return ToPipe(port, pending.token, pending)
 
     # ------------------------------------------------------------------ record
+
+    def failed(self, pending: Pending, *, status: int | None, error: str) -> LedgerRow:
+        """The flow ended in mitmproxy's error hook: close a stream nobody fetched, and
+        record the row (`client_abort` when the message says the client went away)."""
+        if pending.token is not None:
+            self.pipe.discard(pending.token)
+        low = error.lower()
+        gone = "client disconnected" in low or "connection closed by client" in low
+        return self.finish(pending, status=status, body=None, error=error, client_abort=gone)
 
     def finish(
         self,
@@ -454,13 +366,23 @@ def _allowed_policies(view: View, name: str | None) -> frozenset[str] | None:
     return frozenset(c.policies) if c is not None and c.policies else None
 
 
-def _local_hosts(view: View) -> frozenset[str]:
-    return frozenset(
-        (urlsplit(p.base_url).hostname or "").lower()
-        for p in view.config.settings.providers.values()
-        if p.local
-    )
+def _header(inc: Incoming, name: str) -> str | None:
+    """A request header's value, repeated ones joined as mitmproxy joins them; None if absent."""
+    values = [v for k, v in inc.headers if k.lower() == name]
+    return ", ".join(values) if values else None
 
 
-def environ() -> Mapping[str, str]:
-    return dict(os.environ)
+def _endpoint(inc: Incoming) -> str | None:
+    """The LLM endpoint (`/chat/completions`, ...) a POST is for; None if it is no LLM call."""
+    if inc.method != "POST":
+        return None
+    path = inc.path.split("?", 1)[0]
+    return next((p for p in LLM_PATHS if path.endswith(p)), None)
+
+
+def _routed(inc: Incoming, pending: Pending | None) -> Pending:
+    """The record of a call the router answers itself (`pending`, or a new one)."""
+    if pending is None:
+        pending = Pending(request_id(), time.monotonic(), inc, "routed")
+    pending.kind = "routed"
+    return pending

@@ -14,6 +14,8 @@ from addon.wire.failures import error_body
 
 @dataclass(frozen=True)
 class Incoming:
+    """One intercepted request as plain values (the adapter builds it from the flow)."""
+
     method: str
     host: str  # host[:port] the client addressed (default port omitted)
     path: str  # path with query
@@ -56,11 +58,15 @@ class Pending:
 
 @dataclass(frozen=True)
 class Passthrough:
+    """Let mitmproxy forward the request as it is; record it if `pending` is given."""
+
     pending: Pending | None
 
 
 @dataclass(frozen=True)
 class Reply:
+    """Answer the client with this, made by the router or taken from an upstream."""
+
     status: int
     headers: list[tuple[str, str]]
     body: bytes
@@ -69,12 +75,15 @@ class Reply:
 
 @dataclass(frozen=True)
 class ToPipe:
+    """Point the flow at the loopback pipe (`port`), which relays stream `token`."""
+
     port: int
     token: str
     pending: Pending
 
 
 def request_id() -> str:
+    """A fresh request id (`orq-` + 16 hex digits), as the ledger and headers show it."""
     return "orq-" + secrets.token_hex(8)
 
 
@@ -86,3 +95,16 @@ def json_reply(status: int, message: str, *, type_: str, code: str, pending: Pen
     return Reply(status, [("content-type", "application/json"),
                           ("x-orchestrator-request-id", pending.id), *headers],
                  error_body(message, type_=type_, code=code), pending)  # fmt: skip
+
+
+def internal_error_reply(pending: Pending, exc_type: str) -> Reply:
+    """The router's 500 when it failed on a call itself, in OpenAI's error format. It names
+    the request (header and message: the proxy log has the traceback under that id) and the
+    exception's type only, never its text, which could quote a key."""
+    message = f"internal router error ({exc_type}); see the proxy log for request {pending.id}"
+    pending.error = message
+    pending.reasons.append(f"internal_error: {exc_type}")
+    return Reply(500, [("content-type", "application/json"),
+                       ("x-orchestrator-request-id", pending.id)],
+                 error_body(message, type_="server_error", code="orchestrator_internal_error"),
+                 pending)  # fmt: skip

@@ -52,6 +52,9 @@ class _Live(Collector):
 
 
 class Metrics:
+    """The proxy's Prometheus metrics, on a registry of its own; live gauges are read from
+    `read_state()` at scrape time."""
+
     def __init__(self, read_state: Callable[[], dict[str, Any]]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
@@ -104,6 +107,7 @@ class Metrics:
         r.register(_Live(read_state))
 
     def observe(self, row: LedgerRow) -> None:
+        """Count one finished request from its ledger row."""
         model = row.routed_model or row.requested_model or "-"
         provider = row.provider or "-"
         self.requests.labels(row.profile or "-", model, provider, row.outcome).inc()
@@ -127,4 +131,5 @@ class Metrics:
             self.ttft.labels(provider).observe(row.ttft_ms / 1000)
 
     def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)

@@ -17,13 +17,15 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
 from addon.proxy.upstream import LiveStream
 from addon.wire.chat import delta_text, is_usage_only_chunk
-from addon.wire.sse import SSEEvent, event_json
+from addon.wire.sse import SSEEvent, SSEParser, event_json
 from addon.wire.usage import Usage
 
 log = logging.getLogger("orchestrator")
@@ -44,6 +46,36 @@ class StreamReport:
     ended_at: float | None = None
     keep_text: bool = False  # log_prompts: full — collect the answer's text
     text: list[str] = field(default_factory=list)
+
+
+def _note(report: StreamReport, obj: dict[str, Any], usage: Any) -> None:
+    """What one SSE event tells the ledger: the answering model (the first one named) and
+    the usage (the last one given)."""
+    if report.model is None and isinstance(obj.get("model"), str):
+        report.model = obj["model"]
+    u = Usage.from_obj(usage)
+    if u is not None:
+        report.usage = u
+
+
+def usage_tap(report: StreamReport) -> Callable[[bytes], bytes]:
+    """A `flow.response.stream` for an SSE answer passing through untouched (not routed):
+    every chunk is returned unchanged, and usage, model and `[DONE]` are noted in `report`
+    as they go by. The empty chunk that ends the stream flushes the last event."""
+    parser = SSEParser()
+
+    def tap(chunk: bytes) -> bytes:
+        for ev in parser.feed(chunk) if chunk else parser.flush():
+            obj = event_json(ev)
+            if isinstance(obj, dict):
+                inner = obj.get("response")  # the Responses API nests it
+                nested = inner.get("usage") if isinstance(inner, dict) else None
+                _note(report, obj, obj.get("usage") or nested)
+            elif ev.done:
+                report.saw_done = True
+        return chunk
+
+    return tap
 
 
 @dataclass
@@ -73,6 +105,9 @@ class _Reply:
 
 
 class Pipe:
+    """The loopback server (127.0.0.1, a free port) that relays registered upstream streams
+    and fixed replies to mitmproxy, each under an unguessable one-use token."""
+
     def __init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
         self._replies: dict[str, _Reply] = {}
@@ -81,6 +116,7 @@ class Pipe:
         self.port = 0
 
     async def ensure_started(self) -> int:
+        """Start the server on first use; its port."""
         async with self._lock:
             if self._runner is None:
                 app = web.Application(handler_args={"max_field_size": 65536})
@@ -106,6 +142,7 @@ class Pipe:
         stall_s: float,
         report: StreamReport,
     ) -> str:
+        """Hand over an open upstream stream; the token its `/pipe/<token>` URL takes."""
         token = secrets.token_urlsafe(24)
         self._entries[token] = _Entry(live, status, headers, strip_usage, report, stall_s)
         return token
@@ -137,6 +174,7 @@ class Pipe:
             entry.live.close()
 
     async def close(self) -> None:
+        """Close every stream not yet fetched, then stop the server."""
         for token in list(self._entries):
             self.discard(token)
         if self._runner is not None:
@@ -216,11 +254,7 @@ class Pipe:
                 report.malformed += 1
                 continue
             if isinstance(obj, dict):
-                if report.model is None and isinstance(obj.get("model"), str):
-                    report.model = obj["model"]
-                u = Usage.from_obj(obj.get("usage"))
-                if u is not None:
-                    report.usage = u
+                _note(report, obj, obj.get("usage"))
                 if entry.strip_usage and is_usage_only_chunk(obj):
                     continue
                 if report.keep_text:

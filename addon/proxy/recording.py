@@ -8,7 +8,7 @@ import time
 from addon.config.schema import Settings
 from addon.proxy.exchange import Pending
 from addon.routing import cost
-from addon.routing.catalog import Catalog
+from addon.routing.catalog import Catalog, requested_candidate
 from addon.store.sqlite_ledger import LedgerRow
 from addon.wire.chat import answer_text
 from addon.wire.usage import Usage, answer_facts
@@ -61,10 +61,9 @@ def build_row(
     unpriced = False
     if usage is not None:
         price = s.candidate.price if s else None
-        if price is None and pending.kind == "unrouted" and pending.requested_model:
-            found = catalog.lookup(pending.requested_model)
-            same = [c for c in found if catalog.providers[c.provider].host == inc.host]
-            price = (same or list(found))[0].price if found else None
+        if price is None and pending.kind == "unrouted":
+            asked = requested_candidate(catalog, pending.requested_model, inc.host)
+            price = asked.price if asked is not None else None
         usd = cost.cost(usage, price) if price is not None else None
         unpriced = usd is None
         req_c = pending.decision.requested if pending.decision else None

@@ -27,6 +27,7 @@ from addon.config.schema import Settings
 from addon.errors import ConfigError
 from addon.proxy import budgetgate, dispatch
 from addon.proxy.metrics import Metrics
+from addon.proxy.view import View, build_view, environ
 from addon.routing import ranking
 from addon.state import memory
 from addon.store import benchmarks, ledgers
@@ -48,10 +49,12 @@ def _settle() -> None:
 
 
 def watch_paths(cfg: Config) -> tuple[Path, ...]:
+    """The files a change of which reloads the config: its YAML files and the benchmark DB."""
     return (*loader.watched_files(cfg), cfg.benchmarks_path)
 
 
 def fingerprint(paths: tuple[Path, ...]) -> tuple[tuple[int, int] | None, ...]:
+    """(mtime ns, size) of each path, None for a missing one: compared to spot an edit."""
     out: list[tuple[int, int] | None] = []
     for p in paths:
         try:
@@ -63,8 +66,32 @@ def fingerprint(paths: tuple[Path, ...]) -> tuple[tuple[int, int] | None, ...]:
     return tuple(out)
 
 
+def startup_lines(view: View, host: str, port: int | str, ca_bundle: str) -> list[str]:
+    """What the proxy logs once it listens: what it serves, and (outside reverse mode) how
+    to point an app at it."""
+    cfg = view.config
+    cat = view.catalog
+    usable = sorted(n for n, p in cat.providers.items() if p.keyless or p.has_env_key)
+    lines = [
+        f"Local AI Orchestrator {cfg.version}: listening on {host}:{port}, mode "
+        f"{cfg.settings.mode}, default profile {cfg.settings.default_profile}, "
+        f"{len(cat.candidates)} candidates ({cat.source}), providers usable without a client "
+        f"key: {', '.join(usable) or 'none'}, config {cfg.path}"
+    ]
+    if not cfg.settings.mode.startswith("reverse:"):
+        lines.append(
+            f"Point an app at it:\n  export HTTPS_PROXY=http://{host}:{port}\n"
+            f"  export SSL_CERT_FILE={ca_bundle}\n  export NO_PROXY=localhost,127.0.0.1\n"
+            "(SSL_CERT_FILE = system roots + this proxy's CA; Node: NODE_EXTRA_CA_CERTS)"
+        )
+    return lines
+
+
 class Runtime:
-    def __init__(self, cfg: Config, view: dispatch.View,
+    """The running proxy apart from mitmproxy: the dispatcher and its stores, metrics, the
+    admin endpoint, and the hot reload."""
+
+    def __init__(self, cfg: Config, view: View,
                  apply_settings: Callable[[Settings], None]) -> None:  # fmt: skip
         self.config_path = cfg.path
         self.apply_settings = apply_settings
@@ -106,12 +133,15 @@ class Runtime:
         self.admin: Any = None
 
     @property
-    def view(self) -> dispatch.View:
+    def view(self) -> View:
+        """The config version in force."""
         return self.dispatcher.view
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        """Start what needs the event loop: shared state, the pipe, the file watcher, the
+        re-ranker, SIGHUP reloads and the admin endpoint."""
         from addon.proxy.admin import AdminServer
 
         self._reload_lock = asyncio.Lock()
@@ -136,8 +166,12 @@ class Runtime:
                 log.error("admin endpoint %s not started: %s — free the port or change "
                           "`admin.listen` in %s", s.admin.listen, e, self.config_path.name)  # fmt: skip
                 self.admin = None
+            else:
+                log.info("admin endpoint: http://%s:%s/ (status page, /metrics, /status)",
+                         host, self.admin.port)  # fmt: skip
 
     async def stop(self) -> None:
+        """Stop the background tasks and close the admin endpoint, pipe, stores and ledger."""
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -162,7 +196,7 @@ class Runtime:
                 cfg = await asyncio.to_thread(loader.load, self.config_path)
                 self._check_db(cfg)
                 view = await asyncio.to_thread(
-                    dispatch.build_view, cfg, dispatch.environ(), self.dispatcher.latency.values()
+                    build_view, cfg, environ(), self.dispatcher.latency.values()
                 )
             except (ConfigError, benchmarks.BenchmarkDBError) as e:
                 self.last_error, self.last_error_at = str(e), time.time()
@@ -229,12 +263,14 @@ class Runtime:
     # ------------------------------------------------------------------ state
 
     def breakers(self) -> list[dict[str, Any]]:
+        """Every breaker that has a state, by target key (for /status and metrics)."""
         return [
             {"target": key, "state": st.status.value, "failures": st.failures}
             for key, st in sorted(self.dispatcher.breakers.snapshot().items())
         ]
 
     def live_state(self) -> dict[str, Any]:
+        """What the metrics read at scrape time: breakers, benchmark DB age, budgets."""
         view = self.view
         src = view.catalog.source.removeprefix("bundled:")
         try:
@@ -245,6 +281,8 @@ class Runtime:
                 "budgets": self.budgets.snapshot(time.time())}  # fmt: skip
 
     def status(self) -> dict[str, Any]:
+        """The `/status` document: config, providers and keys, catalog, breakers, budgets,
+        ledger and shared state."""
         view = self.view
         cfg = view.config
         live = self.live_state()

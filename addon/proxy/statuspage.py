@@ -1,7 +1,8 @@
-"""The status page: one self-contained HTML document (inline CSS and JS, nothing external).
+"""The status page: one self-contained HTML document (inline CSS and JS, nothing external),
+and `status_text`, the same `/status` numbers as `orchestrator status` prints them.
 
 The page polls the same origin every 5 s: `GET /costs?since=24h&by=model` (the
-`addon.reports.as_json` shape), `GET /costs/series?since=24h&buckets=24` and `GET /status`.
+`addon.store.reports.as_json` shape), `GET /costs/series?since=24h&buckets=24` and `GET /status`.
 Every value it shows is inserted with `textContent` or as an SVG attribute, never as markup.
 Key numbers carry stable ids (`total-spend`, `total-requests`, `unpriced`, `fallback-rate`,
 `config-version`) and `<body data-loaded="1">` marks the first complete render.
@@ -10,6 +11,9 @@ Key numbers carry stable ids (`total-spend`, `total-requests`, `unpriced`, `fall
 from __future__ import annotations
 
 import html
+from typing import Any
+
+from addon.store.reports import utc_iso
 
 _TITLE = "@@TITLE@@"
 
@@ -194,3 +198,35 @@ refresh();
 def render_page(title: str = "Local AI Orchestrator") -> bytes:
     """The status page as UTF-8 HTML; `title` is escaped."""
     return _PAGE.replace(_TITLE, html.escape(title)).encode()
+
+
+def status_text(st: dict[str, Any]) -> str:
+    """`/status` as the lines `orchestrator status` prints: config and its last rejected
+    edit, catalog, providers, breakers, budgets, ledger and shared state."""
+    out: list[str] = []
+    c = st["config"]
+    out.append(f"config {c['path']} version {c['version']}, loaded "
+               f"{utc_iso(c['loaded_at'])}")  # fmt: skip
+    if c.get("last_error"):
+        out.append(f"last reload REJECTED ({utc_iso(c['last_error_at'])}):\n"
+                   f"{c['last_error']}")  # fmt: skip
+    cat = st["catalog"]
+    out.append(f"catalog: {cat['candidates']} candidates from {cat['source']}")
+    for p in st["providers"]:
+        out.append(f"provider {p['name']:<12} key {p['key']}")
+    breakers = st["breakers"] or [{"target": "(none tripped)", "state": "closed", "failures": 0}]
+    for b in breakers:
+        out.append(f"breaker  {b['target']:<40} {b['state']:<9} failures {b['failures']}")
+    for b in st["budgets"]:
+        out.append(f"budget   {b['rule']} [{b['scope']}] ${b['spent']:.6f} spent + "
+                   f"${b['reserved']:.6f} in flight of ${b['limit']:.2f} per {b['per']}")  # fmt: skip
+    lg = st["ledger"]
+    out.append(f"ledger {lg['where']}: {lg['rows']} rows, {lg['bytes']} bytes"
+               + (f", {lg['spooled']} spooled while the database is unreachable"
+                  if lg.get("spooled") else ""))  # fmt: skip
+    shared = st.get("state", {})
+    if shared.get("kind") == "redis":
+        out.append(f"state  {shared['where']}: "
+                   + ("connected" if shared.get("connected") else
+                      f"UNREACHABLE ({shared.get('last_error')})"))  # fmt: skip
+    return "\n".join(out)

@@ -28,6 +28,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
 from addon.config.schema import Resilience, address_kind
+from addon.proxy.outbound import HOP_BY_HOP
 from addon.routing.catalog import Candidate
 from addon.routing.fallback import (
     AttemptRecord,
@@ -39,37 +40,27 @@ from addon.routing.fallback import (
     classify_failure,
     next_step,
 )
+from addon.routing.scoring import Scored
 from addon.wire.sse import SSEEvent, SSEParser
 
 log = logging.getLogger("orchestrator")
 
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-        "content-encoding",
-        "accept-encoding",
-        "proxy-connection",
-    }
-)
-
 
 @dataclass(frozen=True)
 class Target:
-    candidate: Candidate
+    """One attempt, ready to send: the chain entry it was built from, its URL, headers and
+    the body with the provider's `model` spliced in."""
+
+    scored: Scored
     url: str
     headers: tuple[tuple[str, str], ...]
     body: bytes
     stream: bool
+
+    @property
+    def candidate(self) -> Candidate:
+        """The offering this target tries."""
+        return self.scored.candidate
 
 
 @dataclass
@@ -84,6 +75,7 @@ class LiveStream:
     on_close: Callable[[], None] | None = None  # gives back the provider's connection slot
 
     def close(self) -> None:
+        """Close the upstream response and give back the provider's connection slot."""
         self.response.close()
         if self.on_close is not None:
             release, self.on_close = self.on_close, None
@@ -92,6 +84,8 @@ class LiveStream:
 
 @dataclass
 class Answer:
+    """A target's answer: a whole body, or an open stream with its first event read."""
+
     target: Target
     status: int
     headers: list[tuple[str, str]]
@@ -101,6 +95,8 @@ class Answer:
 
 @dataclass
 class EngineResult:
+    """How a walk of the plan ended: the answer (if any), every attempt, the last outcome."""
+
     answer: Answer | None  # a 2xx from some target, or the final upstream error to pass on
     attempts: list[AttemptRecord] = field(default_factory=list)
     last: Outcome | None = None
@@ -123,6 +119,7 @@ class GuardedResolver(AbstractResolver):
 
     async def resolve(self, host: str, port: int = 0,
                       family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:  # fmt: skip
+        """Resolve `host`; refuse internal addresses unless `internal_ok(host)`."""
         if self._inner is None:
             self._inner = ThreadedResolver()
         infos = await self._inner.resolve(host, port, family)
@@ -136,6 +133,7 @@ class GuardedResolver(AbstractResolver):
         return infos
 
     async def close(self) -> None:
+        """Close the wrapped resolver."""
         if self._inner is not None:
             await self._inner.close()
 
@@ -177,6 +175,7 @@ class Engine:
         return {"active": len(getattr(conn, "_acquired", ())), "idle": idle}
 
     async def close(self) -> None:
+        """Close the pooled session (a later attempt opens a new one)."""
         if self._session is not None and not self._session.closed:
             await self._session.close()
         self._session = None

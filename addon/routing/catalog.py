@@ -119,6 +119,22 @@ class Catalog:
         return self.by_name.get(name.lower(), ())
 
 
+def requested_candidate(catalog: Catalog, name: str | None, host: str) -> Candidate | None:
+    """The catalog entry a request's `model` names, as the client meant it: of the offerings
+    under that name, those at `host` (the host the client addressed) first, priced ones
+    before unpriced. None when the request names no model the catalog knows. The one rule
+    for both routing (savings against the requested model) and recording (the price of an
+    unrouted call)."""
+    if not name:
+        return None
+    found = catalog.lookup(name)
+    if not found:
+        return None
+    same_host = [c for c in found if catalog.providers[c.provider].host == host]
+    priced = [c for c in (same_host or found) if c.price.known]
+    return (priced or same_host or list(found))[0]
+
+
 def provider_infos(
     providers: Mapping[str, Provider], env: Mapping[str, str]
 ) -> dict[str, ProviderInfo]:

@@ -243,8 +243,9 @@ def estimate_tokens(chars: int) -> int:
     return math.ceil(chars / CHARS_PER_TOKEN)
 
 
-def features(body: dict[str, Any]) -> RequestFeatures:
-    """Features of a chat or completions request body (already parsed JSON)."""
+def features(body: dict[str, Any], *, requested_model: str | None) -> RequestFeatures:
+    """Features of a chat or completions request body (already parsed JSON); the requested
+    model is the one `wire.request.parse_request` read from it (read once, carried along)."""
     messages = body.get("messages")
     chars = 0
     images = 0
@@ -310,9 +311,8 @@ def features(body: dict[str, Any]) -> RequestFeatures:
         + (0.15 if (tools or needs_json_schema) else 0.0)
         + (0.10 if n_messages > 6 else 0.0)
     )
-    model = body.get("model")
     return RequestFeatures(
-        requested_model=model if isinstance(model, str) else None,
+        requested_model=requested_model,
         stream=body.get("stream") is True,
         prompt_tokens=prompt_tokens,
         max_output_tokens=max_out,

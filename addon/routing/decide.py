@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from addon.config.loaded import Config
 from addon.config.rules import Constraints, Policy
 from addon.routing import cost as costmod
-from addon.routing.catalog import Candidate
+from addon.routing.catalog import Candidate, requested_candidate
 from addon.routing.classify import RequestFeatures
 from addon.routing.ranking import Needs, Router, glob, static_reason
 from addon.routing.scoring import Scored
@@ -29,6 +29,8 @@ DEFAULT_MAX_OUTPUT = 1024  # assumed completion size for cost caps when the clie
 
 @dataclass(frozen=True)
 class RoutingRequest:
+    """What routing knows of one request: its features and where and from whom it came."""
+
     features: RequestFeatures
     host: str
     path: str
@@ -41,6 +43,9 @@ class RoutingRequest:
 
 @dataclass(frozen=True)
 class RoutingDecision:
+    """Where a request goes: the profile and policy that apply, the ordered chain of
+    targets to try, what the client asked for, and why (each filter's count, reasons)."""
+
     profile: str
     profile_reason: str
     policy: str | None
@@ -53,6 +58,9 @@ class RoutingDecision:
 
 @dataclass(frozen=True)
 class NoRoute:
+    """No target may serve the request: the status to answer (400 the request, 503 the
+    router's state) and a message naming what filtered the candidates out."""
+
     status: int
     message: str
     code: str
@@ -171,18 +179,6 @@ def reject_reason(
 # --------------------------------------------------------------------------- decide
 
 
-def requested_candidate(router: Router, req: RoutingRequest) -> Candidate | None:
-    name = req.features.requested_model
-    if not name:
-        return None
-    found = router.catalog.lookup(name)
-    if not found:
-        return None
-    same_host = [c for c in found if router.catalog.providers[c.provider].host == req.host]
-    priced = [c for c in (same_host or found) if c.price.known]
-    return (priced or same_host or list(found))[0]
-
-
 def decide(
     router: Router,
     req: RoutingRequest,
@@ -206,8 +202,8 @@ def decide(
     min_ctx = max(profile.min_context, (constraints.min_context or 0) if constraints else 0)
     cls = req.features.complexity_class
     filtered: dict[str, int] = {}
-    requested = requested_candidate(router, req)
     model = req.features.requested_model or ""
+    requested = requested_candidate(router.catalog, model, req.host)
     forced = why.startswith(("header", "model alias"))
     state_only = False  # some candidate fit the request and was turned away by state alone
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,13 +10,19 @@ import orjson
 
 @dataclass(frozen=True)
 class Usage:
+    """Token counts of one answer, as the provider reported them (missing ones are 0)."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    # part of prompt_tokens written to the cache (Anthropic's cache_creation_input_tokens)
+    cache_write_tokens: int = 0
 
     @classmethod
     def from_obj(cls, u: Any) -> Usage | None:
+        """Read an answer's `usage` object (chat/completions or Responses field names);
+        None when it is not an object."""
         if not isinstance(u, dict):
             return None
 
@@ -44,12 +49,3 @@ def answer_facts(body: bytes) -> tuple[Usage | None, str | None]:
         return None, None
     model = obj.get("model")
     return Usage.from_obj(obj.get("usage")), model if isinstance(model, str) else None
-
-
-def response_model(body: bytes) -> str | None:
-    try:
-        obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    m = obj.get("model") if isinstance(obj, dict) else None
-    return m if isinstance(m, str) else None
