@@ -11,36 +11,47 @@ Separate process (benchmarks)::
 
     python -m tests.fakeupstream --port 8901 --events 20 --event-gap-ms 5
 
+It speaks chat and legacy completions (``fake_chat``), OpenAI Responses (``fake_responses``),
+Anthropic Messages and count_tokens (``fake_messages``, errors in Anthropic's shape) and
+embeddings (``fake_embeddings``); this module is the server, the test-side API and the faults.
+
 Faults apply only to POSTs on the inference endpoints (chat/completions, completions,
-embeddings); every request, faulted or not, is recorded in ``seen`` first.  For the
-streaming faults, "n events" counts *content* chunks: the chat role chunk always comes
-first and is not counted.  Queued faults (``fail``) win over persistent ones (``always``);
-a model-specific persistent fault wins over the catch-all one.
+embeddings, responses, messages, messages/count_tokens); every request, faulted or not, is
+recorded in ``seen`` first.  For the streaming faults, "n events" counts *content* deltas:
+the events before them (the chat role chunk, ``response.created``…, ``message_start``…)
+always come first and are not counted.  Queued faults (``fail``) win over persistent ones
+(``always``); a model-specific persistent fault wins over the catch-all one.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import math
 import signal
-import struct
 import threading
 import time
 import uuid
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-_INFERENCE = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+from tests import fake_chat, fake_embeddings, fake_messages, fake_responses
+from tests.fake_stream import StreamPlan, Tokens
+
+_ANTHROPIC = ("/v1/messages", "/v1/messages/count_tokens")
+_INFERENCE = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    *_ANTHROPIC,
+)
+_NO_STREAM = ("/v1/embeddings", "/v1/messages/count_tokens")
 _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
-_MALFORMED = b'data: {"id": "chatcmpl-broken", "object": "chat.completion.chunk", "choices": [\n\n'
-_FINGERPRINT = "fp_fake0001"
 
 
 @dataclass(frozen=True)
@@ -65,7 +76,9 @@ class Fault:
 
 @dataclass(frozen=True)
 class Status(Fault):
-    """An HTTP error with an OpenAI-style JSON error body (and optional Retry-After)."""
+    """An HTTP error with an OpenAI-style JSON error body (and optional Retry-After); on the
+    Anthropic endpoints the body is Anthropic's, its type ``type`` if that is an Anthropic
+    error type, else the one for ``code``."""
 
     code: int
     message: str = "The server had an error while processing your request. Sorry about that!"
@@ -115,7 +128,9 @@ class MalformedEvent(Fault):
 
 @dataclass(frozen=True)
 class NoDone(Fault):
-    """Finish the stream normally (usage included) but omit ``data: [DONE]``."""
+    """Finish the stream normally but omit its final marker: ``data: [DONE]`` (chat; usage
+    included), ``message_stop`` (Messages; usage included), ``response.completed``
+    (Responses, whose usage rides on it)."""
 
 
 @dataclass(frozen=True)
@@ -157,6 +172,18 @@ def content_policy() -> Status:
     )
 
 
+def overloaded() -> Status:
+    """Anthropic's 529: the API is overloaded for everyone."""
+    return Status(529, "Overloaded", type="overloaded_error", retry_after="1")
+
+
+def prompt_too_long(tokens: int = 208_656, limit: int = 200_000) -> Status:
+    """Anthropic's 400 for a prompt beyond the model's context window."""
+    return Status(
+        400, f"prompt is too long: {tokens} tokens > {limit} maximum", type="invalid_request_error"
+    )
+
+
 def _error_body(
     message: str, type_: str, code: str | None = None, param: str | None = None
 ) -> bytes:
@@ -183,6 +210,7 @@ class FakeUpstream:
         completion_tokens: int = 7,
         cached_tokens: int = 0,
         reasoning_tokens: int = 0,
+        cache_write_tokens: int = 0,
         models: tuple[str, ...] = ("fake-model",),
         host: str = "127.0.0.1",
         port: int = 0,
@@ -195,11 +223,13 @@ class FakeUpstream:
         self.first_event_delay, self.event_gap, self.delay = first_event_delay, event_gap, delay
         self.prompt_tokens, self.completion_tokens = prompt_tokens, completion_tokens
         self.cached_tokens, self.reasoning_tokens = cached_tokens, reasoning_tokens
+        self.cache_write_tokens = cache_write_tokens
         self.models, self.host, self.port = models, host, port
         self.seen: list[Seen] = []
         self._cond = threading.Condition()
         self._queue: list[tuple[str | None, Fault]] = []
         self._always: dict[str | None, Fault] = {}
+        self._stored: set[str] = set()  # ids of the Responses it produced and stored
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -321,6 +351,12 @@ class FakeUpstream:
                 raise TimeoutError(f"{self.name}: saw {got} of {n} requests within {timeout}s")
             return self._matching(path_suffix)
 
+    def stored_responses(self) -> set[str]:
+        """The ids of the responses it produced with ``store`` on (the API's default): the
+        ids a later ``previous_response_id`` may name."""
+        with self._cond:
+            return set(self._stored)
+
     def _matching(self, path_suffix: str | None) -> list[Seen]:
         return [s for s in self.seen if path_suffix is None or s.path.endswith(path_suffix)]
 
@@ -367,7 +403,11 @@ class FakeUpstream:
         if method != "POST" or path not in _INFERENCE:
             msg = f"Invalid URL ({method} {request.path})"
             return self._json(404, _error_body(msg, "invalid_request_error"))
+        anthropic = path in _ANTHROPIC
         if not isinstance(parsed, dict):
+            if anthropic:
+                return self._json(400, fake_messages.error_body(400, "There was an issue with "
+                                  "the format of your request: invalid JSON"))  # fmt: skip
             msg = (
                 "We could not parse the JSON body of your request. (HINT: This likely means you "
                 "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, "
@@ -377,7 +417,7 @@ class FakeUpstream:
 
         model = parsed.get("model") if isinstance(parsed.get("model"), str) else None
         fault = self._take_fault(model)
-        stream = parsed.get("stream") is True and path != "/v1/embeddings"
+        stream = parsed.get("stream") is True and path not in _NO_STREAM
         pre = self.delay + (fault.seconds if isinstance(fault, Delay) else 0.0)
         if isinstance(fault, Reset):
             return self._abort(request, web.Response())
@@ -387,15 +427,58 @@ class FakeUpstream:
             return self._abort(request, web.Response())
         if isinstance(fault, Status):
             extra = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
-            err = _error_body(fault.message, fault.type, fault.err_code, fault.param)
+            if anthropic:
+                err = fake_messages.error_body(fault.code, fault.message, fault.type)
+            else:
+                err = _error_body(fault.message, fault.type, fault.err_code, fault.param)
             return self._json(fault.code, err, extra)
         model = model or "fake-model"
-        if stream:
-            return await self._stream(request, path, model, parsed, fault)
-        if path == "/v1/embeddings":
-            payload = self._embeddings_body(model, parsed)
+        if path == "/v1/responses":
+            return await self._responses(request, model, parsed, fault, stream)
+        if path == "/v1/messages":
+            mid = fake_messages.new_id("msg")
+            if stream:
+                plan = fake_messages.plan(mid, model, self._pieces(), self._tokens())
+                return await self._play(request, plan, fault)
+            payload = fake_messages.message(mid, model, self.content, self._tokens())
+        elif path == "/v1/messages/count_tokens":
+            payload = {"input_tokens": self.prompt_tokens}
+        elif stream:
+            plan = fake_chat.plan(path, model, parsed, self._pieces(), self._tokens())
+            return await self._play(request, plan, fault)
+        elif path == "/v1/embeddings":
+            payload = fake_embeddings.body(model, parsed, self.prompt_tokens)
         else:
-            payload = self._completion_body(path, model)
+            payload = fake_chat.completion(path, model, self.content, self._tokens())
+        return await self._send_whole(request, payload, fault)
+
+    async def _responses(
+        self,
+        request: web.Request,
+        model: str,
+        req: dict[str, Any],
+        fault: Fault | None,
+        stream: bool,
+    ) -> web.StreamResponse:
+        """Answer a Responses request; 400 if it continues a response this fake never stored."""
+        previous = req.get("previous_response_id")
+        if previous is not None:
+            with self._cond:
+                known = previous in self._stored
+            if not known:
+                return self._json(400, fake_responses.previous_not_found(str(previous)))
+        rid = fake_responses.new_id("resp")
+        if req.get("store") is not False:
+            with self._cond:
+                self._stored.add(rid)
+        created = int(time.time())
+        if stream:
+            plan = fake_responses.plan(rid, model, req, self._pieces(), self._tokens(), created)
+            return await self._play(request, plan, fault)
+        payload = fake_responses.response(
+            rid, model, req, created_at=created, item_id=fake_responses.new_id("msg"),
+            text=self.content, tokens=self._tokens(),
+        )  # fmt: skip
         return await self._send_whole(request, payload, fault)
 
     async def _sleep(self, seconds: float) -> bool:
@@ -441,67 +524,14 @@ class FakeUpstream:
 
     # ---- payloads
 
-    def _usage(self, chat: bool) -> dict[str, Any]:
-        usage: dict[str, Any] = {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-        }
-        if chat:
-            usage["prompt_tokens_details"] = {
-                "cached_tokens": self.cached_tokens,
-                "audio_tokens": 0,
-            }
-            usage["completion_tokens_details"] = {
-                "reasoning_tokens": self.reasoning_tokens,
-                "audio_tokens": 0,
-                "accepted_prediction_tokens": 0,
-                "rejected_prediction_tokens": 0,
-            }
-        return usage
-
-    def _completion_body(self, path: str, model: str) -> dict[str, Any]:
-        head = {"created": int(time.time()), "model": model}
-        if path == "/v1/completions":
-            choice = {"text": self.content, "index": 0, "logprobs": None, "finish_reason": "stop"}
-            return {
-                "id": f"cmpl-{uuid.uuid4().hex[:24]}",
-                "object": "text_completion",
-                **head,
-                "choices": [choice],
-                "usage": self._usage(False),
-            }
-        message: dict[str, Any] = {
-            "role": "assistant",
-            "content": self.content,
-            "refusal": None,
-            "annotations": [],
-        }
-        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-            "object": "chat.completion",
-            **head,
-            "choices": [choice],
-            "usage": self._usage(True),
-            "service_tier": "default",
-            "system_fingerprint": _FINGERPRINT,
-        }
-
-    def _embeddings_body(self, model: str, req: dict[str, Any]) -> dict[str, Any]:
-        raw = req.get("input", "")
-        single = isinstance(raw, str) or (raw and isinstance(raw[0], int))  # text or token list
-        inputs = [raw] if single else list(raw or [""])
-        data = []
-        for i, item in enumerate(inputs):
-            seed = zlib.crc32(orjson.dumps(item))
-            vec = [((seed >> (j * 4)) & 0xF) / 15.0 - 0.5 for j in range(8)]
-            emb: Any = vec
-            if req.get("encoding_format") == "base64":
-                emb = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
-            data.append({"object": "embedding", "index": i, "embedding": emb})
-        usage = {"prompt_tokens": self.prompt_tokens, "total_tokens": self.prompt_tokens}
-        return {"object": "list", "data": data, "model": model, "usage": usage}
+    def _tokens(self) -> Tokens:
+        return Tokens(
+            self.prompt_tokens,
+            self.completion_tokens,
+            cached=self.cached_tokens,
+            reasoning=self.reasoning_tokens,
+            cache_write=self.cache_write_tokens,
+        )
 
     def _models_body(self) -> bytes:
         data = [
@@ -517,39 +547,11 @@ class FakeUpstream:
 
     # ---- streaming
 
-    async def _stream(
-        self, request: web.Request, path: str, model: str, req: dict[str, Any], fault: Fault | None
+    async def _play(
+        self, request: web.Request, plan: StreamPlan, fault: Fault | None
     ) -> web.StreamResponse:
-        opts = req.get("stream_options")
-        include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
-        chat = path == "/v1/chat/completions"
-        base: dict[str, Any] = {
-            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}" if chat else f"cmpl-{uuid.uuid4().hex[:24]}",
-            "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": int(time.time()),
-            "model": model,
-        }
-        if chat:
-            base["service_tier"], base["system_fingerprint"] = "default", _FINGERPRINT
-
-        def event(choice: dict[str, Any] | None, usage: Any = None) -> bytes:
-            chunk = base | {"choices": [] if choice is None else [choice]}
-            if include_usage:
-                chunk["usage"] = usage
-            return b"data: " + orjson.dumps(chunk) + b"\n\n"
-
-        def choice(piece: str | dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-            if chat:
-                return {"index": 0, "delta": piece, "logprobs": None, "finish_reason": finish}
-            return {"text": piece, "index": 0, "logprobs": None, "finish_reason": finish}
-
-        role = {"role": "assistant", "content": "", "refusal": None}
-        head = [event(choice(role))] if chat else []
-        pieces = self._pieces()
-        body = [event(choice({"content": p} if chat else p)) for p in pieces]
-        tail = [event(choice({} if chat else "", "stop"))]
-        if include_usage:
-            tail.append(event(None, self._usage(chat)))
+        """Send a planned stream, applying the streaming faults to its content deltas."""
+        pieces, body = self._pieces(), list(plan.body)
 
         def at(kind: type[Fault], attr: str) -> int:
             return min(max(getattr(fault, attr), 0), len(body)) if isinstance(fault, kind) else -1
@@ -561,7 +563,7 @@ class FakeUpstream:
         first = fault.delay if isinstance(fault, SlowFirstToken) else self.first_event_delay
         if not await self._sleep(first):
             return self._abort(request, resp)
-        for chunk in head:
+        for chunk in plan.head:
             await resp.write(chunk)
         for i in range(len(body) + 1):
             if i == cut:
@@ -570,19 +572,18 @@ class FakeUpstream:
                 await self._sleep(math.inf)
                 return self._abort(request, resp)
             if i == bad:
-                await resp.write(_MALFORMED)
+                await resp.write(plan.malformed)
             if i == len(body):
                 break
             if i and self.event_gap > 0 and not await self._sleep(self.event_gap):
                 return self._abort(request, resp)
             if self.stamp_events:
-                piece = f"{pieces[i]} @{time.perf_counter_ns()}"
-                body[i] = event(choice({"content": piece} if chat else piece))
+                body[i] = plan.render(i, f"{pieces[i]} @{time.perf_counter_ns()}")
             await resp.write(body[i])
-        for chunk in tail:
+        for chunk in plan.tail:
             await resp.write(chunk)
-        if not isinstance(fault, NoDone):
-            await resp.write(b"data: [DONE]\n\n")
+        if plan.end is not None and not isinstance(fault, NoDone):
+            await resp.write(plan.end)
         await resp.write_eof()
         return resp
 

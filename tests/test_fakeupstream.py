@@ -11,12 +11,16 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
 from openai import OpenAI
 
+from addon.routing.fallback import OutcomeKind
+from addon.wire import embeddings, messages, responses
+from addon.wire.usage import Usage
 from tests.fakeupstream import (
     RATE_LIMIT,
     CutStream,
@@ -31,6 +35,8 @@ from tests.fakeupstream import (
     Status,
     content_policy,
     context_length_exceeded,
+    overloaded,
+    prompt_too_long,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -459,3 +465,291 @@ def test_cli_entry_point(http: httpx.Client) -> None:
             proc.terminate()
             rc = proc.wait(10)
     assert rc == 0
+
+
+# --------------------------------------------------------------------------- Responses, Messages, embeddings
+
+ANTHROPIC_HEADERS = {"x-api-key": "sk-ant-test", "anthropic-version": "2023-06-01"}
+MESSAGES = {
+    "model": "claude-x",
+    "max_tokens": 256,
+    "messages": [{"role": "user", "content": "hi"}],
+}
+RESPONSES = {"model": "m1", "input": "hi"}
+RESPONSES_ORDER = [
+    "response.created",
+    "response.in_progress",
+    "response.output_item.added",
+    "response.content_part.added",
+    *["response.output_text.delta"] * 5,
+    "response.output_text.done",
+    "response.content_part.done",
+    "response.output_item.done",
+    "response.completed",
+]
+MESSAGES_ORDER = [
+    "message_start",
+    "content_block_start",
+    "ping",
+    *["content_block_delta"] * 5,
+    "content_block_stop",
+    "message_delta",
+    "message_stop",
+]
+# endpoint path, request body, headers, the content delta's event type, events before them
+STREAMS = {
+    "responses": ("/responses", RESPONSES, {}, "response.output_text.delta", 4),
+    "messages": ("/messages", MESSAGES, ANTHROPIC_HEADERS, "content_block_delta", 3),
+}
+
+
+def read_events(
+    http: httpx.Client, url: str, body: dict, headers: dict[str, str], **kw: Any
+) -> tuple[list[tuple[str | None, str]], Exception | None]:
+    """(event name, data) of each SSE event until the stream ends or fails, and the error."""
+    lines, err = read_sse(http, url, body, headers=headers, **kw)
+    events: list[tuple[str | None, str]] = []
+    name: str | None = None
+    for line in lines:
+        if line.startswith("event: "):
+            name = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            events.append((name, line.removeprefix("data: ")))
+            name = None
+    return events, err
+
+
+def parsed(events: list[tuple[str | None, str]]) -> list[dict[str, Any]]:
+    return [json.loads(d) for _, d in events]
+
+
+def test_responses_sdk_json_and_remembered_ids(fake: FakeUpstream, sdk: OpenAI) -> None:
+    raw = sdk.responses.with_raw_response.create(model="m1", input="hi", instructions="Be brief.")
+    assert raw.headers["content-type"] == "application/json"
+    r = raw.parse()
+    assert r.id.startswith("resp_") and r.object == "response" and r.status == "completed"
+    assert (r.model, r.output_text, r.instructions) == ("m1", "Hello from fake", "Be brief.")
+    u = r.usage
+    assert u is not None and (u.input_tokens, u.output_tokens, u.total_tokens) == (11, 7, 18)
+    assert (u.input_tokens_details.cached_tokens, u.output_tokens_details.reasoning_tokens) == (
+        3,
+        2,
+    )
+    follow = sdk.responses.create(model="m1", input="and?", previous_response_id=r.id, store=False)
+    assert follow.previous_response_id == r.id and follow.store is False
+    assert fake.stored_responses() == {r.id}  # store=False: not kept
+    for missing in ("resp_unknown", follow.id):
+        with pytest.raises(openai.BadRequestError) as info:
+            sdk.responses.create(model="m1", input="x", previous_response_id=missing)
+        assert info.value.code == "previous_response_not_found"
+        assert info.value.param == "previous_response_id"
+        assert info.value.message.endswith(f"Previous response with id '{missing}' not found.")
+
+
+def test_responses_sdk_stream_order_sequence_and_usage(fake: FakeUpstream, sdk: OpenAI) -> None:
+    events = list(sdk.responses.create(model="m1", input="hi", stream=True))
+    assert [e.type for e in events] == RESPONSES_ORDER
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == (
+        "Hello from fake"
+    )
+    created, completed = events[0], events[-1]
+    assert created.response.status == "in_progress" and created.response.usage is None
+    assert completed.response.id == created.response.id in fake.stored_responses()
+    assert completed.response.output_text == "Hello from fake"
+    assert completed.response.usage is not None and completed.response.usage.total_tokens == 18
+    with sdk.responses.stream(model="m1", input="hi") as stream:  # the SDK's own accumulator
+        for _ in stream:
+            pass
+        assert stream.get_final_response().output_text == "Hello from fake"
+
+
+def test_responses_stream_names_every_event_and_reads_back_with_wire(
+    fake: FakeUpstream, http: httpx.Client
+) -> None:
+    events, err = read_events(http, fake.base_url + "/responses", {**RESPONSES, "stream": True}, {})
+    assert err is None and all(name == json.loads(d)["type"] for name, d in events)
+    assert "[DONE]" not in [d for _, d in events]
+    objs = parsed(events)
+    answer = responses.event_answer(objs[-1])
+    assert responses.is_terminal(objs[-1]) and not any(map(responses.is_terminal, objs[:-1]))
+    assert "".join(map(responses.delta_text, objs)) == "Hello from fake"
+    assert answer is not None and answer.usage == Usage(11, 7, cached_tokens=3, reasoning_tokens=2)
+
+
+def test_messages_json_records_anthropic_headers(fake: FakeUpstream, http: httpx.Client) -> None:
+    r = http.post(fake.base_url + "/messages", json=MESSAGES, headers=ANTHROPIC_HEADERS)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    m = r.json()
+    assert m["id"].startswith("msg_01") and (m["type"], m["role"], m["model"]) == (
+        "message", "assistant", "claude-x",
+    )  # fmt: skip
+    assert m["content"] == [{"type": "text", "text": "Hello from fake"}]
+    assert (m["stop_reason"], m["stop_sequence"]) == ("end_turn", None)
+    assert messages.answer_facts(r.content) == messages.MessagesAnswer(
+        m["id"], "claude-x", "end_turn", Usage(11, 7, cached_tokens=3, reasoning_tokens=2),
+        "Hello from fake",
+    )  # fmt: skip
+    (seen,) = fake.requests("/messages")
+    assert seen.headers["x-api-key"] == "sk-ant-test"
+    assert seen.headers["anthropic-version"] == "2023-06-01"
+
+
+def test_messages_stream_order_and_usage(http: httpx.Client) -> None:
+    with FakeUpstream(cached_tokens=3, cache_write_tokens=4, reasoning_tokens=2) as f:
+        body = {**MESSAGES, "stream": True}
+        events, err = read_events(http, f.base_url + "/messages", body, ANTHROPIC_HEADERS)
+    assert err is None and [name for name, _ in events] == MESSAGES_ORDER
+    objs = parsed(events)
+    assert [o["type"] for o in objs] == MESSAGES_ORDER
+    start = objs[0]["message"]
+    assert start["content"] == [] and start["stop_reason"] is None
+    assert start["usage"]["input_tokens"] == 11 - 3 - 4 and start["usage"]["output_tokens"] == 1
+    assert (
+        objs[-2]["usage"]["output_tokens"] == 7 and objs[-2]["delta"]["stop_reason"] == "end_turn"
+    )
+    usage = None
+    for o in objs:
+        usage = messages.stream_usage(usage, o)
+    assert usage == Usage(11, 7, cached_tokens=3, reasoning_tokens=2, cache_write_tokens=4)
+    assert "".join(map(messages.delta_text, objs)) == "Hello from fake"
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "etype", "retry_after", "kind"),
+    [
+        (overloaded(), 529, "overloaded_error", "1", OutcomeKind.SERVER_ERROR),
+        (RATE_LIMIT, 429, "rate_limit_error", "1", OutcomeKind.RATE_LIMITED),
+        (Status(500), 500, "api_error", None, OutcomeKind.SERVER_ERROR),
+        (prompt_too_long(), 400, "invalid_request_error", None, OutcomeKind.CONTEXT_TOO_LONG),
+        (Status(401, "invalid x-api-key", type="authentication_error"), 401,
+         "authentication_error", None, OutcomeKind.AUTH_ERROR),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("path", ["/messages", "/messages/count_tokens"])
+def test_messages_errors_have_anthropics_shape(
+    fake: FakeUpstream,
+    http: httpx.Client,
+    fault: Status,
+    status: int,
+    etype: str,
+    retry_after: str | None,
+    kind: OutcomeKind,
+    path: str,
+) -> None:
+    fake.fail(fault)
+    r = http.post(fake.base_url + path, json=MESSAGES, headers=ANTHROPIC_HEADERS)
+    assert r.status_code == status and r.headers.get("retry-after") == retry_after
+    body = r.json()
+    assert set(body) == {"type", "error", "request_id"} and body["type"] == "error"
+    assert body["error"] == {"type": etype, "message": fault.message}
+    failure = messages.classify_failure(r.status_code, r.content, r.headers.get("retry-after"))
+    assert OutcomeKind(failure.kind) is kind
+
+
+def test_messages_bad_json_and_count_tokens(fake: FakeUpstream, http: httpx.Client) -> None:
+    r = http.post(
+        fake.base_url + "/messages", content=b"{oops", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    r = http.post(
+        fake.base_url + "/messages/count_tokens",
+        json={**messages.count_tokens_request(MESSAGES), "stream": True},
+        headers=ANTHROPIC_HEADERS,
+    )
+    assert r.status_code == 200 and r.json() == {"input_tokens": 11}
+    assert messages.count_tokens_answer(r.content) == 11
+
+
+@pytest.mark.parametrize("fmt", ["base64", "float"])
+def test_embeddings_dimensions(
+    sdk: OpenAI, http: httpx.Client, fake: FakeUpstream, fmt: str
+) -> None:
+    # without encoding_format the SDK asks for base64 and decodes it into floats itself
+    kw: dict[str, Any] = {} if fmt == "base64" else {"encoding_format": "float"}
+    short = sdk.embeddings.create(model="e1", input="a", **kw)
+    long = sdk.embeddings.create(model="e1", input="a", dimensions=16, **kw)
+    assert len(short.data[0].embedding) == 8 and len(long.data[0].embedding) == 16
+    assert long.data[0].embedding[:8] == pytest.approx(short.data[0].embedding)
+    assert [s.json.get("encoding_format") for s in fake.requests()] == [fmt, fmt]
+    r = http.post(fake.base_url + "/embeddings",
+                  json={"model": "e1", "input": [[1, 2], [3]], "dimensions": 12,
+                        "encoding_format": fmt})  # fmt: skip
+    facts = embeddings.answer_facts(r.content)
+    assert facts is not None and facts.dimension_error(12, 2) is None
+    assert isinstance(r.json()["data"][0]["embedding"], str if fmt == "base64" else list)
+
+
+@pytest.mark.parametrize("api", sorted(STREAMS))
+def test_cut_stall_and_malformed_count_content_deltas(
+    fake: FakeUpstream, http: httpx.Client, api: str
+) -> None:
+    path, body, headers, delta, before = STREAMS[api]
+    url, body = fake.base_url + path, {**body, "stream": True}
+    fake.fail(CutStream(2))
+    events, err = read_events(http, url, body, headers)
+    assert isinstance(err, httpx.RemoteProtocolError)
+    assert [n for n, _ in events].count(delta) == 2 and len(events) == before + 2
+    fake.fail(Stall(1))
+    events, err = read_events(http, url, body, headers, timeout=httpx.Timeout(5.0, read=0.25))
+    assert isinstance(err, httpx.ReadTimeout) and len(events) == before + 1
+    fake.fail(MalformedEvent(1))
+    events, err = read_events(http, url, body, headers)
+    bad = []
+    for i, (_, d) in enumerate(events):
+        try:
+            json.loads(d)
+        except json.JSONDecodeError:
+            bad.append(i)
+    assert err is None and bad == [before + 1] and events[before + 1][0] == delta
+    good = parsed([e for i, e in enumerate(events) if i not in bad])
+    read = responses.delta_text if api == "responses" else messages.delta_text
+    assert "".join(map(read, good)) == "Hello from fake"
+
+
+@pytest.mark.parametrize(("api", "terminal"), [("responses", "response.completed"),
+                                               ("messages", "message_stop")])  # fmt: skip
+def test_no_done_leaves_out_the_final_event(
+    fake: FakeUpstream, http: httpx.Client, api: str, terminal: str
+) -> None:
+    path, body, headers, _, _ = STREAMS[api]
+    fake.fail(NoDone())
+    events, err = read_events(http, fake.base_url + path, {**body, "stream": True}, headers)
+    names = [n for n, _ in events]
+    order = RESPONSES_ORDER if api == "responses" else MESSAGES_ORDER
+    assert err is None and names == order[:-1] and terminal not in names
+
+
+@pytest.mark.parametrize("api", sorted(STREAMS))
+def test_connection_faults_on_new_endpoints(
+    fake: FakeUpstream, http: httpx.Client, api: str
+) -> None:
+    path, body, headers, _, _ = STREAMS[api]
+    url = fake.base_url + path
+    fake.fail(Reset())
+    with pytest.raises(httpx.RemoteProtocolError):
+        http.post(url, json=body, headers=headers)
+    fake.fail(Hang())
+    with pytest.raises(httpx.ReadTimeout):
+        http.post(url, json=body, headers=headers, timeout=httpx.Timeout(5.0, read=0.2))
+    fake.fail(Delay(0.3))
+    t0 = time.monotonic()
+    assert http.post(url, json=body, headers=headers).status_code == 200
+    assert time.monotonic() - t0 >= 0.3
+    fake.fail(SlowFirstToken(0.3))
+    t0 = time.monotonic()
+    with http.stream("POST", url, json={**body, "stream": True}, headers=headers) as r:
+        headers_at = time.monotonic() - t0
+        lines = r.iter_lines()
+        first = next(lines)
+        first_at = time.monotonic() - t0
+        rest = list(lines)
+    assert headers_at < 0.2 <= 0.3 <= first_at and first.startswith("event: ")
+    order = RESPONSES_ORDER if api == "responses" else MESSAGES_ORDER
+    assert len([x for x in rest if x.startswith("data: ")]) == len(order)
+    fake.fail(CutStream(1))  # a whole JSON answer: half of it, then the cut
+    with pytest.raises(httpx.RemoteProtocolError):
+        http.post(url, json=body, headers=headers)
+    fake.fail(Status(503, "busy"), model="other")
+    assert http.post(url, json=body, headers=headers).status_code == 200  # another model's fault
+    assert http.post(url, json={**body, "model": "other"}, headers=headers).status_code == 503

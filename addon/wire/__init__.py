@@ -1,11 +1,14 @@
-"""Pure wire formats: bytes and JSON in, values out, one module per concern.
+"""Pure wire formats: bytes and JSON in, values out, one module per concern or API.
 
-- `request`   read a JSON request body once and splice a new `model` into it
-- `usage`     token usage and the answering model of a JSON answer
-- `sse`       server-sent events: incremental splitting, each event's JSON
-- `chat`      chat completions and legacy completions: prompt and answer text
-- `failures`  the router's error bodies; an upstream error's message, code and Retry-After
+- `request`     read a JSON request body once and splice a new `model` into it (every API)
+- `usage`       token usage and the answering model of a JSON answer
+- `sse`         server-sent events: incremental splitting, each event's JSON
+- `chat`        chat completions and legacy completions: prompt and answer text
+- `failures`    the router's error bodies; an upstream error's message, code and Retry-After
+- `responses`   OpenAI Responses: request facts, encrypted reasoning, events, errors
+- `messages`    Anthropic Messages and count_tokens: request facts, usage, events, errors
+- `embeddings`  embeddings: inputs, vector lengths and dimensions
 
-May import: the standard library, orjson, `addon.errors`. Never mitmproxy, aiohttp, httpx, sqlite3, psycopg, redis, yaml, threading,
-or the clock.
+May import: the standard library, orjson, `addon.errors`. Never mitmproxy, aiohttp, httpx,
+sqlite3, psycopg, redis, yaml, threading, or the clock.
 """
