@@ -104,8 +104,8 @@ def test_as_row_stores_lists_as_json_and_flags_as_integers() -> None:
 
 
 @pytest.mark.parametrize(("dialect", "names"), [
-    (Dialect.SQLITE, ["0001_requests", "0002_prompt_logging"]),
-    (Dialect.POSTGRESQL, ["0001_requests"]),
+    (Dialect.SQLITE, ["0001_requests", "0002_prompt_logging", "0003_api"]),
+    (Dialect.POSTGRESQL, ["0001_requests", "0003_api"]),
 ])  # fmt: skip
 def test_each_dialect_has_its_named_steps_in_order(dialect: Dialect, names: list[str]) -> None:
     assert [name for name, _ in ledger_schema.migrations(dialect)] == names
@@ -122,11 +122,17 @@ def test_insert_sql_per_dialect(dialect: Dialect, replace: bool, verb: str, tail
     assert sql.endswith(tail)
 
 
-def test_a_new_sqlite_ledger_has_the_shape_the_old_code_made(tmp_path: Path) -> None:
+def test_a_new_sqlite_ledger_is_the_old_codes_shape_plus_the_api_step(tmp_path: Path) -> None:
     old = tmp_path / "old.db"
     old_sqlite_ledger(
         old, {"0001_requests": OLD_SQLITE_0001, "0002_prompt_logging": OLD_SQLITE_0002}
     )
+    conn = sqlite3.connect(old)
+    with conn:
+        conn.execute("ALTER TABLE requests ADD COLUMN api TEXT")
+        conn.execute("ALTER TABLE requests ADD COLUMN cache_write_tokens INTEGER")
+        conn.execute("INSERT INTO schema_migrations VALUES ('0003_api', 1.0)")
+    conn.close()
     Ledger(tmp_path / "new.db").close()
     assert sqlite_shape(tmp_path / "new.db") == sqlite_shape(old)
 
@@ -141,14 +147,17 @@ def test_an_old_sqlite_ledger_migrates_as_before(tmp_path: Path, steps: dict[str
     conn = sqlite_ledger.connect(path)
     applied = sqlite_ledger.migrate(conn)
     conn.close()
-    assert applied == ["0001_requests", "0002_prompt_logging"][len(steps) :]
+    assert applied == ["0001_requests", "0002_prompt_logging", "0003_api"][len(steps) :]
     Ledger(tmp_path / "fresh.db").close()
     assert sqlite_shape(path) == sqlite_shape(tmp_path / "fresh.db")
     ledger = Ledger(path)
-    ledger.record(LedgerRow("new", time.time(), "ok", prompt="hi"))
+    ledger.record(LedgerRow("new", time.time(), "ok", prompt="hi", api="messages",
+                            cache_write_tokens=7))  # fmt: skip
     assert ledger.flush(10)
     ledger.close()
-    assert [r["id"] for r in sqlite_ledger.read_rows(path)] == ["old", "new"]
+    rows = sqlite_ledger.read_rows(path)
+    assert [(r["id"], r["api"], r["cache_write_tokens"]) for r in rows] == [
+        ("old", None, None), ("new", "messages", 7)]  # fmt: skip
 
 
 def pg_shape(url: str) -> tuple[list[Any], list[Any], list[Any]]:
@@ -167,7 +176,7 @@ def pg_shape(url: str) -> tuple[list[Any], list[Any], list[Any]]:
     return cols, indexes, names
 
 
-def test_an_old_postgresql_ledger_needs_nothing_and_matches_a_new_one(
+def test_an_old_postgresql_ledger_needs_only_the_api_step_and_matches_a_new_one(
     pg_url: str, pg_server: PgServer
 ) -> None:
     with psycopg.connect(pg_url, autocommit=True) as conn:
@@ -178,10 +187,10 @@ def test_an_old_postgresql_ledger_needs_nothing_and_matches_a_new_one(
         for stmt in OLD_PG_0001:
             conn.execute(stmt)  # type: ignore[call-overload]
         conn.execute("INSERT INTO schema_migrations VALUES ('0001_requests', 1.0)")
-        assert pg_migrations.migrate(conn) == []
+        assert pg_migrations.migrate(conn) == ["0003_api"]
     fresh = pg_server.new_database()
     with psycopg.connect(fresh, autocommit=True) as conn:
-        assert pg_migrations.migrate(conn) == ["0001_requests"]
+        assert pg_migrations.migrate(conn) == ["0001_requests", "0003_api"]
     assert pg_shape(fresh) == pg_shape(pg_url)
     lite = sqlite3.connect(":memory:")  # the same columns in the same order as SQLite's
     try:

@@ -161,7 +161,7 @@ def test_unknown_grouping_names_the_allowed_values() -> None:
     with pytest.raises(ValueError) as e:
         reports.cost_report(MIXED, "region")
     assert str(e.value) == (
-        "by: 'region' is not a report grouping — use one of model, provider, profile, client, policy"
+        "by: 'region' is not a report grouping — use one of model, provider, profile, client, policy, api"
     )
 
 
@@ -409,13 +409,14 @@ def test_explain_a_fallback_row() -> None:
         "request req-7\n"
         "time      2026-11-01T12:00:00Z\n"
         "client    127.0.0.1 → api.openai.com/v1/chat/completions\n"
+        "api       -\n"
         "profile   balanced — header x-orchestrator-profile\n"
         "policy    default\n"
         "model     gpt-4o → llama-3.1-8b-instant @ groq\n"
         "attempts  2\n"
         "  1. openai/gpt-4o-mini  server_error  status 503  12 ms  upstream 503\n"
         "  2. groq/llama-3.1-8b-instant  ok  status 200  340 ms\n"
-        "tokens    prompt 100, completion 50, cached 20, reasoning 0\n"
+        "tokens    prompt 100, completion 50, cached 20, cache writes 0, reasoning 0\n"
         "cost      $0.001000\n"
         "requested $0.004000 for gpt-4o, savings $0.003000\n"
         "timing    ttft 120 ms, latency 360 ms\n"
@@ -443,11 +444,12 @@ def test_explain_an_unpriced_failed_row() -> None:
         "request req-8\n"
         "time      2026-11-01T12:00:00Z\n"
         "client    127.0.0.1 → api.openai.com/v1/chat/completions\n"
+        "api       -\n"
         "profile   - — no reason recorded\n"
         "policy    -\n"
         "model     gpt-4o → llama3.1:8b @ ollama\n"
         "attempts  1\n"
-        "tokens    prompt 100, completion 50, cached 0, reasoning 0\n"
+        "tokens    prompt 100, completion 50, cached 0, cache writes 0, reasoning 0\n"
         "cost      unpriced — no known price for llama3.1:8b @ ollama\n"
         "requested - (cost of gpt-4o unknown)\n"
         "timing    ttft - ms, latency - ms\n"

@@ -8,7 +8,8 @@ the named migrations in order, and their two renderings (SQLite, PostgreSQL).
     insert_sql()     the INSERT of a whole LedgerRow in one dialect
 
 The SQLite ledger came first: its `0001_requests` made the table without the prompt
-columns and `0002_prompt_logging` added them. The PostgreSQL ledger arrived after that, so
+columns and `0002_prompt_logging` added them; `0003_api` adds, in both dialects, which API a
+call spoke and the prompt tokens it wrote to a cache. The PostgreSQL ledger arrived after that, so
 its `0001_requests` creates the whole table at once and `0002` does not apply to it. Files
 already written keep the names they recorded; a new change is a new step at the end with
 both renderings. Pure: the standard library only (no driver, no clock).
@@ -66,6 +67,8 @@ class LedgerRow:
     prompt_sha256: str | None = None  # log_prompts: hash (or full)
     prompt: str | None = None  # log_prompts: full only
     completion: str | None = None  # log_prompts: full only
+    api: str | None = None  # chat | completions | responses | messages | embeddings
+    cache_write_tokens: int | None = None  # prompt tokens written to a cache (Anthropic)
 
     def as_row(self) -> tuple[Any, ...]:
         """Values in `ROW_COLUMNS` order as stored: lists as JSON text, flags as 0/1
@@ -154,6 +157,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("prompt_sha256", TEXT),
     Column("prompt", TEXT),
     Column("completion", TEXT),
+    Column("api", TEXT),
+    Column("cache_write_tokens", BIGINT),
 )
 ROW_COLUMNS = tuple(f.name for f in fields(LedgerRow))  # LedgerRow order, for INSERTs
 _JSON_COLUMNS = frozenset(c.name for c in COLUMNS if c.type.stored == "json")
@@ -218,17 +223,19 @@ class Migration:
 
 
 _PROMPT_COLUMNS = ("prompt_sha256", "prompt", "completion")
+_API_COLUMNS = ("api", "cache_write_tokens")
+_LATER_SQLITE = (*_PROMPT_COLUMNS, *_API_COLUMNS)  # added by SQLite's later steps
 _BY_TS = CreateIndex("requests_ts", ("ts",))
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         "0001_requests",
         sqlite=(
-            CreateTable(tuple(c.name for c in COLUMNS if c.name not in _PROMPT_COLUMNS)),
+            CreateTable(tuple(c.name for c in COLUMNS if c.name not in _LATER_SQLITE)),
             _BY_TS,
         ),
         postgresql=(
-            CreateTable(tuple(c.name for c in COLUMNS)),
+            CreateTable(tuple(c.name for c in COLUMNS if c.name not in _API_COLUMNS)),
             _BY_TS,
             CreateIndex("requests_policy_ts", ("policy", "ts")),  # the budget seed's query
         ),
@@ -237,6 +244,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "0002_prompt_logging",
         sqlite=tuple(AddColumn(c) for c in _PROMPT_COLUMNS),
         postgresql=None,  # already in PostgreSQL's 0001_requests
+    ),
+    Migration(
+        "0003_api",
+        sqlite=tuple(AddColumn(c) for c in _API_COLUMNS),
+        postgresql=tuple(AddColumn(c) for c in _API_COLUMNS),
     ),
 )
 

@@ -21,7 +21,7 @@ from addon.store.ledgers import LedgerReader
 
 Row = Mapping[str, Any]
 
-GROUP_BY = ("model", "provider", "profile", "client", "policy")
+GROUP_BY = ("model", "provider", "profile", "client", "policy", "api")
 NO_KEY = "(none)"
 TOTAL_KEY = "total"
 _DURATION = re.compile(r"(\d+)([mhdw])")
@@ -347,17 +347,18 @@ def explain(row: Row) -> str:
         f"request {v('id')}",
         field("time", utc_iso(row["ts"])),
         field("client", f"{v('client')} → {v('host')}{row.get('path') or ''}"),
+        field("api", v("api")),
         field("profile", f"{v('profile')} — {row.get('profile_reason') or 'no reason recorded'}"),
         field("policy", v("policy")),
         field("model", f"{v('requested_model')} → {v('routed_model')} @ {v('provider')}"),
         field("attempts", str(row.get("attempts") or 0)),
         *(_attempt_line(n, a) for n, a in enumerate(attempts, 1) if isinstance(a, Mapping)),
     ]
-    token_cols = ("prompt", "completion", "cached", "reasoning")
+    token_cols = {"prompt": "prompt", "completion": "completion", "cached": "cached",
+                  "cache_write": "cache writes", "reasoning": "reasoning"}  # fmt: skip
     if any(row.get(f"{c}_tokens") is not None for c in token_cols):
-        out.append(
-            field("tokens", ", ".join(f"{c} {row.get(f'{c}_tokens') or 0}" for c in token_cols))
-        )
+        counts = (f"{label} {row.get(f'{c}_tokens') or 0}" for c, label in token_cols.items())
+        out.append(field("tokens", ", ".join(counts)))
     else:
         out.append(field("tokens", "none reported"))
     cost, requested = row.get("cost_usd"), row.get("requested_cost_usd")
