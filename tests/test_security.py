@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from addon.config import loader
-from addon.config.schema import Settings, address_kind
+from addon.config.schema import Provider, Settings, address_kind
 from addon.errors import ConfigError
 from addon.proxy import clients
 from addon.proxy.upstream import GuardedResolver
@@ -41,7 +41,13 @@ def test_identify() -> None:
 @pytest.mark.parametrize(
     ("host", "kind"),
     [("127.0.0.1", "loopback"), ("10.1.2.3", "private"), ("169.254.169.254", "link-local"),
-     ("[::1]", "loopback"), ("localhost", "loopback"), ("8.8.8.8", None), ("api.openai.com", None)],
+     ("[::1]", "loopback"), ("localhost", "loopback"), ("8.8.8.8", None), ("api.openai.com", None),
+     # the same addresses in the other spellings the C resolver accepts
+     ("2852039166", "link-local"), ("0xa9fea9fe", "link-local"),
+     ("0251.0376.0251.0376", "link-local"), ("127.1", "loopback"), ("0x7f000001", "loopback"),
+     ("10.1.258", "private"), ("[::ffff:169.254.169.254]", "link-local"),
+     ("app.localhost", "loopback"), ("localhost.", "loopback"),
+     ("134744072", None), ("256.1.1.1", None), ("09", None), ("0x", None), ("1.2.3.4.5", None)],
 )  # fmt: skip
 def test_address_kind(host: str, kind: str | None) -> None:
     assert address_kind(host) == kind
@@ -117,3 +123,10 @@ def test_dns_answers_checked_at_connect(host: str, ip: str, local: bool, refused
             asyncio.run(r.resolve(host, 443))
     else:
         assert asyncio.run(r.resolve(host, 443))[0]["host"] == ip
+
+
+@pytest.mark.parametrize("spelling", ["2852039166", "0xa9fea9fe", "0251.0376.0251.0376", "127.1"])
+def test_a_provider_url_cannot_spell_an_internal_address_another_way(spelling: str) -> None:
+    with pytest.raises(ValueError, match="address; only providers marked `local: true`"):
+        Provider(base_url=f"https://{spelling}/v1")
+    assert Provider(base_url=f"http://{spelling}/v1", local=True).base_url.startswith("http://")

@@ -5,6 +5,8 @@
 - `loaded`  the `Config` value: everything the router reads from YAML (pure)
 - `redact`  a URL or message fit for logs: passwords masked (pure)
 - `loader`  reads the files with PyYAML, reports `file:line:col` errors, builds `Config`
+- `resolving`  provider host names that resolve to internal addresses (DNS, at check time)
 
-`schema` may import only pydantic, the standard library and `addon.errors`; `loader` adds yaml.
+The pure modules may import only pydantic, the standard library and `addon.errors`; `loader`
+adds yaml, `resolving` the resolver (socket, threads).
 """

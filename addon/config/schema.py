@@ -14,8 +14,40 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from addon.config.redact import redact as _redact
 
-LLM_PATHS = ("/chat/completions", "/completions", "/responses", "/embeddings")
-ROUTED_PATHS = ("/chat/completions", "/completions")
+# The routed endpoints: (request path suffix, API, what is appended to a provider's
+# base_url), tried in this order against the path without its query, the first suffix that
+# fits wins (/chat/completions before /completions). /v1/messages is matched with its /v1,
+# so OpenAI's Assistants `POST /v1/threads/{id}/messages` is no Messages call.
+ENDPOINTS: tuple[tuple[str, Api, str], ...] = (
+    ("/v1/messages/count_tokens", "messages", "/messages/count_tokens"),
+    ("/v1/messages", "messages", "/messages"),
+    ("/chat/completions", "chat", "/chat/completions"),
+    ("/completions", "completions", "/completions"),
+    ("/responses", "responses", "/responses"),
+    ("/embeddings", "embeddings", "/embeddings"),
+)
+
+Api = Literal["chat", "completions", "responses", "messages", "embeddings"]
+APIS: tuple[Api, ...] = ("chat", "completions", "responses", "messages", "embeddings")
+# What well-known hosts really serve, for a provider that does not say (`apis:`). OpenRouter's
+# and Groq's Responses endpoints are stateless (no `previous_response_id`); a Responses turn
+# that needs stored state is pinned to the provider that produced it, so that is safe.
+KNOWN_HOST_APIS: dict[str, tuple[Api, ...]] = {
+    "api.openai.com": ("chat", "completions", "responses", "embeddings"),
+    "api.anthropic.com": ("messages",),
+    "openrouter.ai": ("chat", "completions", "responses"),
+    "api.groq.com": ("chat", "responses"),
+}
+LOCAL_APIS: tuple[Api, ...] = ("chat", "completions", "embeddings")  # Ollama, vLLM, llama.cpp
+OTHER_APIS: tuple[Api, ...] = ("chat", "completions")  # any other OpenAI-compatible host
+
+
+def default_apis(host: str, *, local: bool) -> tuple[Api, ...]:
+    """The APIs a provider at `host` (no port) speaks when its `apis:` is unset: the known
+    hosts' real ones, a local server's chat/completions/embeddings, else chat/completions."""
+    if host in KNOWN_HOST_APIS:
+        return KNOWN_HOST_APIS[host]
+    return LOCAL_APIS if local else OTHER_APIS
 
 
 class Strict(BaseModel):
@@ -68,13 +100,52 @@ class DataPaths(Strict):
         return v
 
 
+def numeric_ipv4(host: str) -> ipaddress.IPv4Address | None:
+    """The IPv4 address a numeric host spells in any form the C resolver (inet_aton)
+    accepts — `2852039166`, `0xa9fea9fe`, `0251.0376.0251.0376`, `127.1`, `10.1.258` —
+    so a URL cannot reach an internal address by writing it another way; None otherwise."""
+    parts = host.split(".")
+    if not 1 <= len(parts) <= 4:
+        return None
+    values: list[int] = []
+    for part in parts:
+        low = part.lower()
+        try:
+            if low.startswith("0x"):
+                values.append(int(low[2:], 16))
+            elif len(low) > 1 and low.startswith("0"):
+                values.append(int(low, 8))
+            elif low.isdigit():
+                values.append(int(low))
+            else:
+                return None
+        except ValueError:
+            return None
+    *head, last = values
+    if any(v > 255 for v in head) or last >= 256 ** (5 - len(values)):
+        return None
+    number = 0
+    for v in head:
+        number = number * 256 + v
+    return ipaddress.IPv4Address((number << (8 * (5 - len(values)))) + last)
+
+
 def address_kind(host: str) -> str | None:
-    """'loopback', 'private', 'link-local', ... for an IP literal that is not public; None
-    for a public address or a host name (names are checked again when they resolve)."""
+    """'loopback', 'private', 'link-local', ... for an IP literal that is not public (in
+    any spelling the resolver accepts: see `numeric_ipv4`); None for a public address or a
+    host name (names are checked again when they resolve: see `config.loader.resolved_kinds`
+    and the connect-time guard of `proxy.upstream`)."""
+    bare = host.strip("[]").rstrip(".")
     try:
-        ip = ipaddress.ip_address(host.strip("[]"))
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(bare)
     except ValueError:
-        return "loopback" if host.lower() == "localhost" else None
+        spelled = numeric_ipv4(bare)
+        if spelled is None:
+            low = bare.lower()
+            return "loopback" if low == "localhost" or low.endswith(".localhost") else None
+        ip = spelled
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
     for kind in ("loopback", "link_local", "private", "multicast", "reserved", "unspecified"):
         if getattr(ip, f"is_{kind}"):
             return kind.replace("_", "-")
@@ -95,6 +166,18 @@ class Provider(Strict):
     )
     local: bool = False
     headers: dict[str, str] = Field(default_factory=dict)
+    apis: tuple[Api, ...] | None = Field(
+        default=None,
+        description="The APIs this provider serves (chat, completions, responses, messages, "
+        "embeddings); unset: the defaults for its host (`default_apis`).",
+    )
+
+    @property
+    def speaks(self) -> tuple[Api, ...]:
+        """The APIs it serves: `apis:` as written, or its host's defaults."""
+        if self.apis is not None:
+            return self.apis
+        return default_apis(urlsplit(self.base_url).hostname or "", local=self.local)
 
     @field_validator("base_url")
     @classmethod
