@@ -143,6 +143,16 @@ end
 if #ARGV > 2 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return redis.call('HGETALL', KEYS[1])
 """,
+    # KEYS: resp:<id>   ARGV: seq, low, provider, ttl s (a home never changes: sent twice is
+    # harmless, so no `applied` check)
+    "resp_set": """
+redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[4])
+return 1
+""",
+    # KEYS: resp:<id> -> the provider, or nil when unknown or expired
+    "resp_get": """
+return redis.call('GET', KEYS[1])
+""",
     # ARGV[9..11]: units, limit units, hold ttl ms -> {id or 0, spent, held, alerted}
     "bud_reserve": _BUDGET
     + """

@@ -1,15 +1,18 @@
 """Router state shared by proxy replicas through Redis (`state: redis://…`).
 
-`RedisState` holds the three `addon.state.memory` interfaces. The request path reads a
-local mirror (`Breakers.get`, `Latency.values`, `Budgets.snapshot`) that a background task
-refreshes every `sync_every_s`; only claiming a half-open probe and reserving budget go to
-Redis at once, through Lua scripts so replicas agree atomically. Every other write
-(verdicts, settles, charges, releases) is queued and applied in order by one writer task,
-and stays queued while Redis is unreachable (up to `redis_writes.MAX_QUEUED_WRITES`).
+`RedisState` holds the three `addon.state.memory` interfaces and the response homes
+(`addon.state.response_homes`). The request path reads a local mirror (`Breakers.get`,
+`Latency.values`, `Budgets.snapshot`) that a background task refreshes every
+`sync_every_s`; only claiming a half-open probe, reserving budget and looking up a response
+home another replica remembered go to Redis at once, the first two through Lua scripts so
+replicas agree atomically. Every other write (verdicts, settles, charges, releases, homes)
+is queued and applied in order by one writer task, and stays queued while Redis is
+unreachable (up to `redis_writes.MAX_QUEUED_WRITES`).
 
 The parts: `redis_connection` (the client, its health, running scripts), `redis_writes`
-(the write queue), `redis_breakers`, `redis_latency`, `redis_budgets` (each interface and
-its keys), `redis_lua` (the scripts). This module composes them and runs the sync.
+(the write queue), `redis_breakers`, `redis_latency`, `redis_budgets`,
+`redis_response_homes` (each interface and its keys), `redis_lua` (the scripts). This
+module composes them and runs the sync.
 
 Keys, under `prefix` (default "orch:"):
 
@@ -24,6 +27,7 @@ Keys, under `prefix` (default "orch:"):
     budgets                 ZSET account key -> window end (s), for the snapshot
     budget-rules            HASH rule name -> the BudgetRule as JSON
     budget-ids              counter for reservation ids
+    resp:<id>               STRING the provider that produced response <id>; EX 30 days
     applied:<replica>       ZSET of this replica's applied write numbers, so a write
                             sent again after an ambiguous failure counts once
 
@@ -44,6 +48,7 @@ from addon.state.redis_breakers import RedisBreakers
 from addon.state.redis_budgets import RedisBudgets
 from addon.state.redis_connection import DOWN, Call, RedisConnection
 from addon.state.redis_latency import RedisLatency
+from addon.state.redis_response_homes import RedisResponseHomes
 from addon.state.redis_writes import WriteQueue
 
 log = logging.getLogger("orchestrator")
@@ -52,8 +57,8 @@ LAST_FLUSH_S = 2.0  # how long close() waits for queued writes to reach Redis
 
 
 class RedisState:
-    """Breakers, latency and budgets shared through the Redis at `url`: `start()` connects
-    and starts the sync and writer tasks, `close()` stops them."""
+    """Breakers, latency, budgets and response homes shared through the Redis at `url`:
+    `start()` connects and starts the sync and writer tasks, `close()` stops them."""
 
     def __init__(
         self,
@@ -69,6 +74,7 @@ class RedisState:
         self.breakers = RedisBreakers(self.connection, self.writes)
         self.latency = RedisLatency(self.connection)
         self.budgets = RedisBudgets(self.connection, self.writes, hold_ttl_s)
+        self.responses = RedisResponseHomes(self.connection, self.writes)
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
