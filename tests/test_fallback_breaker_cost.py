@@ -142,3 +142,55 @@ def test_backoff_is_bounded_and_jittered(jitter: float) -> None:
     delays = [backoff(n, jitter) for n in range(1, 10)]
     assert all(0.1 <= d <= 3.0 for d in delays)
     assert delays == sorted(delays)
+
+
+@pytest.mark.parametrize(
+    ("state", "now", "left"),
+    [
+        (brk.CLOSED, 10.0, 0.0),
+        (brk.BreakerState(failures=2), 10.0, 0.0),
+        (brk.BreakerState(brk.BreakerStatus.OPEN, 3, 0.0), 10.0, 50.0),
+        (brk.BreakerState(brk.BreakerStatus.OPEN, 3, 0.0), 12.34, 47.7),
+        (brk.BreakerState(brk.BreakerStatus.OPEN, 3, 0.0), 75.0, 0.0),  # probe due
+        (brk.BreakerState(brk.BreakerStatus.HALF_OPEN, 3, 0.0, True), 61.0, 0.0),
+    ],
+)
+def test_seconds_left_and_status_row(state: brk.BreakerState, now: float, left: float) -> None:
+    assert brk.seconds_left(state, now, 60) == left
+    assert brk.row("openai", state, now, 60) == brk.BreakerRow(
+        "openai", state.status.value, state.failures, left
+    )
+
+
+@pytest.mark.parametrize(
+    ("outcome", "tries", "counts"),
+    [
+        (Outcome(K.RATE_LIMITED, 429), 1, True),  # the first 429 of a request on a target
+        (Outcome(K.RATE_LIMITED, 429), 2, False),  # its backoff retries: the same evidence
+        (Outcome(K.RATE_LIMITED, 429), 3, False),
+        (Outcome(K.RATE_LIMITED, 429, retry_after=2), 1, True),
+        (Outcome(K.RATE_LIMITED, 429, retry_after=2), 2, False),
+        (Outcome(K.SERVER_ERROR, 500), 1, True),
+        (Outcome(K.SERVER_ERROR, 500), 2, True),  # a retried 500 is a second fault
+        (Outcome(K.CONNECT_ERROR), 1, True),
+        (Outcome(K.TIMEOUT), 1, True),
+        (Outcome(K.PROTOCOL_ERROR, 200), 1, True),
+        (Outcome(K.AUTH_ERROR, 401), 1, False),
+        (Outcome(K.NOT_FOUND, 404), 1, False),
+        (Outcome(K.CLIENT_ERROR, 400), 1, False),
+        (Outcome(K.OK, 200), 1, False),
+    ],
+)
+def test_counts_toward_breaker(outcome: Outcome, tries: int, counts: bool) -> None:
+    assert brk.counts_toward_breaker(outcome, tries) is counts
+
+
+def test_one_requests_burst_of_429s_does_not_open_the_breaker() -> None:
+    s = brk.CLOSED
+    for tries in (1, 2, 3):  # a 429, then next_step's two backoff retries, all 429
+        if brk.counts_toward_breaker(Outcome(K.RATE_LIMITED, 429), tries):
+            s = brk.record(s, success=False, now=tries, threshold=3)
+    assert s == brk.BreakerState(failures=1)
+    for t in (10, 20):  # two more requests in a row meet the limit: the breaker opens
+        s = brk.record(s, success=False, now=t, threshold=3)
+    assert s.status is brk.BreakerStatus.OPEN

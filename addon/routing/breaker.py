@@ -1,7 +1,15 @@
-"""Per-(provider, model) circuit breaker: pure transitions over an immutable state.
+"""Circuit breakers: pure transitions over an immutable state, for a target or a provider.
 
-closed --(N consecutive target faults)--> open --(cooldown elapsed)--> half_open
+closed --(N consecutive faults)--> open --(cooldown elapsed)--> half_open
 half_open lets exactly one probe through: success closes, failure re-opens.
+
+Two families share these transitions, thresholds and cooldown (`resilience.breaker`):
+
+- a target breaker per candidate key (`"provider:model"`) counts that target's own faults
+  (`counts_toward_breaker`);
+- a provider breaker per configured provider name (one `base_url` with one key) counts the
+  faults of the whole provider: unreachable host, refused key, a storm across its models
+  (`addon.routing.domains`). While it is open, none of that provider's targets is tried.
 
 `now` and `opened_at` are seconds on whatever clock the caller keeps (the state stores use
 `time.monotonic()`); `cooldown_s` is in seconds too.
@@ -11,6 +19,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, replace
+
+from addon.routing.fallback import Outcome, OutcomeKind
 
 
 class BreakerStatus(enum.Enum):
@@ -74,3 +84,43 @@ def release(state: BreakerState) -> BreakerState:
     """An acquired attempt ended without a verdict on the target (e.g. the client's own
     error): give the probe back."""
     return replace(state, probing=False) if state.probing else state
+
+
+def seconds_left(state: BreakerState, now: float, cooldown_s: float) -> float:
+    """Seconds until an open breaker lets its probe through (0 when closed, half-open, or
+    past its cooldown), rounded to 0.1 s."""
+    if state.status is not BreakerStatus.OPEN:
+        return 0.0
+    return round(max(0.0, state.opened_at + cooldown_s - now), 1)
+
+
+@dataclass(frozen=True)
+class BreakerRow:
+    """One breaker as `/status` shows it: the key (a target key or a provider name), the
+    status, the faults in a row, and the seconds left in the cooldown."""
+
+    key: str
+    state: str
+    failures: int
+    cooldown_left_s: float
+
+
+def row(key: str, state: BreakerState, now: float, cooldown_s: float) -> BreakerRow:
+    """The `/status` row of the breaker `key` in `state` at `now`."""
+    return BreakerRow(key, state.status.value, state.failures, seconds_left(state, now, cooldown_s))
+
+
+def counts_toward_breaker(outcome: Outcome, tries_on_target: int) -> bool:
+    """Whether a failed attempt counts as a fault of its target's breaker.
+
+    A target fault (`Outcome.counts_against_target`: connect errors, timeouts, 5xx, 429,
+    unusable 2xx) counts, except a 429 on a retry of the same target within one request
+    (`tries_on_target` > 1, the attempts on this target in this request so far, this one
+    included): the router chose those backoff retries itself, so one request's burst of
+    429s on one target is one piece of evidence, not three. The target still rests after
+    every 429 (its `Retry-After`, or 1 s without one); the breaker opens only when
+    `failures` requests in a row met the limit.
+    """
+    if not outcome.counts_against_target:
+        return False
+    return not (outcome.kind is OutcomeKind.RATE_LIMITED and tries_on_target > 1)

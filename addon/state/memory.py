@@ -1,7 +1,8 @@
 """Router state that replicas may share: circuit breakers, live latency stats, budgets.
 
-Three small interfaces, each with an in-process implementation here (the embedded
-default, exactly the single-process behaviour) and a Redis one in
+Three small interfaces (`Breakers` serves two families: target breakers by candidate
+key, provider breakers by provider name), each with an in-process implementation here (the
+embedded default, exactly the single-process behaviour) and a Redis one in
 `addon.state.redisstate` (`state: redis://…` in orchestrator.yaml). Both smooth latency
 with `smoothed` and log breaker transitions with `log_transition`.
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from addon.routing import breaker as brk
@@ -32,24 +33,44 @@ def smoothed(prev: float | None, ms: float) -> float:
     return ms if prev is None else LATENCY_ALPHA * ms + (1 - LATENCY_ALPHA) * prev
 
 
+TARGET_LABEL = "breaker"  # how transitions of a target breaker are logged
+PROVIDER_LABEL = "provider breaker"  # ... and of a provider breaker
+
+
 def log_transition(
     key: str,
     old: brk.BreakerState,
     new: brk.BreakerState,
     note: str = "",
     level: int = logging.WARNING,
+    label: str = TARGET_LABEL,
 ) -> None:
-    """Log `breaker <key>: <old> -> <new><note>` when the status changes (at `level`)."""
+    """Log `<label> <key>: <old> -> <new><note>` when the status changes (at `level`), e.g.
+    `breaker openai:gpt-4o: closed -> open` or `provider breaker openai: open -> half_open`."""
     if new.status is not old.status:
-        log.log(level, "breaker %s: %s -> %s%s", key, old.status.value, new.status.value, note)
+        log.log(level, "%s %s: %s -> %s%s", label, key, old.status.value, new.status.value, note)
+
+
+def breaker_rows(
+    snapshot: Mapping[str, brk.BreakerState], cooldown_s: float, *, key_name: str = "target"
+) -> list[dict[str, Any]]:
+    """The `/status` rows of a `Breakers.snapshot()`, sorted by key: `{key_name: key,
+    "state", "failures", "cooldown_left_s"}` (seconds until an open breaker's probe, on this
+    process's monotonic clock)."""
+    now = time.monotonic()
+    return [
+        {key_name: r.key, "state": r.state, "failures": r.failures,
+         "cooldown_left_s": r.cooldown_left_s}
+        for r in (brk.row(k, st, now, cooldown_s) for k, st in sorted(snapshot.items()))
+    ]  # fmt: skip
 
 
 # --------------------------------------------------------------------------- interfaces
 
 
 class Breakers(Protocol):
-    """Circuit breakers by target key: the state the request path reads, and the
-    transitions it asks for."""
+    """Circuit breakers by key (a target key `"provider:model"`, or a provider name for the
+    provider breakers): the state the request path reads, and the transitions it asks for."""
 
     def get(self, key: str) -> brk.BreakerState | None:
         """The last known state; `opened_at` is on this process's `time.monotonic()`."""
@@ -116,10 +137,12 @@ class Budgets(Protocol):
 
 
 class LocalBreakers:
-    """`Breakers` in this process: `states` holds every target that ever failed."""
+    """`Breakers` in this process: `states` holds every target that ever failed; `label`
+    names the family in the log (`log_transition`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, label: str = TARGET_LABEL) -> None:
         self.states: dict[str, brk.BreakerState] = {}
+        self.label = label
 
     def get(self, key: str) -> brk.BreakerState | None:
         """The state of `key`, None when it never failed."""
@@ -133,7 +156,7 @@ class LocalBreakers:
             return True
         ok, new = brk.acquire(state, time.monotonic(), cooldown_s)
         if new is not state:
-            log_transition(key, state, new, " (probe)")
+            log_transition(key, state, new, " (probe)", label=self.label)
             self.states[key] = new
         return ok
 
@@ -144,7 +167,7 @@ class LocalBreakers:
             return
         state = state or brk.CLOSED
         new = brk.record(state, success=success, now=time.monotonic(), threshold=threshold)
-        log_transition(key, state, new)
+        log_transition(key, state, new, label=self.label)
         self.states[key] = new
 
     def release(self, key: str) -> None:
@@ -156,6 +179,15 @@ class LocalBreakers:
     def snapshot(self) -> dict[str, brk.BreakerState]:
         """A copy of `states`."""
         return dict(self.states)
+
+
+class LocalProviderBreakers(LocalBreakers):
+    """Provider breakers in this process: `Breakers` keyed by configured provider name,
+    with the same transitions, thresholds and probe as the target ones; a provider whose
+    breaker is open has none of its targets tried."""
+
+    def __init__(self) -> None:
+        super().__init__(PROVIDER_LABEL)
 
 
 class LocalLatency:

@@ -2,11 +2,16 @@
 
 Failures count across replicas and one replica at a time holds the half-open probe. The
 request path reads a local mirror; a verdict is applied to it at once and queued for
-Redis, whose answer (the fleet's state) replaces the optimistic one. Keys:
+Redis, whose answer (the fleet's state) replaces the optimistic one. Keys, for the target
+breakers (`RedisBreakers`):
 
     brk:<target>    HASH status, failures, opened_at (ms, Redis clock); 1 day TTL
     probe:<target>  STRING the replica holding the half-open probe; PX lease
     brks            SET of targets with a brk: hash
+
+The provider breakers (`provider_breakers`) are the same family under another namespace,
+run by the same scripts: `provider-brk:<provider>`, `provider-probe:<provider>`,
+`provider-brks`.
 """
 
 from __future__ import annotations
@@ -20,21 +25,32 @@ from redis.exceptions import RedisError
 
 from addon.routing import breaker as brk
 from addon.routing.breaker import BreakerStatus
-from addon.state.memory import log_transition
+from addon.state.memory import PROVIDER_LABEL, TARGET_LABEL, log_transition
 from addon.state.redis_connection import DOWN, Call, RedisConnection, ms
 from addon.state.redis_writes import WriteQueue
 
 PROBE_LEASE_S = 30.0  # a crashed replica's half-open probe is free again after this
 BREAKER_TTL_S = 86_400
+PROVIDER_NAMESPACE = "provider-"  # the provider breakers' keys: provider-brk:<name>, …
 
 
 class RedisBreakers:
     """`memory.Breakers` shared by the fleet: failures count across replicas and one
-    replica at a time holds the half-open probe."""
+    replica at a time holds the half-open probe. `namespace` prefixes its key names (""
+    for the target breakers), `label` names the family in the log."""
 
-    def __init__(self, conn: RedisConnection, writes: WriteQueue) -> None:
+    def __init__(
+        self,
+        conn: RedisConnection,
+        writes: WriteQueue,
+        *,
+        namespace: str = "",
+        label: str = TARGET_LABEL,
+    ) -> None:
         self._conn = conn
         self._writes = writes
+        self._ns = namespace
+        self.label = label
         self._states: dict[str, brk.BreakerState] = {}  # not closed-with-no-failures
         self._pending: Counter[str] = Counter()  # queued writes per target
         self._touched: dict[str, int] = {}  # target -> version of its last local change
@@ -112,7 +128,9 @@ class RedisBreakers:
     def snapshot_call(self) -> Call:
         """The script call that reads every breaker of the fleet, for `refresh`."""
         conn = self._conn
-        return ("brk_snapshot", [conn.key("brks")], [conn.key("brk:"), conn.key("probe:")])
+        ns = self._ns
+        return ("brk_snapshot", [conn.key(ns, "brks")],
+                [conn.key(ns, "brk:"), conn.key(ns, "probe:")])  # fmt: skip
 
     def refresh(self, reply: list[Any], mono: float, version: int) -> None:
         """The fleet's states (the reply to `snapshot_call`, received at monotonic `mono`),
@@ -133,9 +151,9 @@ class RedisBreakers:
     # ----------------------------------------------------------------------- internals
 
     def _keys(self, key: str) -> list[str]:
-        conn = self._conn
-        return [conn.key("applied:", conn.token), conn.key("brk:", key), conn.key("probe:", key),
-                conn.key("brks")]  # fmt: skip
+        conn, ns = self._conn, self._ns
+        return [conn.key("applied:", conn.token), conn.key(ns, "brk:", key),
+                conn.key(ns, "probe:", key), conn.key(ns, "brks")]  # fmt: skip
 
     def _write(self, script: str, key: str, args: list[Any]) -> None:
         self._pending[key] += 1
@@ -159,7 +177,13 @@ class RedisBreakers:
             self._states[key] = new
         self._version += 1
         self._touched[key] = self._version
-        log_transition(key, old, new, note, level)
+        log_transition(key, old, new, note, level, self.label)
+
+
+def provider_breakers(conn: RedisConnection, writes: WriteQueue) -> RedisBreakers:
+    """The provider breakers of the fleet: `RedisBreakers` keyed by provider name under
+    `PROVIDER_NAMESPACE`, logged as `provider breaker <name>: …`."""
+    return RedisBreakers(conn, writes, namespace=PROVIDER_NAMESPACE, label=PROVIDER_LABEL)
 
 
 def _breaker(

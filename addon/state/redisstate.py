@@ -1,7 +1,7 @@
 """Router state shared by proxy replicas through Redis (`state: redis://…`).
 
-`RedisState` holds the three `addon.state.memory` interfaces and the response homes
-(`addon.state.response_homes`). The request path reads a local mirror (`Breakers.get`,
+`RedisState` holds the three `addon.state.memory` interfaces (breakers twice: per target
+and per provider) and the response homes (`addon.state.response_homes`). The request path reads a local mirror (`Breakers.get`,
 `Latency.values`, `Budgets.snapshot`) that a background task refreshes every
 `sync_every_s`; only claiming a half-open probe, reserving budget and looking up a response
 home another replica remembered go to Redis at once, the first two through Lua scripts so
@@ -19,6 +19,8 @@ Keys, under `prefix` (default "orch:"):
     brk:<target>            HASH status, failures, opened_at (ms, Redis clock); 1 day TTL
     probe:<target>          STRING the replica holding the half-open probe; PX lease
     brks                    SET of targets with a brk: hash
+    provider-brk:<provider>, provider-probe:<provider>, provider-brks
+                            the same for the provider breakers
     lat                     HASH target -> smoothed latency (ms)
     bud:<rule>:<scope>:<window start>
                             HASH name, scope, start, end, spent, held (units of 1e-10
@@ -44,7 +46,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from addon.state.redis_breakers import RedisBreakers
+from addon.state.redis_breakers import RedisBreakers, provider_breakers
 from addon.state.redis_budgets import RedisBudgets
 from addon.state.redis_connection import DOWN, Call, RedisConnection
 from addon.state.redis_latency import RedisLatency
@@ -57,8 +59,9 @@ LAST_FLUSH_S = 2.0  # how long close() waits for queued writes to reach Redis
 
 
 class RedisState:
-    """Breakers, latency, budgets and response homes shared through the Redis at `url`:
-    `start()` connects and starts the sync and writer tasks, `close()` stops them."""
+    """Breakers (per target and per provider), latency, budgets and response homes shared
+    through the Redis at `url`: `start()` connects and starts the sync and writer tasks,
+    `close()` stops them."""
 
     def __init__(
         self,
@@ -72,6 +75,7 @@ class RedisState:
         self.connection = RedisConnection(url, prefix)
         self.writes = WriteQueue(self.connection)
         self.breakers = RedisBreakers(self.connection, self.writes)
+        self.provider_breakers = provider_breakers(self.connection, self.writes)
         self.latency = RedisLatency(self.connection)
         self.budgets = RedisBudgets(self.connection, self.writes, hold_ttl_s)
         self.responses = RedisResponseHomes(self.connection, self.writes)
@@ -168,16 +172,19 @@ class RedisState:
             await asyncio.sleep(self.sync_every_s)
 
     async def _sync(self) -> None:
-        """Push latency samples and read back breakers, budgets and latency: one round trip."""
+        """Push latency samples and read back both families of breakers, budgets and
+        latency: one round trip."""
         samples = self.latency.take()
         version = self.breakers.version
+        prov_version = self.provider_breakers.version
         calls = [
             self.breakers.snapshot_call(),
             self.budgets.refresh_call(),
             self.latency.push_call(samples),
+            self.provider_breakers.snapshot_call(),
         ]
         try:
-            brk_reply, bud_reply, lat_reply = await self.connection.eval_many(calls)
+            brk_reply, bud_reply, lat_reply, prov_reply = await self.connection.eval_many(calls)
         except BaseException:
             self.latency.restore(samples)
             raise
@@ -188,9 +195,11 @@ class RedisState:
             self.latency.merge(lat_reply)
         if not isinstance(brk_reply, Exception):
             self.breakers.refresh(brk_reply, mono, version)
+        if not isinstance(prov_reply, Exception):
+            self.provider_breakers.refresh(prov_reply, mono, prov_version)
         if not isinstance(bud_reply, Exception):
             self.budgets.refresh(bud_reply)
-        for reply in (brk_reply, bud_reply, lat_reply):
+        for reply in (brk_reply, bud_reply, lat_reply, prov_reply):
             if isinstance(reply, Exception):
                 conn = self.connection
                 conn.throttle.warn("sync-script", "state: a Redis sync script failed: %s", reply)
