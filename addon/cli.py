@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -14,7 +15,10 @@ import click
 
 from addon.config import loader
 from addon.config.loaded import Config
+from addon.config.schema import APIS
 from addon.errors import ConfigError, OrchestratorError
+from addon.host import commands as host_commands
+from addon.host import listen, running
 from addon.proxy import ca, statuspage
 from addon.proxy.view import build_view, environ
 from addon.refresh.sources.schema import load_sources
@@ -100,20 +104,17 @@ def run(
     """Run the proxy (a mitmproxy Master with only the addons the router needs)."""
     cfg = _load(config)
     s = cfg.settings
+    bind_host, bind_port = host or s.listen_host, port if port is not None else s.listen_port
+    if host is not None:
+        listen.refuse_exposed(host, bind_port, has_clients=bool(s.clients))
+    if not s.mode.startswith("local"):
+        listen.check_free(bind_host, bind_port, cfg.path.name)
     conf = Path(confdir) if confdir else ca.default_confdir(cfg.base_dir)
     ca.ensure_ca(conf)
     from addon.proxy.process import serve
 
-    sys.exit(
-        serve(
-            cfg.path,
-            mode=s.mode,
-            host=host or s.listen_host,
-            port=port if port is not None else s.listen_port,
-            confdir=conf.resolve(),
-            extra=extra,
-        )
-    )
+    sys.exit(serve(cfg.path, mode=s.mode, host=bind_host, port=bind_port, confdir=conf.resolve(),
+                   extra=extra))  # fmt: skip
 
 
 @main.command()
@@ -140,6 +141,7 @@ def check(config: str) -> None:
             else f"${info.api_key_env} NOT set (only the client's own key, for {info.host})"
         )
         click.echo(f"  {name:<12} {info.base_url:<40} key: {key}; {per_provider[name]} models")
+        click.echo(f"  {'':<12} serves {', '.join(a for a in APIS if a in info.apis)}")
     click.echo("profiles:")
     for name, prof in cfg.profiles.items():
         w = prof.weights
@@ -187,36 +189,31 @@ def refresh(ctx: click.Context) -> None:
     sys.exit(refresh_mod.main(list(ctx.args)))
 
 
-def _admin(cfg: Config) -> str:
-    host, _, port = cfg.settings.admin.listen.rpartition(":")
-    return f"http://{host.strip('[]')}:{port}"
+def _admin_call(config: str, admin: str | None, method: str, path: str) -> dict[str, Any]:
+    """Ask the running proxy's admin endpoint; exit 3 with a remedy when it is not there. A
+    config that does not load is reported on stderr first: the proxy keeps its last good one."""
+    ep = running.endpoint(config, admin)
+    if ep.problem:
+        click.echo(f"note: {config} does not load now; the running proxy keeps its last good "
+                   f"config:\n{ep.problem}", err=True)  # fmt: skip
+    answer = running.call(ep, method, path, Path(config).name)
+    if isinstance(answer, running.Unreachable):
+        raise NoProxy(answer.message)
+    return answer
 
 
-def _admin_call(cfg: Config, method: str, path: str) -> dict[str, Any]:
-    """Ask the running proxy's admin endpoint; exit 3 with a remedy when it is not there."""
-    import httpx
-
-    url = _admin(cfg) + path
-    try:
-        r = httpx.request(method, url, timeout=30, trust_env=False)
-    except httpx.HTTPError as e:
-        raise NoProxy(f"no running proxy answered at {url} ({type(e).__name__}); start it with "
-                      f"`orchestrator run -c {cfg.path.name}` or check `admin.listen`") from None  # fmt: skip
-    try:
-        data: dict[str, Any] = r.json()
-    except ValueError:
-        raise NoProxy(f"{url} answered HTTP {r.status_code} with a non-JSON body; is "
-                      "`admin.listen` another service's port?") from None  # fmt: skip
-    return data
+admin_option = click.option("--admin", metavar="URL", help="The admin endpoint [default: "
+                            "`admin.listen` of the config, even one that does not load].")  # fmt: skip
 
 
 @main.command()
 @config_option
+@admin_option
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON the admin endpoint serves.")
-def status(config: str, as_json: bool) -> None:
-    """Show the running proxy: config version, reload errors, providers, breakers, budgets."""
-    cfg = _load(config)
-    st = _admin_call(cfg, "GET", "/status")
+def status(config: str, admin: str | None, as_json: bool) -> None:
+    """Show the running proxy: config version, reload errors, providers, breakers, budgets
+    (even when the file on disk is broken: it shows the rejected edit)."""
+    st = _admin_call(config, admin, "GET", "/status")
     if as_json:
         click.echo(json.dumps(st, indent=2))
         return
@@ -225,10 +222,10 @@ def status(config: str, as_json: bool) -> None:
 
 @main.command()
 @config_option
-def reload(config: str) -> None:
+@admin_option
+def reload(config: str, admin: str | None) -> None:
     """Make the running proxy reload its configuration now."""
-    cfg = _load(config)
-    res = _admin_call(cfg, "POST", "/reload")
+    res = _admin_call(config, admin, "POST", "/reload")
     click.echo(res["message"])
     sys.exit(0 if res["ok"] else 2)
 
@@ -241,9 +238,11 @@ def reload(config: str) -> None:
               help="Kind of request to rank for.")  # fmt: skip
 @click.option("--complexity", type=click.Choice(ranking.CLASSES), default="medium",
               show_default=True, help="Complexity class (shifts weight, see README).")  # fmt: skip
+@click.option("--api", type=click.Choice(APIS), default="chat", show_default=True,
+              help="API of the request: only providers that serve it are candidates.")  # fmt: skip
 @click.option("--limit", type=int, default=15, show_default=True, help="Rows to show.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def rank(config: str, profile: str | None, task: str, complexity: str, limit: int,
+def rank(config: str, profile: str | None, task: str, complexity: str, api: str, limit: int,
          as_json: bool) -> None:  # fmt: skip
     """Rank the candidates for a profile, with each metric's contribution and the filters that
     removed the others (live latency is not known here: every target gets the neutral prior)."""
@@ -259,6 +258,8 @@ def rank(config: str, profile: str | None, task: str, complexity: str, limit: in
 
     def usable(c: Any) -> str | None:
         p = view.catalog.providers[c.provider]
+        if api not in p.apis:
+            return f"provider_does_not_serve_{api}"
         return None if p.keyless or p.has_env_key else "no_key"
 
     kept: list[Scored] = []
@@ -271,14 +272,14 @@ def rank(config: str, profile: str | None, task: str, complexity: str, limit: in
             kept.append(s)
     if as_json:
         click.echo(json.dumps({
-            "profile": name, "complexity": complexity, "task": task,
+            "profile": name, "complexity": complexity, "task": task, "api": api,
             "candidates": [{"key": s.candidate.key, "model": s.candidate.model_id,
                             "score": s.score, "parts": dict(s.parts)} for s in kept],
             "filtered": dict(removed),
         }, indent=2))  # fmt: skip
         return
     w = effective_weights(prof, complexity)
-    click.echo(f"profile {name} ({complexity}): weights quality {w.quality:.2f} latency "
+    click.echo(f"profile {name} ({complexity}, api {api}): weights quality {w.quality:.2f} latency "
                f"{w.latency:.2f} cost {w.cost:.2f} context {w.context:.2f}")  # fmt: skip
     click.echo(f"{'#':>3} {'target':<48} {'score':>6}  quality latency    cost context")
     for i, s in enumerate(kept, 1):
@@ -339,39 +340,48 @@ def costs(config: str, since: str, by: str, fmt: str | None) -> None:
 @main.command()
 @config_option
 @click.option("--older-than", "days", type=int,
-              help="Days to keep [default: retention_days from the config].")  # fmt: skip
-def prune(config: str, days: int | None) -> None:
+              help="Days to keep [default: retention_days from the config]; 0 deletes every row.")  # fmt: skip
+@click.option("--dry-run", is_flag=True, help="Only count the rows that would be deleted.")
+@click.option("--yes", is_flag=True, help="Delete every row (--older-than 0) without asking.")
+def prune(config: str, days: int | None, dry_run: bool, yes: bool) -> None:
     """Delete ledger rows older than the retention period (the proxy also does it daily)."""
     cfg = _load(config)
     keep = days if days is not None else cfg.settings.retention_days
+    if keep < 0:
+        raise Invalid(f"--older-than {keep}: give the days to keep, 0 or more (0 deletes "
+                      "every row)")  # fmt: skip
     if not ledgers.is_postgres(cfg.settings.data.ledger) and not cfg.ledger_path.exists():
         click.echo(f"nothing to prune: {cfg.ledger_path} does not exist yet")
         return
     reader = ledgers.open_reader(cfg)
     try:
-        n = reader.prune(time.time() - keep * 86400)
+        before = time.time() - keep * 86400
+        if dry_run or (keep == 0 and not yes):
+            n = reader.count_before(before)
+            if dry_run:
+                click.echo(f"would prune {n} rows older than {keep} days from {reader.where} "
+                           "(dry run: nothing deleted)")  # fmt: skip
+                return
+            if not _interactive():
+                raise Invalid(f"--older-than 0 deletes all {n} rows of {reader.where}: pass --yes "
+                              "to confirm (there is no terminal to ask on)")  # fmt: skip
+            if not click.confirm(f"delete all {n} rows of {reader.where}?", err=True):
+                raise Failed("nothing deleted")
+        n = reader.prune(before)
     finally:
         reader.close()
     click.echo(f"pruned {n} rows older than {keep} days from {reader.where}")
 
 
-@main.command("ca")
-@config_option
-@click.option("--confdir", type=click.Path(file_okay=False),
-              help="The CA's folder [default: data/mitmproxy next to the config].")  # fmt: skip
-def ca_command(config: str, confdir: str | None) -> None:
-    """Print this installation's CA and write the bundle for SSL_CERT_FILE (creating the CA
-    on first use)."""
-    cfg = _load(config)
-    conf = Path(confdir) if confdir else ca.default_confdir(cfg.base_dir)
-    cert = ca.ensure_ca(conf)
-    bundle = ca.write_bundle(conf)
-    click.echo(f"CA certificate: {cert}")
-    click.echo(f"CA bundle (system roots + this CA): {bundle}")
-    click.echo(f"  export SSL_CERT_FILE={bundle}          # Python: openai SDK, httpx")
-    click.echo(f"  export REQUESTS_CA_BUNDLE={bundle}     # requests")
-    click.echo(f"  export NODE_EXTRA_CA_CERTS={cert}      # Node")
-    click.echo(f"  curl --cacert {cert} ...")
+def _interactive() -> bool:
+    """Whether a person can answer a question: stdin is a terminal and this is not CI."""
+    return sys.stdin.isatty() and not os.environ.get("CI")
+
+
+main.add_command(host_commands.ca_command)
+main.add_command(host_commands.capture)
+main.add_command(host_commands.trust)
+main.add_command(host_commands.doctor)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,7 +12,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from addon.config import loader
+from addon.config import loader, schema
 from addon.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -172,3 +172,32 @@ def test_routes_normalized(tree: Path) -> None:
         (None, "gpt-4o"),
         ("openrouter", "openai/gpt-4o"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("provider", "speaks"),
+    [
+        ({"base_url": "https://api.openai.com/v1"}, ("chat", "completions", "responses", "embeddings")),
+        ({"base_url": "https://api.anthropic.com/v1"}, ("messages",)),
+        ({"base_url": "https://openrouter.ai/api/v1"}, ("chat", "completions", "responses")),
+        ({"base_url": "https://api.groq.com/openai/v1"}, ("chat", "responses")),
+        ({"base_url": "http://127.0.0.1:11434/v1", "local": True}, ("chat", "completions", "embeddings")),
+        ({"base_url": "https://api.together.xyz/v1"}, ("chat", "completions")),
+        ({"base_url": "https://api.openai.com/v1", "apis": ["embeddings"]}, ("embeddings",)),
+        ({"base_url": "https://gw.example.com/v1", "apis": ["messages", "chat"]}, ("messages", "chat")),
+    ],
+)  # fmt: skip
+def test_a_provider_serves_its_hosts_apis_unless_it_says(provider: dict, speaks: tuple) -> None:
+    assert schema.Provider(**provider).speaks == speaks
+
+
+def test_an_unknown_api_is_located(tree: Path) -> None:
+    cfg = (tree / "orchestrator.yaml").read_text()
+    (tree / "orchestrator.yaml").write_text(
+        cfg.replace(
+            "api_key_env: OPENAI_API_KEY}", "api_key_env: OPENAI_API_KEY, apis: [chat, talk]}"
+        )
+    )
+    with pytest.raises(ConfigError) as ei:
+        loader.load(tree / "orchestrator.yaml")
+    assert "providers.openai.apis.1" in str(ei.value) and "'talk'" in str(ei.value)

@@ -55,6 +55,7 @@ LAYERS = {
     "addon.store": 4,
     "addon.refresh": 5,
     "addon.proxy": 6,
+    "addon.host": 6,
     "addon.cli": 7,
     "addon.entry": 7,
     "addon": 7,

@@ -63,7 +63,7 @@ class OfferingRow:
 class ProviderInfo:
     """A configured provider as routing sees it: its URL and `host[:port]`, the environment
     variable of its key and whether that is set, whether it is a local server, and the
-    extra headers sent to it."""
+    extra headers sent to it, and the APIs it serves."""
 
     name: str
     base_url: str
@@ -72,6 +72,7 @@ class ProviderInfo:
     has_env_key: bool
     local: bool
     headers: tuple[tuple[str, str], ...] = ()
+    apis: frozenset[str] = frozenset({"chat", "completions"})  # what it serves
 
     @property
     def keyless(self) -> bool:
@@ -148,6 +149,7 @@ def provider_infos(
             has_env_key=bool(p.api_key_env and env.get(p.api_key_env)),
             local=p.local,
             headers=tuple(p.headers.items()),
+            apis=frozenset(p.speaks),
         )
         for name, p in providers.items()
     }

@@ -3,7 +3,7 @@ postgresql://…`), behind one small interface so `costs`, `explain`, `prune`, t
 endpoint, the status page and the budget seed read whichever store is configured.
 
     LedgerWriter   record / flush / close / health       (the running proxy)
-    LedgerReader   read_rows / spend / prune / stats     (CLI, admin, budget seed)
+    LedgerReader   read_rows / spend / prune / count_before / stats   (CLI, admin, budget seed)
 
 Rows come back as plain dicts shaped like the `requests` table: `attempt_log` and
 `reasons` as JSON text, `stream` and `unpriced` as 0/1, oldest first. Readers raise
@@ -67,6 +67,9 @@ class LedgerReader(Protocol):
 
     def prune(self, before_ts: float) -> int:
         """Delete rows older than `before_ts` (epoch seconds); return how many went."""
+
+    def count_before(self, before_ts: float) -> int:
+        """How many rows `prune(before_ts)` would delete; deletes nothing."""
 
     def stats(self) -> dict[str, Any]:
         """`kind`, `where`, `rows` (None when unreadable), `bytes`."""
@@ -138,6 +141,15 @@ class SqliteReader:
                 return sqlite_ledger.prune(conn, before_ts)
             finally:
                 conn.close()
+        except sqlite3.Error as e:
+            raise self._broken(e) from e
+
+    def count_before(self, before_ts: float) -> int:
+        """How many rows are older than `before_ts` (0 without a file); deletes nothing."""
+        if not self.path.exists():
+            return 0
+        try:
+            return sqlite_ledger.count_before(self.path, before_ts)
         except sqlite3.Error as e:
             raise self._broken(e) from e
 

@@ -100,6 +100,19 @@ class PgReader:
             except psycopg.Error as e:
                 raise self._broken(e) from None
 
+    def count_before(self, before_ts: float) -> int:
+        """How many rows are older than `before_ts` (0 before the table exists); deletes
+        nothing."""
+        with self._connect() as conn:
+            try:
+                row = conn.execute("SELECT COUNT(*) AS n FROM requests WHERE ts < %s",
+                                   (before_ts,)).fetchone()  # fmt: skip
+            except pgerrors.UndefinedTable:
+                return 0
+            except psycopg.Error as e:
+                raise self._broken(e) from None
+        return int(row["n"]) if row else 0
+
     def stats(self) -> dict[str, Any]:
         """`kind`, `where`, `rows` and `bytes` (the table with its indexes) for /status;
         rows and bytes are None when the server or the table cannot be read."""

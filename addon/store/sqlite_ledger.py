@@ -62,6 +62,17 @@ def prune(conn: sqlite3.Connection, before_ts: float) -> int:
     return cur.rowcount
 
 
+def count_before(path: Path, before_ts: float) -> int:
+    """How many rows are older than `before_ts` (what `prune` would delete); read-only."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return int(
+            conn.execute("SELECT COUNT(*) FROM requests WHERE ts < ?", (before_ts,)).fetchone()[0]
+        )
+    finally:
+        conn.close()
+
+
 class Ledger(BatchWriter):
     """The SQLite ledger's writer: creates and migrates the file at once (raising
     sqlite3.Error in the caller when it cannot), then writes on its own thread.
