@@ -29,6 +29,7 @@ from mitmproxy.proxy.layers.http import (
     HttpResponseHook,
 )
 
+from addon.proxy import modellist
 from addon.proxy.adapter import Orchestrator
 from addon.proxy.clientauth import AUTH_META, ClientAuth
 from addon.proxy.dispatch import Dispatcher
@@ -365,7 +366,7 @@ def test_a_request_mitmproxy_forwards_itself_loses_the_client_key(
     r = routers.get(mode=mode, clients=True)
 
     async def test() -> None:
-        f = _flow(method="GET", path="/v1/models", body=b"", headers=[(header, value)])
+        f = _flow(method="GET", path="/v1/files", body=b"", headers=[(header, value)])
         await _through(r, f)
         assert f.response is None and r.sent == []  # not an LLM call: forwarded as it is
         assert header not in f.request.headers
@@ -375,7 +376,7 @@ def test_a_request_mitmproxy_forwards_itself_loses_the_client_key(
 
 
 @pytest.mark.parametrize(("method", "path"), [("POST", "/v1/chat/completions"),
-                                              ("GET", "/v1/models")])  # fmt: skip
+                                              ("GET", "/v1/files")])  # fmt: skip
 def test_without_clients_proxy_credentials_are_still_dropped(
     routers: Routers, method: str, path: str
 ) -> None:
@@ -509,8 +510,9 @@ def test_our_pipe_streams_and_a_passthrough_sse_is_tapped(routers: Routers) -> N
         await r.fire(HttpResponseHeadersHook(f))
         assert f.response.stream is True  # already relayed event by event
 
-        # /responses is not routed: its stream passes through untouched, usage read aside
-        g = _flow(path="/v1/responses", body=b'{"model":"gpt-4o","stream":true}')
+        # a body the router cannot read passes through untouched, its stream's usage read
+        # aside in its API's terms
+        g = _flow(path="/v1/responses", body=b'{"model":"gpt-4o","stream":true')
         await r.fire(HttpRequestHeadersHook(g))
         await r.fire(HttpRequestHook(g))
         assert g.response is None and g.request.host == "api.openai.com"
@@ -530,8 +532,8 @@ def test_our_pipe_streams_and_a_passthrough_sse_is_tapped(routers: Routers) -> N
 
 @pytest.mark.parametrize(
     ("path", "content_type", "stream"),
-    [("/v1/models", "application/json", False),  # buffered as mitmproxy does by default
-     ("/v1/models", "text/event-stream", True)],  # a stream, even one not ours: never buffered
+    [("/v1/files", "application/json", False),  # buffered as mitmproxy does by default
+     ("/v1/files", "text/event-stream", True)],  # a stream, even one not ours: never buffered
 )  # fmt: skip
 def test_other_answers_keep_or_get_plain_streaming(
     routers: Routers, path: str, content_type: str, stream: bool
@@ -577,5 +579,46 @@ def test_an_internal_error_answers_500_records_it_and_releases_the_budget(router
         assert "internal_error: KeyError" in row.reasons
         assert PROVIDER_KEY not in json.dumps([row.error, row.reasons, err])
         assert [b["reserved"] for b in r.d.budgets.snapshot(time.time())] == [0]
+
+    routers.run(test())
+
+
+# --------------------------------------------------------------------------- other APIs
+
+
+def test_a_model_listing_is_answered_with_the_routers_list(
+    routers: Routers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r = routers.get()
+
+    async def fetch(engine: Any, url: str, headers: Any, timeout_s: float) -> Any:
+        return [{"id": "gpt-4o", "object": "model", "owned_by": "openai"}]
+
+    monkeypatch.setattr(modellist, "fetch_own", fetch)
+
+    async def test() -> None:
+        f = _flow(method="GET", path="/v1/models", body=b"", headers=[])
+        await _through(r, f)
+        assert f.response is not None and f.response.status_code == 200
+        ids = [m["id"] for m in json.loads(f.response.content or b"")["data"]]
+        assert ids == ["gpt-4o", "m-alpha", "auto", "orchestrator/balanced"]
+        assert r.rows == [] and r.sent == []  # no LLM call: no ledger row
+
+    routers.run(test())
+
+
+def test_a_messages_call_nobody_speaks_is_refused_in_anthropics_format(routers: Routers) -> None:
+    r = routers.get()  # alpha is a local server: chat, completions, embeddings
+
+    async def test() -> None:
+        body = b'{"model":"claude-x","max_tokens":5,"messages":[]}'
+        f = _flow(path="/v1/messages", body=body, host="api.openai.com",
+                  headers=[("content-length", str(len(body))), ("x-api-key", "sk-ant")])  # fmt: skip
+        await _through(r, f)
+        assert f.response is not None and f.response.status_code == 400
+        err = json.loads(f.response.content or b"")
+        assert err["type"] == "error" and err["error"]["type"] == "invalid_request_error"
+        assert "only providers that speak the messages API" in err["error"]["message"]
+        assert r.sent == [] and [row.outcome for row in r.rows] == ["error"]
 
     routers.run(test())

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from addon.routing import classify
 from addon.routing.classify import CHARS_PER_TOKEN, TOKENS_PER_IMAGE, RequestFeatures
+from addon.wire import embeddings, messages, responses
 from addon.wire.request import parse_request
 
 
@@ -369,3 +370,88 @@ def test_tools_count_at_least_as_before() -> None:
     body = {"messages": [msg("hi")], "tools": [TOOL] * 3}
     before = int((2 + len(str(body["tools"]))) / CHARS_PER_TOKEN + 0.999) + 4 + 3
     assert features(body).prompt_tokens >= before
+
+
+# --------------------------------------------------------------------------- per API
+
+WEATHER = {"type": "function", "name": "weather", "parameters": {"type": "object"}}
+
+
+def _responses(body: dict[str, Any]) -> RequestFeatures:
+    return classify.responses_features(responses.read_request(body), requested_model="m")
+
+
+def _messages(body: dict[str, Any]) -> RequestFeatures:
+    return classify.messages_features(messages.read_request(body), requested_model="m")
+
+
+@pytest.mark.parametrize(
+    ("body", "want"),
+    [
+        # (stream, max output, tools, vision, json schema, hosted tools, task)
+        ({"input": "Say hi"}, (False, None, False, False, False, (), "chat")),
+        ({"input": "hi", "stream": True, "max_output_tokens": 64, "tools": [WEATHER]},
+         (True, 64, True, False, False, (), "chat")),
+        ({"input": [{"role": "user", "content": [{"type": "input_text", "text": "what is this"},
+                                                  {"type": "input_image", "image_url": "x"}]}]},
+         (False, None, False, True, False, (), "chat")),
+        ({"input": "write a haiku", "text": {"format": {"type": "json_schema", "name": "x",
+                                                         "schema": {}}}},
+         (False, None, False, False, True, (), "creative")),
+        # built-in tools: need tools, and name the types for the host restriction
+        ({"input": "news?", "tools": [{"type": "web_search"}, {"type": "file_search"}, WEATHER]},
+         (False, None, True, False, False, ("file_search", "web_search"), "chat")),
+    ],
+)  # fmt: skip
+def test_responses_features(body: dict[str, Any], want: tuple[Any, ...]) -> None:
+    f = _responses(body)
+    got = (f.stream, f.max_output_tokens, f.needs_tools, f.needs_vision, f.needs_json_schema,
+           f.hosted_tools, f.task)  # fmt: skip
+    assert got == want and f.requested_model == "m"
+
+
+@pytest.mark.parametrize(
+    ("body", "want"),
+    [
+        ({"max_tokens": 100, "messages": [msg("hi")]}, (False, 100, False, False, False, "chat")),
+        ({"max_tokens": 50, "stream": True, "system": "be brief",
+          "tools": [{"name": "t", "input_schema": {}}], "messages": [msg("def f(): pass")]},
+         (True, 50, True, False, False, "code")),
+        ({"messages": [{"role": "user", "content": [
+            {"type": "image", "source": {"type": "base64", "data": "x"}},
+            {"type": "text", "text": "what is it"}]}],
+          "output_config": {"format": {"type": "json_schema", "schema": {}}}},
+         (False, None, False, True, True, "chat")),
+        # Anthropic's server tools: tools only, no host restriction
+        ({"messages": [msg("search")], "tools": [{"type": "web_search_20250305", "name": "w"}]},
+         (False, None, True, False, False, "chat")),
+    ],
+)  # fmt: skip
+def test_messages_features(body: dict[str, Any], want: tuple[Any, ...]) -> None:
+    f = _messages(body)
+    got = (f.stream, f.max_output_tokens, f.needs_tools, f.needs_vision, f.needs_json_schema,
+           f.task)  # fmt: skip
+    assert got == want and f.hosted_tools == ()
+
+
+def test_the_size_estimate_is_the_same_across_apis() -> None:
+    text = "word " * 700
+    chat = features({"messages": [msg("sys", "system"), msg(text)]}).prompt_tokens
+    assert _responses({"instructions": "sys", "input": text}).prompt_tokens == chat
+    assert _messages({"system": "sys", "messages": [msg(text)]}).prompt_tokens == chat
+    image = _responses({"input": [{"role": "user", "content": [
+        {"type": "input_image", "image_url": "x"}]}]}).prompt_tokens  # fmt: skip
+    assert image >= TOKENS_PER_IMAGE
+
+
+@pytest.mark.parametrize(
+    ("body", "tokens", "items"),
+    [({"input": "x" * 35}, 10, 1),
+     ({"input": ["a" * 7, "b" * 7]}, 4, 2),
+     ({"input": [[1, 2, 3], [4, 5]]}, 5, 2)],  # token arrays: counted exactly
+)  # fmt: skip
+def test_embeddings_features(body: dict[str, Any], tokens: int, items: int) -> None:
+    f = classify.embeddings_features(embeddings.read_request(body), requested_model="e")
+    assert (f.prompt_tokens, f.messages, f.task, f.stream, f.max_output_tokens) == (
+        tokens, items, "embedding", False, None)  # fmt: skip
+    assert not (f.needs_tools or f.needs_vision or f.needs_json_schema)

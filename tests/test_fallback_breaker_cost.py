@@ -6,7 +6,17 @@ import pytest
 
 from addon.routing import breaker as brk
 from addon.routing.cost import Price, cost, estimate_max
-from addon.routing.fallback import Fallback, GiveUp, Outcome, OutcomeKind, Retry, backoff, next_step
+from addon.routing.fallback import (
+    Fallback,
+    GiveUp,
+    Outcome,
+    OutcomeKind,
+    Retry,
+    backoff,
+    classify_anthropic_failure,
+    in_band_failure,
+    next_step,
+)
 from addon.wire.usage import Usage
 
 K = OutcomeKind
@@ -194,3 +204,60 @@ def test_one_requests_burst_of_429s_does_not_open_the_breaker() -> None:
     for t in (10, 20):  # two more requests in a row meet the limit: the breaker opens
         s = brk.record(s, success=False, now=t, threshold=3)
     assert s.status is brk.BreakerStatus.OPEN
+
+
+# --------------------------------------------------------------------------- per API
+
+
+@pytest.mark.parametrize(
+    ("usage", "price", "expected"),
+    [
+        # Anthropic: 20 prompt tokens = 11 fresh + 5 cache reads + 4 cache writes
+        (Usage(20, 9, cached_tokens=5, cache_write_tokens=4), Price(3, 15, 0.3),
+         (11 * 3 + 5 * 0.3 + 4 * 3 * 1.25 + 9 * 15) / 1e6),
+        # an explicit cache-write price wins over the 1.25x rule
+        (Usage(20, 9, cached_tokens=5, cache_write_tokens=4), Price(3, 15, 0.3, 6),
+         (11 * 3 + 5 * 0.3 + 4 * 6 + 9 * 15) / 1e6),
+        # no cached price: reads at the input price, writes still 1.25x
+        (Usage(10, 0, cached_tokens=2, cache_write_tokens=2), Price(2, 4),
+         (6 * 2 + 2 * 2 + 2 * 2.5) / 1e6),
+        # counts beyond the prompt are capped, never negative fresh tokens
+        (Usage(5, 0, cached_tokens=4, cache_write_tokens=4), Price(1, 1), (4 * 1 + 1 * 1.25) / 1e6),
+        (Usage(5, 0, cache_write_tokens=5), Price(None, 1), None),
+    ],
+)  # fmt: skip
+def test_cache_writes_and_reads_each_at_their_rate(
+    usage: Usage, price: Price, expected: float | None
+) -> None:
+    got = cost(usage, price)
+    assert got == (None if expected is None else pytest.approx(expected))
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "retry_after", "kind", "ra"),
+    [
+        (529, b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}', "2",
+         K.SERVER_ERROR, 2.0),
+        (429, b'{"type":"error","error":{"type":"rate_limit_error","message":"slow"}}', "7",
+         K.RATE_LIMITED, 7.0),
+        (400, b'{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too '
+              b'long: 300000 tokens > 200000 maximum"}}', None, K.CONTEXT_TOO_LONG, None),
+        (400, b'{"type":"error","error":{"type":"invalid_request_error","message":"bad"}}', None,
+         K.CLIENT_ERROR, None),
+        (401, b'{"type":"error","error":{"type":"authentication_error","message":"x"}}', None,
+         K.AUTH_ERROR, None),
+    ],
+)  # fmt: skip
+def test_anthropic_failures_land_on_the_same_outcome_kinds(
+    status: int, body: bytes, retry_after: str | None, kind: OutcomeKind, ra: float | None
+) -> None:
+    got = classify_anthropic_failure(status, body, retry_after)
+    assert (got.kind, got.status, got.retry_after) == (kind, status, ra)
+    assert got.message and got.message != body.decode()  # the upstream's own message
+
+
+def test_an_error_opening_a_stream_is_a_target_fault() -> None:
+    got = in_band_failure("server_error", "overloaded_error: Overloaded")
+    assert got.kind is K.SERVER_ERROR and got.status is None and got.counts_against_target
+    step = next_step(got, tries_on_target=1, attempts_total=1, max_attempts=4, has_next=True)
+    assert isinstance(step, Fallback)

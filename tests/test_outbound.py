@@ -175,3 +175,52 @@ def test_when_every_target_was_skipped_the_router_says_retry() -> None:
     err = json.loads(r.body)["error"]
     assert (err["type"], err["code"]) == ("service_unavailable", "all_targets_cooling_down")
     assert "half-open probe" in err["message"]
+
+
+# --------------------------------------------------------------------------- per API
+
+VERSION = ("anthropic-version", "2023-06-01")
+
+
+@pytest.mark.parametrize(
+    ("api", "client", "same_host", "want"),
+    [
+        # Messages: the provider's key as x-api-key, and a version when none came along
+        ("messages", PLAIN, False, [*PLAIN, ("x-api-key", "sk-ours"), VERSION, IDENTITY]),
+        ("messages", [("x-api-key", "sk-ant-client")], False,
+         [("x-api-key", "sk-ours"), VERSION, IDENTITY]),
+        # the client's version and betas go along byte for byte
+        ("messages", [("anthropic-version", "2024-10-22"), ("anthropic-beta", "a,b")], False,
+         [("anthropic-version", "2024-10-22"), ("anthropic-beta", "a,b"),
+          ("x-api-key", "sk-ours"), IDENTITY]),
+        # at the client's own host: its own key, and nothing added
+        ("messages", [("x-api-key", "sk-ant-client"), ("anthropic-beta", "x")], True,
+         [("anthropic-beta", "x"), ("x-api-key", "sk-ant-client"), IDENTITY]),
+        ("messages", PLAIN, True, [*PLAIN, ("x-api-key", "sk-ours"), IDENTITY]),
+        # every other API: Bearer, no Anthropic header added
+        ("responses", PLAIN, False, [*PLAIN, OURS, IDENTITY]),
+        ("embeddings", [("x-api-key", "k")], False, [OURS, IDENTITY]),
+    ],
+)  # fmt: skip
+def test_outbound_headers_per_api(api: str, client: list[tuple[str, str]], same_host: bool,
+                                  want: list[tuple[str, str]]) -> None:  # fmt: skip
+    got = outbound_headers(client, same_host=same_host, provider_key="sk-ours", api=api)
+    assert got == tuple(want)
+
+
+def test_a_configured_anthropic_version_is_not_doubled() -> None:
+    got = outbound_headers(PLAIN, same_host=False, provider_headers=[("anthropic-version", "v")],
+                           provider_key="sk-ours", api="messages")  # fmt: skip
+    assert got == (*PLAIN, ("anthropic-version", "v"), ("x-api-key", "sk-ours"), IDENTITY)
+
+
+@pytest.mark.parametrize(
+    ("base", "endpoint", "path", "want"),
+    [("https://api.anthropic.com/v1", "/messages", "/v1/messages?beta=true",
+      "https://api.anthropic.com/v1/messages?beta=true"),
+     ("https://api.anthropic.com/v1", "/messages/count_tokens", "/v1/messages/count_tokens",
+      "https://api.anthropic.com/v1/messages/count_tokens"),
+     ("https://p.example/v1", "/responses", "/v1/responses", "https://p.example/v1/responses")],
+)  # fmt: skip
+def test_upstream_url_per_endpoint(base: str, endpoint: str, path: str, want: str) -> None:
+    assert upstream_url(base, endpoint, path) == want

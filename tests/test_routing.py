@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -673,3 +674,44 @@ def test_a_capable_candidate_behind_an_open_breaker_is_a_503(router: ranking.Rou
     d = route(router, make_req(body), open_breakers=frozenset({"p1:big"}))
     assert isinstance(d, decide.NoRoute) and d.status == 503, d
     assert d.filtered["breaker_open"] == 1 and d.filtered["vision"] >= 1
+
+
+# --------------------------------------------------------------------------- per API
+
+
+def _speaking_route(router: ranking.Router, speaking: frozenset[str], **kw: Any) -> Any:
+    req = make_req(headers={"x-orchestrator-profile": "quality"})
+    req = replace(req, api="responses")
+    keyed = frozenset(n for n, p in router.catalog.providers.items() if p.keyless or p.has_env_key)
+    usable = usable_for(router, req)
+    return decide.decide(router, req, lambda c: usable(c) if c.provider in speaking else "api",
+                         4, keyed & speaking, speaking=speaking, **kw)  # fmt: skip
+
+
+def test_providers_that_do_not_speak_the_api_are_left_out_and_named(
+    router: ranking.Router,
+) -> None:
+    d = _speaking_route(router, frozenset({"p2", "p3"}))
+    assert isinstance(d, decide.RoutingDecision)
+    assert {s.candidate.provider for s in d.chain} <= {"p2", "p3"}
+    assert d.filtered["api"] == 2  # p1:big, p4:keyed
+    assert "no_key" not in d.filtered
+    assert "api responses: 2 candidate(s) left out at providers that do not speak it " \
+           "(or, p1, p4, p5)" in d.reasons  # fmt: skip
+
+
+def test_no_provider_speaking_the_api_is_a_400_with_the_fix(router: ranking.Router) -> None:
+    d = _speaking_route(router, frozenset())
+    assert isinstance(d, decide.NoRoute) and d.status == 400
+    assert "filtered out: api: 5" in d.message
+    assert "only providers that speak the responses API can serve it (none is configured): " \
+           "list responses in `apis:` of a provider" in d.message  # fmt: skip
+
+
+def test_an_embedding_space_keeps_its_model(router: ranking.Router) -> None:
+    space = router.catalog.lookup("mid") + router.catalog.lookup("small")
+    d = _speaking_route(router, frozenset({"p1", "p2", "p3"}), space=space)
+    assert isinstance(d, decide.RoutingDecision) and d.mode == "space"
+    assert [s.candidate.model_id for s in d.chain] == ["mid", "small"]  # by score, only these
+    none = _speaking_route(router, frozenset({"p1"}), space=space)
+    assert isinstance(none, decide.NoRoute) and "the embedding space of 'gpt-4o'" in none.message

@@ -444,3 +444,9 @@ def test_count_tokens_shapes() -> None:
     assert messages.count_tokens_answer(b'{"input_tokens": -1}') is None
     assert messages.count_tokens_answer(b"nope") is None
     assert json.loads(messages.count_tokens_body(14)) == {"input_tokens": 14}
+
+
+def test_error_body_detail_goes_into_the_error_object() -> None:
+    body = json.loads(messages.error_body(529, "all failed", detail={"attempts": [{"p": "a"}]}))
+    assert body == {"type": "error", "error": {"type": "overloaded_error", "message": "all failed",
+                                               "attempts": [{"p": "a"}]}}  # fmt: skip

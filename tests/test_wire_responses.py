@@ -452,3 +452,19 @@ def test_error_event_is_one_flat_sse_event() -> None:
     assert responses.event_error(sse.event_json(ev)) == responses.StreamError(
         "stream_truncated", "stream interrupted"
     )
+
+
+@pytest.mark.parametrize(
+    ("output", "want"),
+    [
+        ([{"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "gAAA1"},
+          {"type": "message", "content": [{"type": "output_text", "text": "hi"}]},
+          {"type": "reasoning", "id": "rs_2", "summary": [], "encrypted_content": "gAAA2"}],
+         ("gAAA1", "gAAA2")),
+        ([{"type": "reasoning", "summary": []}, {"type": "reasoning", "encrypted_content": ""}], ()),
+        ([], ()),
+    ],
+)  # fmt: skip
+def test_an_answer_names_its_encrypted_reasoning(output: list[Any], want: tuple[str, ...]) -> None:
+    got = responses.read_response({"id": "resp_1", "output": output})
+    assert got is not None and got.encrypted_reasoning == want

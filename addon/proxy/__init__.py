@@ -8,13 +8,22 @@ mitmproxy glue (the only mitmproxy importers):
 
 The request path, in plain values:
 - `dispatch`    one request from features to answer: routing, the attempt engine, the reply
+- `apis`        what differs per API (chat, completions, responses, messages, embeddings):
+                the endpoint table, features, answers, failures, the router's error bodies
+- `eligible`    which providers (and embedding offerings) one request may be sent to
+- `responsestate`  Responses state: pins for `previous_response_id` / `conversation`, and
+                encrypted reasoning only for the provider that wrote it
 - `exchange`    the values the adapter and the dispatcher pass each other
 - `view`        everything derived from one config version (catalog, rankings, keys)
+- `plan`        the chain's attempts, each built when tried (URL, headers, rewritten body)
 - `outbound`    what an attempt sends: which headers, whose key, which URL
 - `replies`     what the client gets back: status, `x-orchestrator-*` headers, body
 - `upstream`    the attempt engine (aiohttp): connect, first token, stall, fallback
-- `pipe`        the loopback pipe that hands an open upstream stream to mitmproxy, and the
-                tap that reads usage off a stream passing through
+- `pipe`        the loopback pipe that hands an open upstream stream to mitmproxy
+- `streamfacts` what a stream of each API tells the ledger, the error event that ends a
+                cut one, and the tap that reads a stream passing through
+- `modellist`   `GET …/models`: the host's own list, the catalog's models, the aliases
+- `screens`     answers before routing: 411/413 for a body's size, 426 for a WebSocket
 - `budgetgate`  budget reservations around a request
 - `recording`   one ledger row per request, and live latency for the scorer
 - `clients`     client keys: digests, and which client a header proves

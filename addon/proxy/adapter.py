@@ -19,8 +19,8 @@ from addon.config.schema import Settings
 from addon.errors import ConfigError
 from addon.proxy import ca, dispatch, options
 from addon.proxy.clientauth import AUTH_META
-from addon.proxy.pipe import StreamReport, usage_tap
 from addon.proxy.runtime import Runtime, startup_lines
+from addon.proxy.streamfacts import StreamReport, reader_for, usage_tap
 from addon.proxy.view import View, build_view, environ, intercepted
 
 log = logging.getLogger("orchestrator")
@@ -114,6 +114,7 @@ class Orchestrator:
             body=(req.raw_content or b"") if with_body else b"",
             client_addr=flow.client_conn.peername[0] if flow.client_conn.peername else "",
             reverse=reverse,
+            scheme=req.scheme,
         )
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -144,7 +145,10 @@ class Orchestrator:
         if d is None or inc is None:
             return
         pending = d.begin(inc)
-        if pending is None:  # no LLM call: forwarded untouched
+        if pending is None:  # no LLM call: forwarded untouched (a model list: answered)
+            own = await d.own_answer(inc)
+            if own is not None:
+                flow.response = http.Response.make(own.status, own.body, _headers(own.headers))
             return
         try:
             self._apply(flow, await d.handle(pending))
@@ -177,13 +181,13 @@ class Orchestrator:
         if p is not None and p.token is not None:
             resp.stream = True  # our pipe: already relayed event by event
         elif "text/event-stream" in resp.headers.get("content-type", ""):
-            # a stream passing through untouched (e.g. /responses): never buffer it; read
-            # usage on the side for its ledger row
+            # a stream passing through untouched (e.g. a body the router cannot read): never
+            # buffer it; read usage on the side for its ledger row
             if p is None:
                 resp.stream = True
             else:
                 p.report = StreamReport(outcome="ok")
-                resp.stream = usage_tap(p.report)
+                resp.stream = usage_tap(p.report, reader_for(p.api))
 
     def response(self, flow: http.HTTPFlow) -> None:
         """The flow's answer reached the client: write its ledger row."""

@@ -13,7 +13,7 @@ from addon.config.rules import Policy
 from addon.errors import StateUnavailable
 from addon.proxy.exchange import Pending, Reply, json_reply
 from addon.proxy.metrics import Metrics
-from addon.routing import budget, decide, ranking
+from addon.routing import budget, decide
 from addon.routing import cost as costmod
 from addon.routing.catalog import Candidate
 from addon.routing.classify import RequestFeatures
@@ -72,14 +72,13 @@ async def gate(
     book: Budgets,
     metrics: Metrics | None,
     policies: Sequence[Policy],
-    router: ranking.Router,
     pending: Pending,
     req: decide.RoutingRequest,
     decision: decide.RoutingDecision,
-    usable: Callable[[Candidate], str | None],
-    max_chain: int,
+    again: Callable[[decide.RoutingRequest], decide.RoutingDecision | decide.NoRoute],
 ) -> decide.RoutingDecision | Reply:
-    """Reserve the call's maximum cost against its policy's budget, or refuse / downgrade."""
+    """Reserve the call's maximum cost against its policy's budget, or refuse / downgrade
+    (`again` decides the request anew, under the profile it is downgraded to)."""
     policy = next((p for p in policies if p.name == decision.policy), None)
     rule = rule_of(policy) if policy else None
     if rule is None:
@@ -107,13 +106,13 @@ async def gate(
         return json_reply(429, held.message, type_="budget_exceeded", code=held.code,
                           pending=pending, headers=(("retry-after", str(held.retry_after_s)),))  # fmt: skip
     forced = replace(req, headers={**req.headers, decide.PROFILE_HEADER: down})
-    again = decide.decide(router, forced, usable, max_chain)
-    if isinstance(again, decide.NoRoute):
-        return json_reply(again.status, again.message, type_="invalid_request_error",
-                          code=again.code, pending=pending)  # fmt: skip
+    downgraded = again(forced)
+    if isinstance(downgraded, decide.NoRoute):
+        return json_reply(downgraded.status, downgraded.message, type_="invalid_request_error",
+                          code=downgraded.code, pending=pending)  # fmt: skip
     pending.charge = (rule, key)
     pending.reasons.append(f"{held.message}: downgraded to profile {down}")
-    return replace(again, policy=decision.policy,
+    return replace(downgraded, policy=decision.policy,
                    profile_reason=f"budget {rule.name} exceeded: downgraded from {decision.profile}")  # fmt: skip
 
 

@@ -16,8 +16,8 @@ from collections.abc import Callable, MutableMapping
 from mitmproxy import connection, http
 
 from addon.proxy import clients
+from addon.proxy.apis import endpoint, error_body
 from addon.proxy.view import View
-from addon.wire.failures import error_body
 
 AUTH_META = "orchestrator_auth"  # flow.metadata key: {"client": name} once authenticated
 REALM = "local-ai-orchestrator"
@@ -65,18 +65,22 @@ class ClientAuth:
         if reverse:
             req.headers.pop("authorization", None)  # a router key, never forwarded
         if name is None:
-            flow.response = auth_required(proxy=not reverse)
+            ep = endpoint(req.method, req.path)
+            flow.response = auth_required(proxy=not reverse, api=ep.api if ep else None)
             return
         flow.metadata[AUTH_META] = {"client": name}
 
 
-def auth_required(*, proxy: bool) -> http.Response:
-    """The OpenAI-format refusal: 407 with `Proxy-Authenticate` for a proxy, else 401."""
+def auth_required(*, proxy: bool, api: str | None = None) -> http.Response:
+    """The refusal: 407 with `Proxy-Authenticate` for a proxy, else 401, in the format of
+    the request's `api` (OpenAI's error object; Anthropic's for Messages)."""
     where = ("Proxy-Authorization (e.g. HTTPS_PROXY=http://NAME:KEY@host:port)" if proxy
              else "Authorization: Bearer <router key>")  # fmt: skip
-    body = error_body(f"this router needs a client key: send {where}; ask its operator for one",
-                      type_="invalid_request_error", code="client_auth_required")  # fmt: skip
+    status = 407 if proxy else 401
+    body = error_body(api, status, f"this router needs a client key: send {where}; ask its "
+                      "operator for one", type_="invalid_request_error",
+                      code="client_auth_required")  # fmt: skip
     headers = {"content-type": "application/json"}
     if proxy:
         headers["proxy-authenticate"] = f'Basic realm="{REALM}"'
-    return http.Response.make(407 if proxy else 401, body, headers)
+    return http.Response.make(status, body, headers)

@@ -3,19 +3,21 @@
 `Dispatcher.handle(Incoming)` decides, runs the attempt engine and returns what the
 mitmproxy adapter must do: pass the request through untouched, answer it, or point it at
 the loopback pipe for a live stream. `Dispatcher.finish(Pending, ...)` turns what happened
-into exactly one ledger row.
+into exactly one ledger row. Every routed endpoint is handled the same way, in its own API's
+terms (`addon.proxy.apis`): only providers that speak the request's API are candidates, a
+Responses turn that continues stored state is pinned where that state lives
+(`addon.proxy.responsestate`), and an embeddings request stays in one embedding space.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import overload
 
-from addon.config.schema import LLM_PATHS, ROUTED_PATHS
-from addon.proxy import budgetgate, recording
+from addon.proxy import apis, budgetgate, modellist, recording, responsestate, screens
+from addon.proxy.eligible import eligible, embedding_space
 from addon.proxy.exchange import (
+    Canned,
     Incoming,
     Passthrough,
     Pending,
@@ -26,21 +28,23 @@ from addon.proxy.exchange import (
     request_id,
 )
 from addon.proxy.metrics import Metrics
-from addon.proxy.outbound import has_client_key, outbound_headers, upstream_url
-from addon.proxy.pipe import Pipe, StreamReport
+from addon.proxy.outbound import has_client_key
+from addon.proxy.pipe import Pipe
+from addon.proxy.plan import Plan, Shape, vector_check
 from addon.proxy.replies import reply_for
-from addon.proxy.upstream import Engine, EngineResult, Target
+from addon.proxy.responsestate import Refusal
+from addon.proxy.streamfacts import StreamReport, reader_for
+from addon.proxy.upstream import Engine, EngineResult
 from addon.proxy.view import View, local_hosts
 from addon.routing import breaker as brk
 from addon.routing import catalog as catmod
-from addon.routing import classify, decide
+from addon.routing import decide
 from addon.routing.fallback import Outcome, OutcomeKind
-from addon.routing.scoring import Scored
 from addon.state import memory
+from addon.state.response_homes import LocalResponseHomes, ResponseHomes
 from addon.store.ledgers import LedgerWriter
 from addon.store.sqlite_ledger import LedgerRow
-from addon.wire.chat import prompt_text
-from addon.wire.request import ParsedBody, WireError, parse_request, rewrite
+from addon.wire.request import ParsedBody, WireError, parse_request
 
 log = logging.getLogger("orchestrator")
 
@@ -48,7 +52,7 @@ log = logging.getLogger("orchestrator")
 class Dispatcher:
     """The request path: routing, the attempt engine, the pipe, and the ledger row of each
     call. Holds the config version in force (`view`) and the live state it routes by
-    (breakers, latency, rate-limit cooldowns, budgets)."""
+    (breakers, latency, rate-limit cooldowns, budgets, Responses homes)."""
 
     def __init__(
         self,
@@ -59,22 +63,22 @@ class Dispatcher:
         *,
         breakers: memory.Breakers | None = None,
         latency: memory.Latency | None = None,
+        homes: ResponseHomes | None = None,
     ) -> None:
         self.view = view
         self.ledger = ledger
         self.budgets: memory.Budgets = budgets if budgets is not None else memory.LocalBudgets()
         self.metrics = metrics
         self.engine = Engine(view.config.settings.resilience)
-        self.engine.local_hosts = local_hosts(view)
-        self.engine.set_limits(
-            {n: p.max_connections for n, p in view.config.settings.providers.items()}
-        )
         self.pipe = Pipe()
         self.breakers: memory.Breakers = (
             breakers if breakers is not None else memory.LocalBreakers()
         )
         self.latency: memory.Latency = latency if latency is not None else memory.LocalLatency()
+        self.homes: ResponseHomes = homes if homes is not None else LocalResponseHomes()
         self.cooldown: dict[str, float] = {}  # candidate key -> monotonic time it may be retried
+        self.dimensions: dict[str, int] = {}  # embedding model id -> the vector length it gave
+        self.swap(view)
 
     def swap(self, view: View) -> None:
         """Serve a new config version from the next request on (calls in flight keep theirs)."""
@@ -93,45 +97,31 @@ class Dispatcher:
     # ------------------------------------------------------------------ decide & attempt
 
     def begin(self, inc: Incoming) -> Pending | None:
-        """The record of an LLM call (a POST to an LLM endpoint), opened before any work so
+        """The record of an LLM call (a POST to a routed endpoint), opened before any work so
         that every way the call ends, an internal error too, writes its one ledger row and
         gives back its budget hold. None for anything else: forwarded untouched, unrecorded."""
-        if _endpoint(inc) is None:
+        ep = apis.endpoint(inc.method, inc.path)
+        if ep is None:
             return None
-        return Pending(request_id(), time.monotonic(), inc, "unrouted")
+        return Pending(request_id(), time.monotonic(), inc, "unrouted", endpoint=ep)
+
+    async def own_answer(self, inc: Incoming) -> Canned | None:
+        """The router's own answer to a request that is no LLM call: the model list for
+        `GET …/models` (`addon.proxy.modellist`), a 426 for a WebSocket upgrade on a routed
+        endpoint (`addon.proxy.screens`); None for the rest."""
+        if modellist.is_listing(inc):
+            return await modellist.answer(self.view, self.engine, inc)
+        return screens.websocket_refused(inc)
 
     def too_large(self, inc: Incoming, size: int, pending: Pending | None = None) -> Reply | None:
-        """413 in OpenAI format for an LLM request whose body is over `max_request_bytes`."""
-        limit = self.view.config.settings.max_request_bytes
-        if size <= limit or _endpoint(inc) is None:
-            return None
-        msg = (f"request body of {size} bytes is over max_request_bytes ({limit}); send a "
-               "smaller request or raise `max_request_bytes` in orchestrator.yaml")  # fmt: skip
-        return json_reply(413, msg, type_="invalid_request_error", code="request_too_large",
-                          pending=_routed(inc, pending))  # fmt: skip
-
-    def length_required(self, inc: Incoming) -> Reply | None:
-        """411 for an LLM request sent without Content-Length (chunked, size unknown)."""
-        if _endpoint(inc) is None:
-            return None
-        msg = ("request body sent without Content-Length; send it with a Content-Length "
-               "header (a body of unknown size could exhaust the router's memory)")  # fmt: skip
-        return json_reply(411, msg, type_="invalid_request_error", code="length_required",
-                          pending=_routed(inc, None))  # fmt: skip
+        """413 (in the API's format) for an LLM request whose body is over `max_request_bytes`."""
+        return screens.too_large(inc, size, self.view.config.settings.max_request_bytes, pending)
 
     def screen(self, inc: Incoming) -> Reply | None:
         """Before the body is read (`inc.body` empty): 411 for an LLM request of unknown
-        size (chunked, no Content-Length: it could grow without bound in memory; every
-        OpenAI SDK sends Content-Length), 413 for one announced over `max_request_bytes`;
-        None to read the body as usual."""
-        length = _header(inc, "content-length")
-        if length is None and "chunked" in (_header(inc, "transfer-encoding") or ""):
-            return self.length_required(inc)
-        try:
-            size = int(length or "0")
-        except ValueError:
-            return None
-        return self.too_large(inc, size)
+        size, 413 for one announced over `max_request_bytes` (`addon.proxy.screens`); None
+        to read the body as usual."""
+        return screens.screen(inc, self.view.config.settings.max_request_bytes)
 
     def internal_error(self, pending: Pending, exc: Exception) -> Reply:
         """The 500 for a call the router itself failed on: an unfetched stream is closed,
@@ -150,49 +140,62 @@ class Dispatcher:
         too_large = self.too_large(inc, len(inc.body), pending)  # a chunked body, seen whole
         if too_large is not None:
             return too_large
-        path = inc.path.split("?", 1)[0]
-        endpoint = _endpoint(inc)
-        if endpoint is None:  # not opened by `begin`: no LLM call
+        ep = pending.endpoint
+        if ep is None:  # not opened by `begin`: no LLM call
             return Passthrough(None)
         try:
             parsed: ParsedBody | WireError = parse_request(inc.body)
         except WireError as e:
             parsed = e
-        if isinstance(parsed, ParsedBody):  # the one read of `model`, for the ledger
-            pending.requested_model = parsed.model
-        if endpoint not in ROUTED_PATHS:
-            pending.reasons.append(f"endpoint {endpoint} is not routed; forwarded as sent")
-            return Passthrough(pending)
         if isinstance(parsed, WireError):
             pending.reasons.append(f"body not routable ({parsed}); forwarded as sent")
             pending.error = str(parsed)
             return Passthrough(pending)
+        pending.requested_model = parsed.model  # the one read of `model`, for the ledger
+        read = apis.read_request(ep, parsed)
+        space = (
+            embedding_space(view.catalog, parsed.model, inc.host)
+            if ep.api == "embeddings"
+            else None
+        )
+        if isinstance(space, str):
+            pending.reasons.append(space)
+            return Passthrough(pending)
         pending.kind = "routed"
-        pending.stream = parsed.stream
+        features = read.features
+        pending.stream = features.stream
         if view.config.settings.log_prompts != "off":
-            pending.prompt = prompt_text(parsed.data)
-        headers = {k.lower(): v for k, v in inc.headers}
-        client_key = has_client_key(inc.headers)
+            pending.prompt = apis.prompt_text(ep.api, parsed.data)
         req = decide.RoutingRequest(
-            features=classify.features(parsed.data, requested_model=parsed.model),
+            features=features,
             host=inc.host,
-            path=path,
-            headers=headers,
+            path=inc.path.split("?", 1)[0],
+            headers={k.lower(): v for k, v in inc.headers},
             client_addr=inc.client_addr,
-            client_key=client_key,
+            client_key=has_client_key(inc.headers),
             client_name=inc.client_name,
             allowed_policies=_allowed_policies(view, inc.client_name),
+            api=ep.api,
         )
+        if isinstance(space, Refusal):
+            return _refuse(space, pending)
+        targets = space  # the embedding space, or None
+        if read.responses is not None:
+            pending.stored = read.responses.store is not False
+        ok = await eligible(view, self.homes, inc, ep.api, features, read.responses, time.time())
+        if isinstance(ok, Refusal):
+            return _refuse(ok, pending)
+        pending.reasons.extend(ok.reasons)
+        allowed, out, pin = ok.allowed, ok.out, ok.pin
+        pending.pinned = pin.reason if pin is not None else None
         res = view.config.settings.resilience
         now = time.monotonic()
-
-        keyed = view.keyed(inc.host if client_key else None)
         breakers_get, cooldown = self.breakers.get, self.cooldown
         cooldown_s = res.breaker.cooldown_s
 
         def usable(c: catmod.Candidate) -> str | None:
-            if c.provider not in keyed:
-                return "no_key"
+            if c.provider not in allowed:
+                return out.get(c.provider, "no_key")
             st = breakers_get(c.key)
             if st is not None and not brk.available(st, now, cooldown_s):
                 return "breaker_open"
@@ -200,26 +203,33 @@ class Dispatcher:
                 return "rate_limited"
             return None
 
-        # a few spare targets beyond max_attempts: a context-length failure skips ahead to
-        # one with a larger window
-        decision = decide.decide(view.router, req, usable, res.max_attempts + 4, keyed)
+        def again(r: decide.RoutingRequest) -> decide.RoutingDecision | decide.NoRoute:
+            # a few spare targets beyond max_attempts: a context-length failure skips ahead
+            # to one with a larger window
+            return decide.decide(view.router, r, usable, res.max_attempts + 4, allowed,
+                                 speaking=ok.speaking, space=targets)  # fmt: skip
+
+        decision = again(req)
         if isinstance(decision, decide.NoRoute):
-            kind = "invalid_request_error" if decision.status == 400 else "service_unavailable"
-            return json_reply(decision.status, decision.message, type_=kind, code=decision.code,
-                              pending=pending)  # fmt: skip
-        gated = await budgetgate.gate(self.budgets, self.metrics, view.config.policies, view.router,
-                                pending, req, decision, usable, res.max_attempts + 4)  # fmt: skip
-        if isinstance(gated, Reply):
-            return gated
-        decision = gated
+            msg = decision.message if pin is None else f"{pin.reason}, but: {decision.message}"
+            return _refuse(Refusal(decision.status, msg, decision.code), pending)
+        if not ep.count_tokens:  # counting tokens is free: no budget
+            gated = await budgetgate.gate(self.budgets, self.metrics, view.config.policies,
+                                          pending, req, decision, again)  # fmt: skip
+            if isinstance(gated, Reply):
+                return gated
+            decision = gated
         pending.decision = decision
         pending.reasons.extend(decision.reasons)
-        inject_usage = parsed.stream and not parsed.wants_usage
-        plan = _Plan(
-            decision.chain,
-            lambda s: self._target(view, s, inc, parsed, endpoint, inject_usage),
-        )
-        features = req.features
+        readers = None
+        if read.responses is not None and read.responses.encrypted_reasoning:
+            readers = await responsestate.reasoning_readers(
+                self.homes, responsestate.blobs_of(parsed.data), view.catalog.providers,
+                inc.host, time.time())  # fmt: skip
+        inject_usage = features.stream and not parsed.wants_usage and apis.injects_usage(ep.api)
+        shape = Shape(inc, parsed, ep, inject_usage, features.stream and not ep.count_tokens,
+                      readers, vector_check(read.embeddings, self.dimensions))  # fmt: skip
+        plan = Plan(view, decision.chain, shape, pending)
 
         async def acquire(c: catmod.Candidate) -> bool:
             return await self._acquire(c) and await budgetgate.topup(
@@ -231,18 +241,6 @@ class Dispatcher:
             pending.reasons.append(f"skipped {key}: breaker half-open, probe in flight")
         pending.attempts = result.attempts
         return await self._answer(view, pending, result, decision, inject_usage)
-
-    def _target(self, view: View, s: Scored, inc: Incoming, parsed: ParsedBody, endpoint: str,
-                inject_usage: bool) -> Target:  # fmt: skip
-        """The attempt at chain entry `s`: its URL, headers and rewritten body."""
-        c = s.candidate
-        prov = view.catalog.providers[c.provider]
-        headers = outbound_headers(inc.headers, same_host=prov.host == inc.host,
-                                   provider_headers=prov.headers,
-                                   provider_key=view.keys.get(c.provider))  # fmt: skip
-        body = rewrite(parsed, model=c.provider_model_id, include_usage=inject_usage)
-        return Target(s, upstream_url(prov.base_url, endpoint, inc.path), headers, body,
-                      parsed.stream)  # fmt: skip
 
     async def _acquire(self, c: catmod.Candidate) -> bool:
         """Claim the right to try `c` now; an open breaker past its cooldown lets exactly
@@ -268,21 +266,27 @@ class Dispatcher:
         else:
             self.breakers.release(c.key)
 
-    async def _answer(
-        self,
-        view: View,
-        pending: Pending,
-        result: EngineResult,
-        decision: decide.RoutingDecision,
-        inject_usage: bool,
-    ) -> Reply | ToPipe:
+    async def _answer(self, view: View, pending: Pending, result: EngineResult,
+                      decision: decide.RoutingDecision, inject_usage: bool) -> Reply | ToPipe:  # fmt: skip
         """Hand the answer to the adapter: a whole reply, or an open stream on the pipe."""
-        reply = reply_for(result, request_id=pending.id, profile=decision.profile)
+        api = pending.api
+        note = f"{pending.pinned}; not sent to another provider" if pending.pinned else None
+        reply = reply_for(result, request_id=pending.id, profile=decision.profile, api=api,
+                          note=note)  # fmt: skip
         pending.answered_by = reply.answered_by
         if reply.error is not None:
             pending.error = reply.error
+        who = reply.answered_by.candidate if reply.answered_by is not None else None
+        if who is not None and pending.stripped.get(who.provider):
+            pending.reasons.append(f"stripped {pending.stripped[who.provider]} encrypted "
+                                   f"reasoning item(s) {who.provider} cannot read")  # fmt: skip
         if reply.stream is None:
+            if who is not None and api == "responses" and 200 <= reply.status < 300:
+                facts = apis.answer_facts(api, reply.body)
+                self._home(pending, who.provider, facts.response_id, facts.encrypted_reasoning)
             return Reply(reply.status, reply.headers, reply.body, pending)
+        if who is not None and api == "responses":  # known before the client sees a byte
+            self._home(pending, who.provider, responsestate.first_response_id(reply.stream.first))
         report = StreamReport(keep_text=view.config.settings.log_prompts == "full")
         pending.report = report
         port = await self.pipe.ensure_started()
@@ -293,8 +297,15 @@ class Dispatcher:
             strip_usage=inject_usage,
             stall_s=view.config.settings.resilience.stall_timeout_ms / 1000,
             report=report,
+            reader=reader_for(api),
         )
         return ToPipe(port, pending.token, pending)
+
+    def _home(self, pending: Pending, provider: str, response_id: str | None,
+              blobs: tuple[str, ...] = ()) -> None:  # fmt: skip
+        """A Responses answer from `provider`: its id and reasoning now live there."""
+        responsestate.remember(self.homes, provider, time.time(), response_id=response_id,
+                               stored=pending.stored, blobs=blobs)  # fmt: skip
 
     # ------------------------------------------------------------------ record
 
@@ -322,10 +333,13 @@ class Dispatcher:
                                          status=status, body=body, error=error,
                                          client_abort=client_abort)  # fmt: skip
         budgetgate.settle(self.budgets, pending, usage, row.cost_usd)
+        r, s = pending.report, pending.answered_by
+        if r is not None and s is not None and pending.api == "responses":
+            self._home(pending, s.candidate.provider, r.response_id, r.encrypted_reasoning)
         if self.ledger is not None:
             self.ledger.record(row)
         if self.metrics is not None:
-            self.metrics.observe(row)
+            self.metrics.observe(row, pending.api)
         # one line per request only at debug: every log record costs mitmproxy a hook
         # dispatch across all addons (~0.8 ms); the ledger has all of it anyway
         log.debug(
@@ -338,51 +352,13 @@ class Dispatcher:
         return row
 
 
-class _Plan(Sequence[Target]):
-    """The chain's targets, each built (headers, rewritten body) only when it is tried."""
-
-    def __init__(self, chain: Sequence[Scored], build: Callable[[Scored], Target]) -> None:
-        self._chain = chain
-        self._build = build
-        self._built: dict[int, Target] = {}
-
-    def __len__(self) -> int:
-        return len(self._chain)
-
-    @overload
-    def __getitem__(self, i: int) -> Target: ...
-    @overload
-    def __getitem__(self, i: slice) -> Sequence[Target]: ...
-    def __getitem__(self, i: int | slice) -> Target | Sequence[Target]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        if i not in self._built:
-            self._built[i] = self._build(self._chain[i])
-        return self._built[i]
+def _refuse(r: Refusal, pending: Pending) -> Reply:
+    """The router's refusal, in the API's format: the request's fault (400) or the router's
+    state (503)."""
+    kind = "invalid_request_error" if r.status == 400 else "service_unavailable"
+    return json_reply(r.status, r.message, type_=kind, code=r.code, pending=pending)
 
 
 def _allowed_policies(view: View, name: str | None) -> frozenset[str] | None:
     c = next((c for c in view.config.settings.clients if c.name == name), None)
     return frozenset(c.policies) if c is not None and c.policies else None
-
-
-def _header(inc: Incoming, name: str) -> str | None:
-    """A request header's value, repeated ones joined as mitmproxy joins them; None if absent."""
-    values = [v for k, v in inc.headers if k.lower() == name]
-    return ", ".join(values) if values else None
-
-
-def _endpoint(inc: Incoming) -> str | None:
-    """The LLM endpoint (`/chat/completions`, ...) a POST is for; None if it is no LLM call."""
-    if inc.method != "POST":
-        return None
-    path = inc.path.split("?", 1)[0]
-    return next((p for p in LLM_PATHS if path.endswith(p)), None)
-
-
-def _routed(inc: Incoming, pending: Pending | None) -> Pending:
-    """The record of a call the router answers itself (`pending`, or a new one)."""
-    if pending is None:
-        pending = Pending(request_id(), time.monotonic(), inc, "routed")
-    pending.kind = "routed"
-    return pending

@@ -5,11 +5,11 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 
-from addon.proxy.pipe import StreamReport
+from addon.proxy.apis import Endpoint, error_body
+from addon.proxy.streamfacts import StreamReport
 from addon.routing import budget, decide
 from addon.routing.fallback import AttemptRecord
 from addon.routing.scoring import Scored
-from addon.wire.failures import error_body
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class Incoming:
     client_addr: str
     reverse: bool = False
     client_name: str | None = None  # authenticated router client (`clients:`)
+    scheme: str = "https"  # of the URL the client addressed
 
     @property
     def client(self) -> str:
@@ -54,6 +55,15 @@ class Pending:
     extra: list[budget.Reservation] = field(default_factory=list)  # top-ups for dearer fallbacks
     budget_scope: tuple[budget.BudgetRule, str] | None = None
     charge: tuple[budget.BudgetRule, str] | None = None  # downgraded call: count its spend
+    endpoint: Endpoint | None = None  # the routed endpoint the request is for (its API)
+    stripped: dict[str, int] = field(default_factory=dict)  # provider -> reasoning items cut
+    stored: bool = True  # Responses: the answer is kept upstream (`store` is not false)
+    pinned: str | None = None  # Responses: why the turn may go to its pinned providers only
+
+    @property
+    def api(self) -> str | None:
+        """The API the request speaks (chat, responses, messages, …); None if unknown."""
+        return self.endpoint.api if self.endpoint is not None else None
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,16 @@ class Reply:
 
 
 @dataclass(frozen=True)
+class Canned:
+    """The router's own answer to a request that is no LLM call (a model listing, a refused
+    WebSocket upgrade): status, headers, body; it has no ledger row."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+@dataclass(frozen=True)
 class ToPipe:
     """Point the flow at the loopback pipe (`port`), which relays stream `token`."""
 
@@ -89,22 +109,23 @@ def request_id() -> str:
 
 def json_reply(status: int, message: str, *, type_: str, code: str, pending: Pending,
                headers: tuple[tuple[str, str], ...] = ()) -> Reply:  # fmt: skip
-    """An OpenAI-format error answer made by the router itself."""
+    """An error answer made by the router itself, in the request's API's format (OpenAI's
+    error object; Anthropic's for Messages)."""
     pending.error = message
     pending.reasons.append(message)
+    body = error_body(pending.api, status, message, type_=type_, code=code, request_id=pending.id)
     return Reply(status, [("content-type", "application/json"),
-                          ("x-orchestrator-request-id", pending.id), *headers],
-                 error_body(message, type_=type_, code=code), pending)  # fmt: skip
+                          ("x-orchestrator-request-id", pending.id), *headers], body, pending)  # fmt: skip
 
 
 def internal_error_reply(pending: Pending, exc_type: str) -> Reply:
-    """The router's 500 when it failed on a call itself, in OpenAI's error format. It names
-    the request (header and message: the proxy log has the traceback under that id) and the
-    exception's type only, never its text, which could quote a key."""
+    """The router's 500 when it failed on a call itself, in the request's API's error
+    format. It names the request (header and message: the proxy log has the traceback under
+    that id) and the exception's type only, never its text, which could quote a key."""
     message = f"internal router error ({exc_type}); see the proxy log for request {pending.id}"
     pending.error = message
     pending.reasons.append(f"internal_error: {exc_type}")
+    body = error_body(pending.api, 500, message, type_="server_error",
+                      code="orchestrator_internal_error", request_id=pending.id)  # fmt: skip
     return Reply(500, [("content-type", "application/json"),
-                       ("x-orchestrator-request-id", pending.id)],
-                 error_body(message, type_="server_error", code="orchestrator_internal_error"),
-                 pending)  # fmt: skip
+                       ("x-orchestrator-request-id", pending.id)], body, pending)  # fmt: skip

@@ -1,7 +1,7 @@
 """Prometheus metrics, on a registry owned by the running proxy (no global state).
 
-Labels carry names only (profile, model, provider, outcome, target): never keys, prompts or
-client-chosen free text beyond the model name the router resolved.
+Labels carry names only (api, profile, model, provider, outcome, target): never keys,
+prompts or client-chosen free text beyond the model name the router resolved.
 """
 
 from __future__ import annotations
@@ -62,6 +62,10 @@ class Metrics:
             "orchestrator_requests", "Intercepted LLM requests.",
             ["profile", "model", "provider", "outcome"], registry=r,
         )  # fmt: skip
+        self.api_requests = Counter(
+            "orchestrator_api_requests", "Intercepted LLM requests by API (chat, completions, "
+            "responses, messages, embeddings).", ["api", "provider", "outcome"], registry=r,
+        )  # fmt: skip
         self.attempts = Counter(
             "orchestrator_attempts", "Upstream attempts.", ["provider", "model", "outcome"],
             registry=r,
@@ -106,11 +110,12 @@ class Metrics:
         )  # fmt: skip
         r.register(_Live(read_state))
 
-    def observe(self, row: LedgerRow) -> None:
-        """Count one finished request from its ledger row."""
+    def observe(self, row: LedgerRow, api: str | None = None) -> None:
+        """Count one finished request of `api` from its ledger row."""
         model = row.routed_model or row.requested_model or "-"
         provider = row.provider or "-"
         self.requests.labels(row.profile or "-", model, provider, row.outcome).inc()
+        self.api_requests.labels(api or "-", provider, row.outcome).inc()
         for a in row.attempt_log:
             self.attempts.labels(a["provider"], a["model"], a["outcome"]).inc()
             if a.get("ms") is not None:

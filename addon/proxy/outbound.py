@@ -4,6 +4,10 @@ Plain functions over header pairs. The rules (README: Security): the client's ow
 goes only to the host it was meant for; any other provider gets the key from its
 `api_key_env`; headers naming the client's account at its provider never go elsewhere; proxy
 credentials, hop-by-hop framing and the router's own `x-orchestrator-*` headers never leave.
+A Messages provider gets its key as `x-api-key` (Anthropic's header), every other one as
+`Authorization: Bearer`; `anthropic-version` and `anthropic-beta` go along as the client sent
+them, and a Messages request sent elsewhere than the client's host without an
+`anthropic-version` gets `ANTHROPIC_VERSION`.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ CLIENT_KEY_HEADERS = ("authorization", "api-key", "x-api-key")
 # Headers that identify the client's account at its own provider: never sent elsewhere.
 ACCOUNT_HEADERS = ("openai-organization", "openai-project", "cookie")
 ROUTER_PREFIX = "x-orchestrator-"
+ANTHROPIC_VERSION = "2023-06-01"  # for a Messages request that names no version
 
 Pairs = Sequence[tuple[str, str]]
 
@@ -49,12 +54,15 @@ def outbound_headers(
     same_host: bool,
     provider_headers: Pairs = (),
     provider_key: str | None = None,
+    api: str = "chat",
 ) -> tuple[tuple[str, str], ...]:
-    """The headers of one attempt, in order: the client's forwardable headers (account
-    headers only when `same_host`, i.e. the target is the host the client addressed), the
-    provider's configured `headers:`, then credentials — the client's own key headers when
-    `same_host` and it sent one, else `Authorization: Bearer <provider_key>` if the provider
-    has a key — and `Accept-Encoding: identity` (answers are read as they stream)."""
+    """The headers of one attempt of an `api` request, in order: the client's forwardable
+    headers (account headers only when `same_host`, i.e. the target is the host the client
+    addressed), the provider's configured `headers:`, then credentials — the client's own
+    key headers when `same_host` and it sent one, else the provider's key if it has one
+    (`x-api-key: <key>` for Messages, `Authorization: Bearer <key>` otherwise) — for
+    Messages sent elsewhere `anthropic-version` if none came along, and
+    `Accept-Encoding: identity` (answers are read as they stream)."""
     out: list[tuple[str, str]] = []
     own_key = False
     for k, v in client:
@@ -71,7 +79,16 @@ def outbound_headers(
     if same_host and own_key:
         out.extend((k, v) for k, v in client if k.lower() in CLIENT_KEY_HEADERS)
     elif provider_key is not None:
-        out.append(("Authorization", f"Bearer {provider_key}"))
+        messages = api == "messages"
+        out.append(
+            ("x-api-key", provider_key) if messages else ("Authorization", f"Bearer {provider_key}")
+        )
+    if (
+        api == "messages"
+        and not same_host
+        and all(k.lower() != "anthropic-version" for k, _ in out)
+    ):
+        out.append(("anthropic-version", ANTHROPIC_VERSION))
     out.append(("Accept-Encoding", "identity"))
     return tuple(out)
 

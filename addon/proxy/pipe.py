@@ -6,76 +6,27 @@ stream the addon registers it here under an unguessable token and points the flo
 the client. The relay forwards SSE events as they arrive, unchanged, except the usage-only
 chunk that the router itself asked for (`include_usage` injected), which it keeps for the
 ledger. A stream that breaks or stalls is never presented as success: the client gets an
-error event and then a cut connection, which the openai SDK raises on.
+error event in its API's format (`addon.proxy.streamfacts`) and then a cut connection, which
+the openai and anthropic SDKs raise on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from aiohttp import web
 
+from addon.proxy.streamfacts import CHAT, StreamReader, StreamReport, worth_parsing
 from addon.proxy.upstream import LiveStream
-from addon.wire.chat import delta_text, is_usage_only_chunk
-from addon.wire.sse import SSEEvent, SSEParser, event_json
-from addon.wire.usage import Usage
+from addon.wire.chat import is_usage_only_chunk
+from addon.wire.sse import SSEEvent, event_json
 
 log = logging.getLogger("orchestrator")
-
-
-@dataclass
-class StreamReport:
-    """What the relay saw; read by the addon when the flow ends."""
-
-    usage: Usage | None = None
-    model: str | None = None
-    events: int = 0
-    malformed: int = 0
-    saw_done: bool = False
-    outcome: str = "pending"  # ok | truncated | client_abort
-    error: str = ""
-    first_event_at: float | None = None
-    ended_at: float | None = None
-    keep_text: bool = False  # log_prompts: full — collect the answer's text
-    text: list[str] = field(default_factory=list)
-
-
-def _note(report: StreamReport, obj: dict[str, Any], usage: Any) -> None:
-    """What one SSE event tells the ledger: the answering model (the first one named) and
-    the usage (the last one given)."""
-    if report.model is None and isinstance(obj.get("model"), str):
-        report.model = obj["model"]
-    u = Usage.from_obj(usage)
-    if u is not None:
-        report.usage = u
-
-
-def usage_tap(report: StreamReport) -> Callable[[bytes], bytes]:
-    """A `flow.response.stream` for an SSE answer passing through untouched (not routed):
-    every chunk is returned unchanged, and usage, model and `[DONE]` are noted in `report`
-    as they go by. The empty chunk that ends the stream flushes the last event."""
-    parser = SSEParser()
-
-    def tap(chunk: bytes) -> bytes:
-        for ev in parser.feed(chunk) if chunk else parser.flush():
-            obj = event_json(ev)
-            if isinstance(obj, dict):
-                inner = obj.get("response")  # the Responses API nests it
-                nested = inner.get("usage") if isinstance(inner, dict) else None
-                _note(report, obj, obj.get("usage") or nested)
-            elif ev.done:
-                report.saw_done = True
-        return chunk
-
-    return tap
 
 
 @dataclass
@@ -86,15 +37,8 @@ class _Entry:
     strip_usage: bool
     report: StreamReport
     stall_s: float
+    reader: StreamReader = CHAT
     created: float = field(default_factory=time.monotonic)
-
-
-def _worth_parsing(data: bytes) -> bool:
-    """Only events that may carry usage, or that do not look like one JSON object, are
-    parsed on the relay's hot path."""
-    if b'"usage"' in data and b'"usage":null' not in data and b'"usage": null' not in data:
-        return True
-    return not (data[:1] == b"{" and data.rstrip()[-1:] == b"}")
 
 
 @dataclass(frozen=True)
@@ -141,10 +85,12 @@ class Pipe:
         strip_usage: bool,
         stall_s: float,
         report: StreamReport,
+        reader: StreamReader = CHAT,
     ) -> str:
-        """Hand over an open upstream stream; the token its `/pipe/<token>` URL takes."""
+        """Hand over an open upstream stream, read as `reader`'s API; the token its
+        `/pipe/<token>` URL takes."""
         token = secrets.token_urlsafe(24)
-        self._entries[token] = _Entry(live, status, headers, strip_usage, report, stall_s)
+        self._entries[token] = _Entry(live, status, headers, strip_usage, report, stall_s, reader)
         return token
 
     def register_reply(self, status: int, headers: list[tuple[str, str]], body: bytes) -> str:
@@ -199,7 +145,7 @@ class Pipe:
                         chunk = await live.response.content.readany()
                 except TimeoutError:
                     await self._fail(
-                        resp, request, report, f"upstream stalled for {entry.stall_s * 1000:.0f} ms"
+                        resp, request, entry, f"upstream stalled for {entry.stall_s * 1000:.0f} ms"
                     )
                     return resp
                 if not chunk:
@@ -207,7 +153,7 @@ class Pipe:
                     break
                 await self._write(resp, entry, live.parser.feed(chunk))
                 if live.parser.oversized:
-                    await self._fail(resp, request, report, "upstream sent an SSE event larger "
+                    await self._fail(resp, request, entry, "upstream sent an SSE event larger "
                                      f"than {live.parser.max_event_bytes} bytes")  # fmt: skip
                     return resp
         except (ConnectionResetError, asyncio.CancelledError) as e:
@@ -219,7 +165,7 @@ class Pipe:
                 raise
             return resp
         except Exception as e:  # upstream broke mid-stream (payload error, reset, ...)
-            await self._fail(resp, request, report, f"upstream stream broke: {type(e).__name__}")
+            await self._fail(resp, request, entry, f"upstream stream broke: {type(e).__name__}")
             return resp
         finally:
             live.close()
@@ -233,7 +179,7 @@ class Pipe:
         return resp
 
     async def _write(self, resp: web.StreamResponse, entry: _Entry, events: list[SSEEvent]) -> None:
-        report = entry.report
+        report, reader = entry.report, entry.reader
         out = []
         for ev in events:
             if ev.done:
@@ -244,7 +190,9 @@ class Pipe:
                 out.append(ev.raw)
                 continue
             report.events += 1
-            if not (report.model is None or report.keep_text or _worth_parsing(ev.data)):
+            if not (
+                report.model is None or report.keep_text or worth_parsing(ev.data, reader.markers)
+            ):
                 out.append(ev.raw)  # an ordinary content chunk: passed on without parsing
                 continue
             obj = event_json(ev)
@@ -254,31 +202,24 @@ class Pipe:
                 report.malformed += 1
                 continue
             if isinstance(obj, dict):
-                _note(report, obj, obj.get("usage"))
+                reader.note(report, obj)
                 if entry.strip_usage and is_usage_only_chunk(obj):
                     continue
                 if report.keep_text:
-                    report.text.append(delta_text(obj))
+                    report.text.append(reader.delta_text(obj))
             out.append(ev.raw)
         if out:
             await resp.write(b"".join(out))
 
     async def _fail(
-        self, resp: web.StreamResponse, request: web.Request, report: StreamReport, why: str
+        self, resp: web.StreamResponse, request: web.Request, entry: _Entry, why: str
     ) -> None:
+        report = entry.report
         report.outcome = "truncated"
         report.error = why
         log.warning("stream truncated: %s", why)
-        payload = {
-            "error": {
-                "message": f"stream interrupted: {why}",
-                "type": "upstream_error",
-                "param": None,
-                "code": "stream_truncated",
-            }
-        }
         with contextlib.suppress(ConnectionResetError):
-            await resp.write(b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n")
+            await resp.write(entry.reader.cut(why, report))
         # cut the connection without the final chunk: the client sees a broken stream
         if request.transport is not None:
             request.transport.abort()

@@ -1,4 +1,9 @@
-"""What one finished request becomes in the ledger: outcome, usage, cost, savings, timing."""
+"""What one finished request becomes in the ledger: outcome, usage, cost, savings, timing.
+
+Usage and the answering model are read in the request's API's terms (`addon.proxy.apis`
+for a whole answer, `addon.proxy.streamfacts` for a stream): a Messages answer's cache
+writes and reads, a Responses answer's cached and reasoning tokens.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,13 @@ import hashlib
 import time
 
 from addon.config.schema import Settings
+from addon.proxy import apis
 from addon.proxy.exchange import Pending
+from addon.proxy.streamfacts import reader_for
 from addon.routing import cost
 from addon.routing.catalog import Catalog, requested_candidate
 from addon.store.sqlite_ledger import LedgerRow
-from addon.wire.chat import answer_text
-from addon.wire.usage import Usage, answer_facts
+from addon.wire.usage import Usage
 
 
 def build_row(
@@ -26,6 +32,7 @@ def build_row(
 ) -> tuple[LedgerRow, Usage | None]:
     """The one ledger row for this request, and the usage it was billed for (if any)."""
     inc = pending.incoming
+    api = pending.api
     now = time.monotonic()
     s = pending.answered_by
     usage: Usage | None = None
@@ -42,13 +49,16 @@ def build_row(
         if report.malformed:
             pending.reasons.append(f"dropped {report.malformed} malformed SSE event(s)")
         if report.outcome == "ok" and not report.saw_done and pending.kind == "routed":
-            pending.reasons.append("upstream ended the stream without [DONE]")
+            pending.reasons.append(f"upstream ended the stream without {reader_for(api).end}")
         if report.outcome in ("truncated", "client_abort"):
             outcome = report.outcome
             error = report.error or error
+        elif report.failure:
+            error = error or f"upstream reported an error in the stream: {report.failure}"
     elif body is not None:
-        usage, answered = answer_facts(body)
-        routed_model = answered or routed_model
+        facts = apis.answer_facts(api, body)
+        usage = facts.usage
+        routed_model = facts.model or routed_model
     if client_abort and outcome == "ok":
         outcome = "client_abort"
     if (
@@ -107,6 +117,8 @@ def build_row(
         ttft_ms=round(ttft, 1) if ttft is not None else None,
         latency_ms=round((now - pending.started) * 1000, 1),
         reasons=pending.reasons,
+        cache_write_tokens=usage.cache_write_tokens if usage else None,
+        api=api,
         **prompt_columns(settings.log_prompts, pending, body),
         error=error or pending.error,
     )
@@ -124,6 +136,8 @@ def prompt_columns(mode: str, pending: Pending, body: bytes | None) -> dict[str,
         out["prompt"] = pending.prompt
         r = pending.report
         out["completion"] = (
-            "".join(r.text) if r is not None else (answer_text(body) if body is not None else None)
+            "".join(r.text)
+            if r is not None
+            else (apis.answer_text(pending.api, body) if body is not None else None)
         )
     return out

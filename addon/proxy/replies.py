@@ -3,17 +3,18 @@
 `reply_for` is a plain function of the engine's result. Every answer carries
 `x-orchestrator-profile`, `-attempts` and `-request-id`; an answer a target gave also names
 it (`x-orchestrator-model`, `-provider`) and keeps its body untouched, so the body's `model`
-is the model that actually answered.
+is the model that actually answered. The router's own answers are in the request's API's
+error format (`addon.proxy.apis.error_body`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from addon.proxy.apis import error_body
 from addon.proxy.upstream import EngineResult, LiveStream
 from addon.routing.fallback import OutcomeKind
 from addon.routing.scoring import Scored
-from addon.wire.failures import error_body
 
 # A failure that describes the request itself: the target's own answer is passed on.
 REQUEST_FAULTS = (
@@ -35,11 +36,13 @@ class ClientReply:
     stream: LiveStream | None = None  # an open upstream stream for the pipe to relay
 
 
-def reply_for(result: EngineResult, *, request_id: str, profile: str) -> ClientReply:
+def reply_for(result: EngineResult, *, request_id: str, profile: str, api: str | None = None,
+              note: str | None = None) -> ClientReply:  # fmt: skip
     """The client's answer: the first 2xx (body or open stream) with the router's headers;
     else the last target's own refusal when the request itself was at fault (4xx, content
     policy, context too long); else the router's 502/504 (or the last upstream status)
-    listing every attempt, with `Retry-After` when the last target gave one."""
+    listing every attempt, with `Retry-After` when the last target gave one, in `api`'s
+    error format; `note` ends the router's message (e.g. why nothing else was tried)."""
     extra = [
         ("x-orchestrator-profile", profile),
         ("x-orchestrator-attempts", str(len(result.attempts))),
@@ -76,7 +79,9 @@ def reply_for(result: EngineResult, *, request_id: str, profile: str) -> ClientR
     if not attempts:  # every target was skipped: half-open probes already in flight
         msg = ("no upstream could be tried: every target in the chain is waiting for its "
                "breaker's half-open probe to finish; retry in a few seconds")  # fmt: skip
-        body = error_body(msg, type_="service_unavailable", code="all_targets_cooling_down")
+        msg += f"; {note}" if note else ""
+        body = error_body(api, 503, msg, type_="service_unavailable",
+                          code="all_targets_cooling_down", request_id=request_id)  # fmt: skip
         return ClientReply(503, [("content-type", "application/json"), ("retry-after", "1"),
                                  *extra], body, None, error=msg)  # fmt: skip
     msg = (
@@ -84,10 +89,11 @@ def reply_for(result: EngineResult, *, request_id: str, profile: str) -> ClientR
         f"{attempts[-1]['provider']}/{attempts[-1]['model']} "
         f"{last.kind.value if last else '?'}"
         f"{f' {last.status}' if last and last.status else ''}: {last.message if last else ''}"
+        f"{f'; {note}' if note else ''}"
     )
     headers = [("content-type", "application/json"), *extra]
     if last and last.retry_after is not None:
         headers.append(("retry-after", str(int(last.retry_after + 0.999))))
-    body = error_body(msg, type_="upstream_error", code="all_attempts_failed",
-                      extra={"attempts": attempts})  # fmt: skip
+    body = error_body(api, status, msg, type_="upstream_error", code="all_attempts_failed",
+                      request_id=request_id, extra={"attempts": attempts})  # fmt: skip
     return ClientReply(status, headers, body, None, error=msg)

@@ -30,6 +30,7 @@ from addon.proxy.metrics import Metrics
 from addon.proxy.view import View, build_view, environ
 from addon.routing import ranking
 from addon.state import memory
+from addon.state.response_homes import LocalResponseHomes
 from addon.store import benchmarks, ledgers
 
 log = logging.getLogger("orchestrator")
@@ -102,20 +103,22 @@ class Runtime:
             from addon.state.redisstate import RedisState
 
             self.shared = RedisState(cfg.settings.state)
-            breakers, latency, budgets = (
+            breakers, latency, budgets, homes = (
                 self.shared.breakers,
                 self.shared.latency,
                 self.shared.budgets,
+                self.shared.responses,
             )
         else:
-            breakers, latency, budgets = (
+            breakers, latency, budgets, homes = (
                 memory.LocalBreakers(),
                 memory.LocalLatency(),
                 memory.LocalBudgets(),
+                LocalResponseHomes(),
             )
         self.budgets: memory.Budgets = budgets
-        self.dispatcher = dispatch.Dispatcher(view, self.ledger, budgets,
-                                              breakers=breakers, latency=latency)  # fmt: skip
+        self.dispatcher = dispatch.Dispatcher(view, self.ledger, budgets, breakers=breakers,
+                                              latency=latency, homes=homes)  # fmt: skip
         self.metrics = Metrics(self.live_state)  # reads the dispatcher's state when scraped
         self.dispatcher.metrics = self.metrics
         budgets.on_alert = budgetgate.alert_sink(self.metrics)
@@ -304,4 +307,5 @@ class Runtime:
             "ledger": {**self.reader.stats(), **self.ledger.health()},
             "state": self.shared.health() if self.shared is not None
                      else {"kind": "in-process"},
+            "response_homes": self.dispatcher.homes.health(),
         }  # fmt: skip

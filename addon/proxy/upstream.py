@@ -49,13 +49,18 @@ log = logging.getLogger("orchestrator")
 @dataclass(frozen=True)
 class Target:
     """One attempt, ready to send: the chain entry it was built from, its URL, headers and
-    the body with the provider's `model` spliced in."""
+    the body with the provider's `model` spliced in; how its API's errors read (`classify`),
+    what makes a 2xx body no answer (`vet`), and what makes a stream's first event a failure
+    (`vet_first`)."""
 
     scored: Scored
     url: str
     headers: tuple[tuple[str, str], ...]
     body: bytes
     stream: bool
+    classify: Callable[[int, bytes, str | None], Outcome] = classify_failure
+    vet: Callable[[bytes], Outcome | None] | None = None
+    vet_first: Callable[[list[SSEEvent]], Outcome | None] | None = None
 
     @property
     def candidate(self) -> Candidate:
@@ -149,7 +154,9 @@ class Engine:
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._caps: dict[str, int | None] = {}
 
-    def _client(self) -> aiohttp.ClientSession:
+    def client(self) -> aiohttp.ClientSession:
+        """The pooled session (opened on first use), with the guarded resolver; also for
+        the router's own small reads (a host's `/models`)."""
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
                 resolver=GuardedResolver(lambda host: host.lower() in self.local_hosts),
@@ -289,7 +296,7 @@ class Engine:
         resp: aiohttp.ClientResponse | None = None
         try:
             async with asyncio.timeout(first_limit):
-                resp = await self._client().post(
+                resp = await self.client().post(
                     t.url,
                     data=t.body,
                     headers=list(t.headers),
@@ -303,11 +310,10 @@ class Engine:
                     resp.release()
                     answer = Answer(t, status, headers, body)
                     if status >= 400:
-                        return answer, classify_failure(
-                            status, body, resp.headers.get("Retry-After")
-                        )
+                        return answer, t.classify(status, body, resp.headers.get("Retry-After"))
                     if 200 <= status < 300:
-                        return answer, Outcome(OutcomeKind.OK, status)
+                        bad = t.vet(body) if t.vet is not None else None
+                        return answer, bad or Outcome(OutcomeKind.OK, status)
                     return answer, Outcome(
                         OutcomeKind.PROTOCOL_ERROR, status, f"unexpected status {status}"
                     )
@@ -323,12 +329,8 @@ class Engine:
             )
         except aiohttp.ServerTimeoutError as e:
             return None, Outcome(OutcomeKind.TIMEOUT, None, f"timed out: {e}")
-        except (
-            aiohttp.ClientConnectorError,
-            aiohttp.ServerDisconnectedError,
-            aiohttp.ClientOSError,
-            ConnectionError,
-        ) as e:
+        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError,
+                aiohttp.ClientOSError, ConnectionError) as e:  # fmt: skip
             return None, Outcome(OutcomeKind.CONNECT_ERROR, None, _describe(e))
         except aiohttp.ClientPayloadError as e:
             if resp is not None:
@@ -369,6 +371,9 @@ class Engine:
                 )
             events = parser.feed(chunk)
             if any(e.data for e in events):
+                if t.vet_first is not None and (bad := t.vet_first(events)) is not None:
+                    resp.close()  # an error event before any answer: a failed attempt
+                    return None, bad
                 live = LiveStream(resp, parser, events, started, time.monotonic())
                 return Answer(t, resp.status, _response_headers(resp), stream=live), Outcome(
                     OutcomeKind.OK, resp.status

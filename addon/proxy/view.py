@@ -26,23 +26,36 @@ class View:
     router: ranking.Router
     keys: Mapping[str, str] = field(repr=False)
     client_digests: Mapping[str, str] = field(default_factory=dict, repr=False)
-    _keyed: dict[str, frozenset[str]] = field(default_factory=dict, compare=False, repr=False)
+    _keyed: dict[tuple[str, str], frozenset[str]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    _speaking: dict[str, frozenset[str] | None] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
-    def keyed(self, client_key_host: str | None) -> frozenset[str]:
-        """Providers a request can be sent to with a key: keyless ones, ours (a configured
-        key), and, when the client sent its own key, those at the host it meant it for."""
+    def keyed(self, client_key_host: str | None, api: str = "chat") -> frozenset[str]:
+        """Providers a request of `api` can be sent to with a key, among those that speak
+        it: keyless ones, ours (a configured key), and, when the client sent its own key,
+        those at the host it meant it for."""
         host = client_key_host or ""
-        got = self._keyed.get(host)
+        got = self._keyed.get((host, api))
         if got is None:
             got = frozenset(
                 name
                 for name, p in self.catalog.providers.items()
-                if p.keyless or name in self.keys or (host and p.host == host)
+                if (p.keyless or name in self.keys or (host and p.host == host)) and api in p.apis
             )
             if len(self._keyed) > 256:  # hosts come from clients: keep the memo bounded
                 self._keyed.clear()
-            self._keyed[host] = got
+            self._keyed[(host, api)] = got
         return got
+
+    def speaking(self, api: str) -> frozenset[str] | None:
+        """The providers that speak `api`; None when every configured provider does."""
+        if api not in self._speaking:
+            names = frozenset(n for n, p in self.catalog.providers.items() if api in p.apis)
+            self._speaking[api] = None if len(names) == len(self.catalog.providers) else names
+        return self._speaking[api]
 
 
 def build_view(cfg: Config, env: Mapping[str, str], latency: Mapping[str, float]) -> View:

@@ -18,6 +18,21 @@ Complexity (0..1), from four features, each documented by the term it adds:
     Classes: simple < 0.33 ≤ medium < 0.66 ≤ complex. The scorer shifts weight from cost to
     quality for complex requests and from quality to cost for simple ones (see scoring).
 
+Per API, from the pure wire readers: chat and completions read `messages` / `prompt` (below);
+Responses (`wire.responses.read_request`) its instructions and input items, Messages
+(`wire.messages.read_request`) its system prompt and messages, both with the same
+estimate (a turn is a message; a file or document adds an image's 765 tokens, its size is
+unknown); embeddings count their string inputs' characters plus token-array inputs
+exactly, no framing, task "embedding". The requested model is read once, by the caller.
+
+Built-in tools: a Responses request offering a tool the provider runs itself (any `type`
+but function/custom/namespace: web_search, file_search, code_interpreter, computer_use,
+image_generation, mcp, local_shell…) needs `tools` of the model, and `hosted_tools` names
+those types: the dispatcher serves it only at providers whose host is the OpenAI API
+(`HOSTED_TOOL_HOSTS`) or the host the client addressed (where it meant them to run); no key
+declares another host yet. Anthropic's server tools need `tools` only: every provider that
+speaks Messages is taken to run them.
+
 Keywords, phrases and code patterns are read from the first and last 1,000 characters of
 the last user turn, ignoring the case of ASCII letters. A keyword counts as a whole word:
 the characters just before and after it are not ASCII letters or digits, so "Prove:",
@@ -38,11 +53,16 @@ from typing import Any
 import orjson
 from ahocorasick_rs import AhoCorasick
 
+from addon.wire.embeddings import EmbeddingsRequest
+from addon.wire.messages import MessagesRequest
+from addon.wire.responses import ResponsesRequest
+
 CHARS_PER_TOKEN = 3.5
 TOKENS_PER_MESSAGE = 4
 REPLY_PRIMING = 3  # every reply is primed with <|start|>assistant<|message|>
 TOKENS_PER_IMAGE = 765
 SAMPLE_CHARS = 1000  # head and tail of the last user turn read for keywords
+HOSTED_TOOL_HOSTS = frozenset({"api.openai.com"})  # run Responses' built-in tools
 
 _CODE_LITERALS = ("```", "#include <", "console.log(", "traceback (most recent call last)", "=>")
 _CODE_PATTERNS = (  # (literal, what must follow it), tried only where the literal occurs
@@ -211,6 +231,7 @@ class RequestFeatures:
     task: str
     complexity: float
     messages: int
+    hosted_tools: tuple[str, ...] = ()  # built-in tool types the provider must run (sorted)
 
     @property
     def complexity_class(self) -> str:
@@ -284,21 +305,67 @@ def features(body: dict[str, Any], *, requested_model: str | None) -> RequestFea
     tools = body.get("tools") or body.get("functions")
     if tools:
         chars += _repr_len(tools)
-    prompt_tokens = (
-        estimate_tokens(chars)
-        + TOKENS_PER_MESSAGE * n_messages
-        + TOKENS_PER_IMAGE * images
-        + REPLY_PRIMING
-    )
-
+    prompt_tokens = _framed(chars, n_messages, images)
     rf = body.get("response_format")
     needs_json_schema = isinstance(rf, dict) and rf.get("type") == "json_schema"
     max_out = body.get("max_completion_tokens", body.get("max_tokens"))
     if not isinstance(max_out, int) or isinstance(max_out, bool) or max_out <= 0:
         max_out = None
-
     if isinstance(last_user, list):
         last_user = "\n".join(last_user)
+    return _features(
+        requested_model, body.get("stream") is True, prompt_tokens, max_out, last_user,
+        n_messages, structured=bool(tools) or needs_json_schema,
+        needs_tools=bool(tools) or body.get("tool_choice") not in (None, "none"),
+        needs_vision=images > 0, needs_json_schema=needs_json_schema,
+    )  # fmt: skip
+
+
+def _framed(chars: int, turns: int, images: int) -> int:
+    """The prompt-token estimate of `chars` characters in `turns` turns with `images`."""
+    framing = TOKENS_PER_MESSAGE * turns + TOKENS_PER_IMAGE * images + REPLY_PRIMING
+    return estimate_tokens(chars) + framing
+
+
+def responses_features(r: ResponsesRequest, *, requested_model: str | None) -> RequestFeatures:
+    """Features of an OpenAI Responses request (`wire.responses.read_request`)."""
+    hosted = tuple(sorted(r.builtin_tools))
+    return _features(
+        requested_model, r.stream, _framed(r.chars, r.turns, r.images + r.files),
+        r.max_output_tokens, r.last_user, r.turns,
+        structured=r.function_tools or bool(hosted) or r.needs_json_schema,
+        needs_tools=r.needs_tools, needs_vision=r.needs_vision,
+        needs_json_schema=r.needs_json_schema, hosted_tools=hosted,
+    )  # fmt: skip
+
+
+def messages_features(r: MessagesRequest, *, requested_model: str | None) -> RequestFeatures:
+    """Features of an Anthropic Messages (or count_tokens) request
+    (`wire.messages.read_request`)."""
+    return _features(
+        requested_model, r.stream, _framed(r.chars, r.turns, r.images + r.documents),
+        r.max_tokens, r.last_user, r.turns, structured=r.needs_tools or r.needs_json_schema,
+        needs_tools=r.needs_tools, needs_vision=r.needs_vision,
+        needs_json_schema=r.needs_json_schema,
+    )  # fmt: skip
+
+
+def embeddings_features(r: EmbeddingsRequest, *, requested_model: str | None) -> RequestFeatures:
+    """Features of an embeddings request (`wire.embeddings.read_request`): its size only."""
+    return RequestFeatures(
+        requested_model=requested_model, stream=False,
+        prompt_tokens=estimate_tokens(r.chars) + r.tokens, max_output_tokens=None,
+        needs_tools=False, needs_vision=False, needs_json_schema=False, task="embedding",
+        complexity=0.0, messages=r.items,
+    )  # fmt: skip
+
+
+def _features(requested_model: str | None, stream: bool, prompt_tokens: int, max_out: int | None,
+              last_user: str, turns: int, *, structured: bool, needs_tools: bool,
+              needs_vision: bool, needs_json_schema: bool,
+              hosted_tools: tuple[str, ...] = ()) -> RequestFeatures:  # fmt: skip
+    """The features of a request of any API: task and complexity from the last user turn
+    (see the module docstring), the rest as read."""
     if len(last_user) > 2 * SAMPLE_CHARS:  # keyword features: the head and tail suffice
         last_user = last_user[:SAMPLE_CHARS] + "\n" + last_user[-SAMPLE_CHARS:]
     low = _ascii_lower(last_user)
@@ -308,21 +375,15 @@ def features(body: dict[str, Any], *, requested_model: str | None) -> RequestFea
         size
         + (0.25 if "reasoning" in found else 0.0)
         + (0.15 if "code" in found else 0.0)
-        + (0.15 if (tools or needs_json_schema) else 0.0)
-        + (0.10 if n_messages > 6 else 0.0)
+        + (0.15 if structured else 0.0)
+        + (0.10 if turns > 6 else 0.0)
     )
     return RequestFeatures(
-        requested_model=requested_model,
-        stream=body.get("stream") is True,
-        prompt_tokens=prompt_tokens,
-        max_output_tokens=max_out,
-        needs_tools=bool(tools) or body.get("tool_choice") not in (None, "none"),
-        needs_vision=images > 0,
-        needs_json_schema=needs_json_schema,
-        task=_task(low, found),
-        complexity=round(min(1.0, complexity), 3),
-        messages=n_messages,
-    )
+        requested_model=requested_model, stream=stream, prompt_tokens=prompt_tokens,
+        max_output_tokens=max_out, needs_tools=needs_tools, needs_vision=needs_vision,
+        needs_json_schema=needs_json_schema, task=_task(low, found),
+        complexity=round(min(1.0, complexity), 3), messages=turns, hosted_tools=hosted_tools,
+    )  # fmt: skip
 
 
 def _task(low: str, found: set[str]) -> str:

@@ -4,6 +4,13 @@ Rankings are computed per (profile, complexity class) when the router is built (
 live latency stats only move the candidates observed: see `addon.ranking`); per request the
 work is a walk down one pre-ranked list, already rid of the candidates the request's needs
 rule out, applying the size and state filters until the chain is full.
+
+Every request is for one API (`RoutingRequest.api`: chat, completions, responses, messages,
+embeddings). The caller passes the providers a request may go to (`providers`: keyed, and
+speaking its API) and those that speak its API (`speaking`); the candidates left out for
+want of the API are counted apart (filter `api`) and named in the reasons. An embeddings
+request is routed inside one embedding space (`space`: the offerings of one model), never
+to another model, and a generation request never to an embedding model (`embedding_model`).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ class RoutingRequest:
     client_key: bool  # the client sent its own API key (usable only at `host`)
     client_name: str | None = None  # authenticated router client (`clients:`), if any
     allowed_policies: frozenset[str] | None = None  # that client's `policies:`, None = all
+    api: str = "chat"  # the API the request speaks (`addon.config.schema.ENDPOINTS`)
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,7 @@ class RoutingDecision:
     chain: tuple[Scored, ...]
     requested: Candidate | None  # what the client asked for (for savings), if known
     filtered: Mapping[str, int]
-    mode: str  # "scored" | "route" | "pin"
+    mode: str  # "scored" | "route" | "pin" | "space"
     reasons: tuple[str, ...] = ()
 
 
@@ -171,12 +179,41 @@ def reject_reason(
     then the request's size, then the router's state (`usable`)."""
     return (
         static_reason(c, Needs.of(req.features, min_context), constraints, budgeted)
+        or ("embedding_model" if req.api != "embeddings" and embedding_model(c) else None)
         or size_reason(c, req.features, constraints.max_cost_usd if constraints else None)
         or usable(c)
     )
 
 
+def embedding_model(c: Candidate) -> bool:
+    """Whether `c` is an embedding model, which answers embeddings requests only: its
+    canonical or provider id names it one (`embed`: text-embedding-3-small, nomic-embed-text,
+    mistral-embed, titan-embed-text…). The catalog has no model kind yet, so the name is
+    the evidence."""
+    return "embed" in c.model_id.lower() or "embed" in c.provider_model_id.lower()
+
+
 # --------------------------------------------------------------------------- decide
+
+
+def _left_out(
+    router: Router,
+    key: tuple[str, str],
+    total: int,
+    speaking: frozenset[str] | None,
+    filtered: dict[str, int],
+) -> None:
+    """Split the `total` candidates of ranking `key` left out of a request's providers into
+    those at providers that do not speak its API (`api`) and the rest (`no_key`)."""
+    no_api = (
+        0
+        if speaking is None
+        else len(router.rankings[key]) - len(router.ranking_for(*key, speaking))
+    )
+    if no_api:
+        filtered["api"] = no_api
+    if total - no_api > 0:
+        filtered["no_key"] = total - no_api
 
 
 def decide(
@@ -185,11 +222,16 @@ def decide(
     usable: Callable[[Candidate], str | None],
     max_chain: int,
     providers: frozenset[str] | None = None,
+    *,
+    speaking: frozenset[str] | None = None,
+    space: tuple[Candidate, ...] | None = None,
 ) -> RoutingDecision | NoRoute:
     """The routing decision for one request.
 
     `usable(candidate)` answers the stateful questions (credentials for this request, breaker
-    state) with a filter name, or None when the candidate may be tried.
+    state) with a filter name, or None when the candidate may be tried. `providers` are the
+    providers the request may be sent to, `speaking` those that speak its API (None: all
+    do), `space` the only candidates an embeddings request may go to (ordered by score).
     """
     cfg = router.config
     chosen = select_profile(cfg, req)
@@ -209,17 +251,20 @@ def decide(
 
     mode = "scored"
     chain: list[Scored] = []
-    if not forced and (model in cfg.routes or (policy and policy.pin)):
+    if space is not None or (not forced and (model in cfg.routes or (policy and policy.pin))):
         if providers is not None:
             full = len(router.rankings[(profile_name, cls)])
-            if no_key := full - len(router.ranking_for(profile_name, cls, providers)):
-                filtered["no_key"] = no_key
+            left = full - len(router.ranking_for(profile_name, cls, providers))
+            _left_out(router, (profile_name, cls), left, speaking, filtered)
         position = router.position(profile_name, cls)
-        targets: list[Candidate] = []
-        if policy and policy.pin:
+        targets: list[Candidate] = list(space or ())
+        if space is not None:
+            mode = "space"
+        elif policy and policy.pin:
             targets.extend(router.catalog.lookup(model))
             mode = "pin"
-        for t in cfg.routes.get(model, ()):
+        routes = cfg.routes.get(model, ()) if space is None else ()
+        for t in routes:
             targets.extend(
                 c
                 for c in router.catalog.lookup(t.model)
@@ -242,15 +287,16 @@ def decide(
             chain.append(s)
             if len(chain) >= max_chain:
                 break
-        if policy and policy.pin and not cfg.routes.get(model):
+        if mode == "space" or (policy and policy.pin and not cfg.routes.get(model)):
             chain.sort(key=lambda s: -s.score)
     else:
         f = req.features
         walk = router.walk(profile_name, cls, providers, f, min_ctx, constraints, budgeted)
         if walk.no_key:
-            filtered["no_key"] = walk.no_key
+            _left_out(router, (profile_name, cls), walk.no_key, speaking, filtered)
         max_cost = constraints.max_cost_usd if constraints else None
         need = f.prompt_tokens + (f.max_output_tokens or 0)
+        generation = req.api != "embeddings"
         # One entry per (provider, model): a dated alias of a model that just failed at the
         # same provider would fail the same way, so it is no fallback.
         taken: set[tuple[str, str]] = set()
@@ -263,6 +309,8 @@ def decide(
             ctx = c.context_tokens
             if ctx is not None and need > ctx:  # size_reason's first check, inlined
                 r = "context"
+            elif generation and embedding_model(c):
+                r = "embedding_model"
             else:
                 r = (max_cost is not None and size_reason(c, f, max_cost)) or usable(c)
             if r:
@@ -280,9 +328,11 @@ def decide(
     if not chain:
         detail = ", ".join(f"{k}: {v}" for k, v in Counter(filtered).most_common())
         detail = detail or "catalog is empty"
-        what = {"pin": f"model {model!r} (pinned by policy)", "route": f"route {model!r}"}.get(
-            mode, f"profile {profile_name!r}"
-        )
+        what = {
+            "pin": f"model {model!r} (pinned by policy)",
+            "route": f"route {model!r}",
+            "space": f"the embedding space of {model!r}",
+        }.get(mode, f"profile {profile_name!r}")
         # a candidate that fits the request but is unusable right now (keys, breakers, rate
         # limits) is the router's state: 503; otherwise the request itself cannot be served
         # under these rules: 400
@@ -295,7 +345,8 @@ def decide(
                 "retry shortly, or check `orchestrator status`"
                 if status == 503
                 else "ask for less (context, tools, images) or relax the policy's constraints"
-            ),
+            )
+            + _api_hint(router, req.api, speaking, filtered),
             "no_candidate",
             profile_name,
             policy.name if policy else None,
@@ -312,6 +363,30 @@ def decide(
         mode=mode,
         reasons=(
             f"profile {profile_name} ({why})",
+            *_api_reason(router, req.api, speaking, filtered),
             f"{mode}: {best.candidate.key} score {best.score:.3f} = {router.explain(best)}",
         ),
     )
+
+
+def _api_reason(
+    router: Router, api: str, speaking: frozenset[str] | None, filtered: Mapping[str, int]
+) -> tuple[str, ...]:
+    """The reason naming the providers left out for not speaking the request's API."""
+    if speaking is None or not filtered.get("api"):
+        return ()
+    silent = ", ".join(sorted(set(router.catalog.providers) - speaking))
+    return (f"api {api}: {filtered['api']} candidate(s) left out at providers that do not "
+            f"speak it ({silent})",)  # fmt: skip
+
+
+def _api_hint(
+    router: Router, api: str, speaking: frozenset[str] | None, filtered: Mapping[str, int]
+) -> str:
+    """What a refusal adds when providers were left out for not speaking the API: which do,
+    and the key that declares it."""
+    if speaking is None or not (filtered.get("api") or not speaking):
+        return ""
+    who = ", ".join(sorted(speaking)) or "none is configured"
+    return (f"; only providers that speak the {api} API can serve it ({who}): list {api} in "
+            "`apis:` of a provider that serves it in orchestrator.yaml")  # fmt: skip

@@ -2,6 +2,11 @@
 
 `addon.proxy.upstream` reduces every attempt (status, exception, timeout) to an `Outcome`;
 `next_step` turns the outcome and the attempts so far into Retry, Fallback or GiveUp.
+An upstream's error body is read in its API's shape: `classify_failure` for the OpenAI
+envelope (chat, completions, Responses, embeddings), `classify_anthropic_failure` for
+Anthropic's (`wire.messages.classify_failure`: 529 overloaded is a server error, 413 and
+"prompt is too long" are context_too_long, …); both land on the same `OutcomeKind`s, so
+fallback follows the same fault classes whatever the API.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from addon.wire import messages
 from addon.wire.failures import error_code, error_message, parse_retry_after
 
 
@@ -179,3 +185,17 @@ def classify_failure(status: int, body: bytes, retry_after: str | None = None) -
     if "content_policy" in low or "content_filter" in low or "safety" in low:
         return Outcome(OutcomeKind.CONTENT_POLICY, status, msg)
     return Outcome(OutcomeKind.CLIENT_ERROR, status, msg)
+
+
+def classify_anthropic_failure(status: int, body: bytes, retry_after: str | None = None) -> Outcome:
+    """An Anthropic upstream's non-2xx answer (status, body bytes, `retry-after` value) as an
+    Outcome (`wire.messages.classify_failure`)."""
+    f = messages.classify_failure(status, body, retry_after)
+    return Outcome(OutcomeKind(f.kind), f.status, f.message, retry_after=f.retry_after)
+
+
+def in_band_failure(kind: str, message: str) -> Outcome:
+    """An error event a 200 stream opened with, before any answer byte (`kind` an
+    `OutcomeKind` value): a failed attempt like the status it stands for, so the chain
+    falls back."""
+    return Outcome(OutcomeKind(kind), None, message)

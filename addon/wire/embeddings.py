@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from addon.wire.usage import Usage
 
 FLOAT32_BYTES = 4
@@ -110,8 +112,8 @@ class EmbeddingsAnswer:
 def answer_facts(body: bytes) -> EmbeddingsAnswer | None:
     """The facts of an embeddings answer; None if it is not a JSON object."""
     try:
-        obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        obj = orjson.loads(body)  # a batch answer can be megabytes of floats
+    except orjson.JSONDecodeError:
         return None
     if not isinstance(obj, dict):
         return None

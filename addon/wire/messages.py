@@ -316,9 +316,12 @@ def error_type_for(status: int) -> str:
     return ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
 
 
-def error_body(status: int, message: str, *, request_id: str | None = None) -> bytes:
-    """The router's own non-2xx answer to a Messages client, as the anthropic SDK reads it."""
-    body = {"type": "error", "error": {"type": error_type_for(status), "message": message}}
+def error_body(status: int, message: str, *, request_id: str | None = None,
+               detail: dict[str, Any] | None = None) -> bytes:  # fmt: skip
+    """The router's own non-2xx answer to a Messages client, as the anthropic SDK reads it;
+    `detail` adds fields to its `error` object (e.g. the router's attempts)."""
+    error = {"type": error_type_for(status), "message": message, **(detail or {})}
+    body = {"type": "error", "error": error}
     extra = {"request_id": request_id} if request_id is not None else {}
     return json.dumps(body | extra, ensure_ascii=False).encode()
 

@@ -29,9 +29,8 @@ from addon.wire.usage import Usage
 # (web_search*, file_search, code_interpreter, computer*, image_generation, mcp, local_shell,
 # shell, apply_patch, tool_search…), which a target must support to take the request.
 FUNCTION_TOOL_TYPES = frozenset({"function", "custom", "namespace"})
-TERMINAL_EVENTS = frozenset(
-    {"response.completed", "response.incomplete", "response.failed", "error"}
-)
+TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed",
+                             "error"})  # fmt: skip
 TEXT_DELTA = "response.output_text.delta"
 _TEXT_PARTS = frozenset({"input_text", "output_text", "text", "summary_text", "reasoning_text"})
 _IMAGE_PARTS = frozenset({"input_image", "computer_screenshot"})
@@ -278,6 +277,7 @@ class ResponsesAnswer:
     usage: Usage | None
     text: str  # the output_text parts of its message items, joined
     error: StreamError | None = None  # a failed response's `error`
+    encrypted_reasoning: tuple[str, ...] = ()  # its reasoning items' `encrypted_content`
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,14 +305,16 @@ def read_response(obj: Any) -> ResponsesAnswer | None:
     if not isinstance(obj, dict):
         return None
     texts: list[str] = []
-    for item in obj.get("output") or ():
-        if isinstance(item, dict) and item.get("type") == "message":
-            for part in item.get("content") or ():
-                if isinstance(part, dict) and part.get("type") == "output_text":
-                    texts.append(part["text"] if isinstance(part.get("text"), str) else "")
+    items = [item for item in obj.get("output") or () if isinstance(item, dict)]
+    for item in (item for item in items if item.get("type") == "message"):
+        for part in item.get("content") or ():
+            if isinstance(part, dict) and part.get("type") == "output_text":
+                texts.append(part["text"] if isinstance(part.get("text"), str) else "")
+    blobs = tuple(items[i]["encrypted_content"] for i in encrypted_reasoning_indexes(items))
     ids = _str(obj.get("id")), _str(obj.get("model")), _str(obj.get("status"))
     usage, error = response_usage(obj.get("usage")), _error_of(obj.get("error"))
-    return ResponsesAnswer(*ids, usage=usage, text="".join(texts), error=error)
+    return ResponsesAnswer(*ids, usage=usage, text="".join(texts), error=error,
+                           encrypted_reasoning=blobs)  # fmt: skip
 
 
 def answer_facts(body: bytes) -> ResponsesAnswer | None:
@@ -377,17 +379,15 @@ def is_terminal(obj: Any) -> bool:
 # --------------------------------------------------------------------------- the router's errors
 
 
-def error_body(
-    message: str, *, type_: str, code: str | None = None, param: str | None = None
-) -> bytes:
+def error_body(message: str, *, type_: str, code: str | None = None,
+               param: str | None = None) -> bytes:  # fmt: skip
     """The router's own non-2xx answer to a Responses client: the OpenAI error envelope
     (`{"error": {"message", "type", "param", "code"}}`) the openai SDK raises on."""
     return failures.error_body(message, type_=type_, code=code, extra={"param": param})
 
 
-def error_event(
-    message: str, *, code: str, sequence_number: int, param: str | None = None
-) -> bytes:
+def error_event(message: str, *, code: str, sequence_number: int,
+                param: str | None = None) -> bytes:  # fmt: skip
     """One SSE `error` event (the API's flat shape), for a stream the router must end."""
     payload = {"type": "error", "code": code, "message": message, "param": param,
                "sequence_number": sequence_number}  # fmt: skip
