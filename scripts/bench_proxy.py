@@ -58,6 +58,7 @@ for p in (str(REPO), str(SCRIPTS)):
         sys.path.insert(0, p)
 
 from bench_routing import (  # noqa: E402
+    BENCH_MODEL,
     BUNDLED_DB,
     KEY_ENV,
     MIN_CATALOG,
@@ -108,6 +109,7 @@ class Case:
     stream: bool
     share: float  # of --requests
     minimum: int
+    api: str = "chat"  # chat (/chat/completions) or responses (/responses)
 
     def requests(self, base: int) -> int:
         return max(self.minimum, round(base * self.share))
@@ -115,7 +117,8 @@ class Case:
     @property
     def label(self) -> str:
         if self.stream:
-            return f"stream c={self.concurrency}"
+            kind = "stream" if self.api == "chat" else self.api
+            return f"{kind} c={self.concurrency}"
         return f"c={self.concurrency} {self.delay_ms:.0f} ms"
 
 
@@ -125,8 +128,19 @@ CASES = (
     Case("c32-0", 32, 0.0, False, 1.0, 64),
     Case("c32-50", 32, 50.0, False, 2 / 3, 64),
     Case("stream-c8", 8, 0.0, True, 1 / 8, 8),
+    Case("responses-c8", 8, 0.0, True, 1 / 8, 8, api="responses"),
 )
+PATHS = {"chat": "/chat/completions", "responses": "/responses"}
+# a content event of either API: a chat delta, or a Responses output_text delta
+CONTENT_MARKERS = (b'"delta":{"content":"', b'"type":"response.output_text.delta"')
 TARGETS = {"A": "direct", "B": "mitmdump", "C": "orchestrator"}
+
+
+def responses_body(prompt: str) -> bytes:
+    """A streamed OpenAI Responses request for the same prompt as the chat rows."""
+    body = {"model": BENCH_MODEL, "instructions": "You are a helpful assistant.",
+            "input": prompt, "stream": True}  # fmt: skip
+    return json.dumps(body, ensure_ascii=False).encode()
 
 
 # --------------------------------------------------------------------------- processes
@@ -219,7 +233,7 @@ def _upstream_main(conn: Connection) -> None:
             fake.delay, fake.first_event_delay, fake.event_gap = (v / 1000 for v in arg)
             conn.send(None)
         elif cmd == "seen":
-            conn.send(len(fake.requests("/chat/completions")))
+            conn.send(sum(len(fake.requests(path)) for path in PATHS.values()))
         elif cmd == "clear":
             fake.clear()
             conn.send(None)
@@ -315,11 +329,11 @@ async def _one(
                     buf += chunk
                     while (i := buf.find(b"\n\n")) >= 0:
                         ev, buf = buf[:i], buf[i + 2 :]
-                        if not ev.startswith(b"data:"):
+                        if b"data:" not in ev:
                             continue
                         if first is None:
                             first = now
-                        if b'"delta":{"content":"' in ev:
+                        if any(m in ev for m in CONTENT_MARKERS):
                             stamp = STAMP_RE.search(ev)
                             sent = int(stamp[1]) / 1e9 if stamp else None
                             if last_content is not None:
@@ -415,6 +429,7 @@ class Bench:
         self.problems: list[str] = []  # checks that failed outside the interleaved runs
         self.body = chat_body(prompt_text(PROMPT_BYTES))
         self.stream_body = chat_body(prompt_text(PROMPT_BYTES), stream=True)
+        self.responses_body = responses_body(prompt_text(PROMPT_BYTES))
 
     def configure_for(self, case: Case) -> None:
         if case.stream:
@@ -428,8 +443,12 @@ class Bench:
     async def _run(self, case: Case, target: str, n: int, repeat: int) -> Run:
         proxy = self.proxies.get(target)
         proxy_url = proxy.url if proxy else None
-        url = self.upstream.base_url + "/chat/completions"
-        body = self.stream_body if case.stream else self.body
+        url = self.upstream.base_url + PATHS[case.api]
+        body = (
+            self.responses_body
+            if case.api == "responses"
+            else (self.stream_body if case.stream else self.body)
+        )
 
         def body_for(_: int) -> tuple[bytes, bool]:
             return body, case.stream
@@ -689,6 +708,27 @@ def verdicts(runs: list[Run], memory: list[tuple[int, float]] | None) -> list[Ve
         "{:+.2f}",
         f"≤ {ADDED_TTFE_MS}",
         lambda v: v <= ADDED_TTFE_MS,
+    )
+    # the same stream as OpenAI Responses events (routed natively): no target of its own yet
+    add(
+        "responses c=8  added TTFE p50 C-B (ms)",
+        paired(runs, "responses-c8", lambda c, b: (c.ttfe_p50_ms or 0) - (b.ttfe_p50_ms or 0)),
+        "{:+.2f}",
+        "-",
+        None,
+    )
+    add(
+        "responses c=8  proxy CPU/stream C/B",
+        paired(
+            runs,
+            "responses-c8",
+            lambda c, b: (
+                c.proxy_cpu_ms / b.proxy_cpu_ms if c.proxy_cpu_ms and b.proxy_cpu_ms else None
+            ),
+        ),
+        "{:.2f}",
+        "-",
+        None,
     )
 
     def stream(target: str, f: Callable[[Run], float | None]) -> list[float]:

@@ -131,7 +131,7 @@ def write_config(
     (rules / "models.yaml").write_text(yaml.safe_dump(models, sort_keys=False))
     providers = {
         name: {"base_url": base_url(name), "api_key_env": KEY_ENV, "catalog": name}
-        | ({"local": True} if local else {})
+        | ({"local": True, "apis": ["chat", "completions", "responses"]} if local else {})
         for name in db_providers(db)
     }
     config = {
