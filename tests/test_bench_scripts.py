@@ -57,16 +57,18 @@ def test_bench_proxy_quick(tmp_path: Path) -> None:
     for target in ("A direct", "B mitmdump", "C orchestrator"):
         assert target in out
     assert "req/s C/B" in out and "added TTFE p50 C-B" in out
-    assert "upstream check: 15/15 runs" in out
+    assert "upstream check: 18/18 runs" in out
     runs = json.loads(out_json.read_text())["runs"]
-    assert len(runs) == 15  # 5 cases x 3 targets x 1 repeat
+    assert len(runs) == 18  # 6 cases x 3 targets x 1 repeat
     assert all(r["upstream_seen"] == r["requests"] == r["ok"] for r in runs)
     # the upstream's send stamps reached every streaming client, through both proxies
-    streams = [r for r in runs if r["case"] == "stream-c8"]
-    assert len(streams) == 3 and all(
+    streams = [r for r in runs if r["case"] in ("stream-c8", "responses-c8")]
+    assert len(streams) == 6 and all(
         r["up_gap_p99_ms"] and r["added_gap_p99_ms"] is not None for r in streams
     )
     assert "upstream gap p99, as sent" in out and "C gap p99 - upstream's" in out
+    assert "responses c=8  added TTFE p50 C-B" in out  # the Responses stream, routed
+    assert all(r["routed"] == r["requests"] for r in runs if r["target"] == "C")
 
 
 @pytest.mark.e2e
