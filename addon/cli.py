@@ -22,7 +22,7 @@ from addon.host import listen, running
 from addon.proxy import ca, statuspage
 from addon.proxy.view import build_view, environ
 from addon.refresh.sources.schema import load_sources
-from addon.routing import classify, decide, ranking
+from addon.routing import chains, classify, decide, ranking
 from addon.routing.scoring import Scored, effective_weights
 from addon.store import ledgers, reports
 
@@ -242,8 +242,10 @@ def reload(config: str, admin: str | None) -> None:
               help="API of the request: only providers that serve it are candidates.")  # fmt: skip
 @click.option("--limit", type=int, default=15, show_default=True, help="Rows to show.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--chain", is_flag=True, help="The chain a request would try, providers "
+              "interleaved, with why each target is there.")  # fmt: skip
 def rank(config: str, profile: str | None, task: str, complexity: str, api: str, limit: int,
-         as_json: bool) -> None:  # fmt: skip
+         as_json: bool, chain: bool) -> None:  # fmt: skip
     """Rank the candidates for a profile, with each metric's contribution and the filters that
     removed the others (live latency is not known here: every target gets the neutral prior)."""
     cfg = _load(config)
@@ -254,7 +256,8 @@ def rank(config: str, profile: str | None, task: str, complexity: str, api: str,
     prof = cfg.profiles[name]
     feats = dataclasses.replace(classify.features({"messages": []}, requested_model=None), task=task,
                                 complexity={"simple": 0.1, "medium": 0.5, "complex": 0.9}[complexity])  # fmt: skip
-    req = decide.RoutingRequest(feats, "", "/v1/chat/completions", {}, "127.0.0.1", False)
+    req = decide.RoutingRequest(feats, "", "/v1/chat/completions", {decide.PROFILE_HEADER: name},
+                                "127.0.0.1", False)  # fmt: skip
 
     def usable(c: Any) -> str | None:
         p = view.catalog.providers[c.provider]
@@ -262,6 +265,14 @@ def rank(config: str, profile: str | None, task: str, complexity: str, api: str,
             return f"provider_does_not_serve_{api}"
         return None if p.keyless or p.has_env_key else "no_key"
 
+    if chain:  # as a request would try them: `decide`, then `chains.tried_order`
+        keyed = view.keyed(None, api)
+        d = decide.decide(view.router, req, usable, cfg.settings.resilience.max_attempts + 4, keyed,
+                          diverse=True)  # fmt: skip
+        if isinstance(d, decide.NoRoute):
+            raise Failed(d.message)
+        click.echo("\n".join(chains.tried_order(d.chain, d.mode, keyed).lines()))
+        return
     kept: list[Scored] = []
     removed: Counter[str] = Counter()
     for s in view.router.ranking(name, complexity):

@@ -39,7 +39,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests import fake_chat, fake_embeddings, fake_messages, fake_responses
+from tests import fake_chat, fake_embeddings, fake_messages, fake_prefill, fake_responses
 from tests.fake_stream import StreamPlan, Tokens
 
 _ANTHROPIC = ("/v1/messages", "/v1/messages/count_tokens")
@@ -215,6 +215,8 @@ class FakeUpstream:
         host: str = "127.0.0.1",
         port: int = 0,
         stamp_events: bool = False,
+        prefill: str | None = None,
+        tool_calls: bool = False,
     ) -> None:
         self.name, self.content, self.events = name, content, max(1, events)
         # append " @<time.perf_counter_ns()>" to each streamed content piece as it is written,
@@ -224,6 +226,8 @@ class FakeUpstream:
         self.prompt_tokens, self.completion_tokens = prompt_tokens, completion_tokens
         self.cached_tokens, self.reasoning_tokens = cached_tokens, reasoning_tokens
         self.cache_write_tokens = cache_write_tokens
+        # how it answers a prefilled request, and whether it streams tool calls (fake_prefill)
+        self.prefill, self.tool_calls = prefill, tool_calls
         self.models, self.host, self.port = models, host, port
         self.seen: list[Seen] = []
         self._cond = threading.Condition()
@@ -433,18 +437,27 @@ class FakeUpstream:
                 err = _error_body(fault.message, fault.type, fault.err_code, fault.param)
             return self._json(fault.code, err, extra)
         model = model or "fake-model"
+        cont = fake_prefill.rest(path, parsed, self.content, self.prefill) if stream else None
+        if isinstance(cont, bytes):  # the prefill refused
+            return self._json(400, cont)
         if path == "/v1/responses":
             return await self._responses(request, model, parsed, fault, stream)
         if path == "/v1/messages":
             mid = fake_messages.new_id("msg")
             if stream:
-                plan = fake_messages.plan(mid, model, self._pieces(), self._tokens())
+                plan = fake_messages.plan(
+                    mid, model, self._pieces(cont), self._tokens(parsed, cont)
+                )
                 return await self._play(request, plan, fault)
             payload = fake_messages.message(mid, model, self.content, self._tokens())
         elif path == "/v1/messages/count_tokens":
             payload = {"input_tokens": self.prompt_tokens}
+        elif stream and self.tool_calls and parsed.get("tools"):
+            plan = fake_prefill.tool_plan(model, self._pieces(), self._tokens())
+            return await self._play(request, plan, fault)
         elif stream:
-            plan = fake_chat.plan(path, model, parsed, self._pieces(), self._tokens())
+            pieces, tokens = self._pieces(cont), self._tokens(parsed, cont)
+            plan = fake_chat.plan(path, model, parsed, pieces, tokens)
             return await self._play(request, plan, fault)
         elif path == "/v1/embeddings":
             payload = fake_embeddings.body(model, parsed, self.prompt_tokens)
@@ -524,7 +537,9 @@ class FakeUpstream:
 
     # ---- payloads
 
-    def _tokens(self) -> Tokens:
+    def _tokens(self, req: dict[str, Any] | None = None, streamed: str | None = None) -> Tokens:
+        if req is not None and streamed is not None:  # a continuation (fake_prefill)
+            return fake_prefill.tokens(self.prompt_tokens, req, streamed)
         return Tokens(
             self.prompt_tokens,
             self.completion_tokens,
@@ -540,8 +555,10 @@ class FakeUpstream:
         ]
         return orjson.dumps({"object": "list", "data": data})
 
-    def _pieces(self) -> list[str]:
+    def _pieces(self, rest: str | None = None) -> list[str]:
         n, text = self.events, self.content
+        if rest is not None:  # a continuation: as many pieces as that share of the content
+            n, text = max(1, round(n * len(rest) / max(1, len(text)))), rest
         cuts = [round(i * len(text) / n) for i in range(n + 1)]
         return [text[cuts[i] : cuts[i + 1]] for i in range(n)]
 

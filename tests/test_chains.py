@@ -9,8 +9,10 @@ from addon.routing.chains import (
     Chain,
     WeightsName,
     diversify,
+    newcomers,
     repeats_failure,
     same_weights,
+    tried_order,
     weights_name,
 )
 from addon.routing.cost import Price
@@ -150,3 +152,28 @@ def test_repeats_failure_names_the_failed_twin() -> None:
     assert repeats_failure(cand("openai:gpt-4o"), failed) == failed[0]
     assert repeats_failure(cand("openai:gpt-4o-mini"), failed) is None
     assert repeats_failure(cand("openai:gpt-4o"), []) is None
+
+
+# --------------------------------------------------------------------------- order per mode
+
+
+@pytest.mark.parametrize("mode", ["route", "pin", "space"])
+def test_a_declared_chain_keeps_its_own_order(mode: str) -> None:
+    before = chain_of("a:1", "a:2", "b:1")
+    out = tried_order(before, mode, {"a", "b"})
+    assert out.targets == before
+    assert out.reasons == tuple(f"{mode}: position {i} of 3, its own order" for i in (1, 2, 3))
+
+
+def test_a_scored_chain_is_diversified() -> None:
+    assert keys(tried_order(chain_of("a:1", "a:2", "b:1"), "scored", {"a", "b"})) == [
+        "a:1", "b:1", "a:2"
+    ]  # fmt: skip
+
+
+def test_newcomers_bring_the_best_target_of_each_lacking_provider() -> None:
+    full = chain_of("a:1", "a:2")
+    rest = chain_of("a:3", "b:1", "c:1", "b:2", "x:1", "d:1")
+    got = newcomers(full, rest, {"a", "b", "c", "d"}, lambda c: c.key == "c:1")
+    assert [s.candidate.key for s in got] == ["b:1", "d:1"]  # c:1 is unfit, x not usable
+    assert newcomers(full, rest, {"a"}, lambda c: None) == []

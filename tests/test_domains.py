@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from addon.routing.catalog import Candidate
+from addon.routing.cost import Price
 from addon.routing.domains import (
     STORM_WINDOW_S,
     Domain,
+    RuledOut,
     Verdict,
     dead_providers,
     domain_of,
@@ -138,3 +141,40 @@ def test_dead_providers() -> None:
     assert sorted(dead) == ["a", "b", "d"]
     assert dead["b"].startswith("server_error 503: a storm at b")
     assert dead_providers([]) == {}
+
+
+# --------------------------------------------------------------------------- one request
+
+
+def cand(key: str) -> Candidate:
+    provider, model = key.split(":", 1)
+    return Candidate(key, model, model, provider, model, Price(1.0, 2.0), 8000, None,
+                     True, False, False, False, None, 0.5, "models.yaml")  # fmt: skip
+
+
+def test_ruled_out_skips_a_dead_provider_and_a_failed_models_aliases() -> None:
+    ruled = RuledOut()
+    a1, a2, dated, b1 = (cand(k) for k in ("a:m1", "a:m2", "b:x-2025-01-31", "b:x"))
+    assert ruled.skip(a1) is None and ruled.any_left([a1])
+    j = ruled.judge(dated, [att("b", dated.provider_model_id, E503)], 1)
+    assert j.domain is M and ruled.failed == [dated]
+    assert ruled.skip(b1) == "same weights as b:x-2025-01-31, which failed in this request"
+    j = ruled.judge(a1, [att("a", "m1", Outcome(K.CONNECT_ERROR, None, "refused"))], 1)
+    assert j.provider_down and list(ruled.dead) == ["a"]
+    assert ruled.skip(a2) == f"provider a is down for this request ({j.reason})"
+    assert not ruled.any_left([a2, b1])
+    # a provider's first verdict is the one kept; a success rules nothing out
+    ruled.judge(a2, [att("a", "m2", Outcome(K.AUTH_ERROR, 401))], 1)
+    assert ruled.dead["a"] == j.reason
+    ok = ruled.judge(cand("c:y"), [att("c", "y", OK)], 1)
+    assert ok.domain is None and ruled.skip(cand("c:y")) is None
+
+
+def test_ruled_out_counts_a_storm_once_two_models_failed() -> None:
+    ruled = RuledOut()
+    attempts = [att("a", "m1", E503)]
+    assert ruled.judge(cand("a:m1"), attempts, 1).domain is M
+    attempts.append(att("a", "m2", E503, 1))
+    j = ruled.judge(cand("a:m2"), attempts, 1)
+    assert j.provider_down and j.provider is Verdict.FAILURE
+    assert ruled.skip(cand("a:m3")) is not None

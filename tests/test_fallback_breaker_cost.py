@@ -14,6 +14,7 @@ from addon.routing.fallback import (
     Retry,
     backoff,
     classify_anthropic_failure,
+    classify_failure,
     in_band_failure,
     next_step,
 )
@@ -261,3 +262,22 @@ def test_an_error_opening_a_stream_is_a_target_fault() -> None:
     assert got.kind is K.SERVER_ERROR and got.status is None and got.counts_against_target
     step = next_step(got, tries_on_target=1, attempts_total=1, max_attempts=4, has_next=True)
     assert isinstance(step, Fallback)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind"),
+    [
+        (402, b'{"error":{"message":"Insufficient credits. Add more using https://x/credits"}}',
+         K.AUTH_ERROR),  # payment required: the key's problem, another provider may answer
+        (401, b'{"error":{"message":"bad key"}}', K.AUTH_ERROR),
+        (403, b'{"error":{"message":"forbidden"}}', K.AUTH_ERROR),
+        (400, b'{"error":{"message":"bad temperature"}}', K.CLIENT_ERROR),
+    ],
+)  # fmt: skip
+def test_payment_required_is_the_keys_fault_not_the_requests(
+    status: int, body: bytes, kind: OutcomeKind
+) -> None:
+    got = classify_failure(status, body)
+    assert (got.kind, got.status) == (kind, status)
+    step = next_step(got, tries_on_target=1, attempts_total=1, max_attempts=4, has_next=True)
+    assert isinstance(step, Fallback if kind is K.AUTH_ERROR else GiveUp)

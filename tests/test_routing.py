@@ -715,3 +715,31 @@ def test_an_embedding_space_keeps_its_model(router: ranking.Router) -> None:
     assert [s.candidate.model_id for s in d.chain] == ["mid", "small"]  # by score, only these
     none = _speaking_route(router, frozenset({"p1"}), space=space)
     assert isinstance(none, decide.NoRoute) and "the embedding space of 'gpt-4o'" in none.message
+
+
+# --------------------------------------------------------------------------- chain diversity
+
+
+def test_a_full_chain_gets_the_best_target_of_each_provider_it_lacks(
+    router: ranking.Router,
+) -> None:
+    req = make_req(headers={"x-orchestrator-profile": "quality"})
+    usable = usable_for(router, req)
+    providers = frozenset({"p1", "p2", "p3"})
+    narrow = decide.decide(router, req, usable, 1, providers)
+    wide = decide.decide(router, req, usable, 1, providers, diverse=True)
+    assert isinstance(narrow, decide.RoutingDecision) and isinstance(wide, decide.RoutingDecision)
+    assert len(narrow.chain) == 1 and wide.chain[0] == narrow.chain[0]
+    assert sorted(s.candidate.provider for s in wide.chain) == ["p1", "p2", "p3"]  # one each
+    assert wide.filtered == narrow.filtered  # counts stay those of the chain's own walk
+    # a chain that is not full, or has every provider already, is left alone
+    assert decide.decide(router, req, usable, 10, providers, diverse=True) == decide.decide(
+        router, req, usable, 10, providers
+    )
+
+
+def test_an_open_provider_breaker_is_the_routers_state_503(router: ranking.Router) -> None:
+    req = make_req()
+    d = decide.decide(router, req, lambda c: "provider_open", 4)
+    assert isinstance(d, decide.NoRoute) and d.status == 503
+    assert "provider_open" in d.message and "retry shortly" in d.message

@@ -174,13 +174,28 @@ class RoutesFile(Strict):
 # --------------------------------------------------------------------------- rules/models.yaml
 
 
+PrefillForm = Literal["assistant", "continue_final_message", "prefix"]
+
+
 class Capabilities(Strict):
-    """`models[].capabilities` in `rules/models.yaml` (each false unless given)."""
+    """`models[].capabilities` in `rules/models.yaml` (each false unless given).
+
+    `prefill` is whether, and in which form, the target continues a partial answer (how a
+    stream that broke mid-answer is rescued, README "Resilience"): `false` never; `true` or
+    `assistant` a trailing assistant message (llama.cpp, Ollama, Anthropic Messages);
+    `continue_final_message` that plus `continue_final_message: true` and
+    `add_generation_prompt: false` (vLLM); `prefix` that with `prefix: true` on the message
+    (Mistral, DeepSeek's `/beta`). Unset: the default of its provider's host
+    (`addon.routing.continuation.default_prefill`: api.anthropic.com `assistant`,
+    api.mistral.ai and api.deepseek.com/beta `prefix`, every other host, local servers
+    included, `false`, since a server that does not continue starts its answer anew and the
+    client would get the text twice)."""
 
     tools: bool = False
     vision: bool = False
     json_schema: bool = False
     reasoning: bool = False
+    prefill: PrefillForm | bool | None = None
 
 
 class DeclaredModel(Strict):

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 
 from addon.proxy import apis, budgetgate, modellist, recording, responsestate, screens
-from addon.proxy.eligible import eligible, embedding_space
+from addon.proxy.eligible import eligible, embedding_space, state_filter
 from addon.proxy.exchange import (
     Canned,
     Incoming,
@@ -32,14 +34,17 @@ from addon.proxy.outbound import has_client_key
 from addon.proxy.pipe import Pipe
 from addon.proxy.plan import Plan, Shape, vector_check
 from addon.proxy.replies import reply_for
+from addon.proxy.rescue import Acquire
 from addon.proxy.responsestate import Refusal
 from addon.proxy.streamfacts import StreamReport, reader_for
 from addon.proxy.upstream import Engine, EngineResult
 from addon.proxy.view import View, local_hosts
 from addon.routing import breaker as brk
 from addon.routing import catalog as catmod
-from addon.routing import decide
+from addon.routing import chains, decide
+from addon.routing.domains import Judgement, Verdict
 from addon.routing.fallback import Outcome, OutcomeKind
+from addon.routing.scoring import Scored
 from addon.state import memory
 from addon.state.response_homes import LocalResponseHomes, ResponseHomes
 from addon.store.ledgers import LedgerWriter
@@ -52,7 +57,7 @@ log = logging.getLogger("orchestrator")
 class Dispatcher:
     """The request path: routing, the attempt engine, the pipe, and the ledger row of each
     call. Holds the config version in force (`view`) and the live state it routes by
-    (breakers, latency, rate-limit cooldowns, budgets, Responses homes)."""
+    (target and provider breakers, latency, rate-limit cooldowns, budgets, Responses homes)."""
 
     def __init__(
         self,
@@ -64,6 +69,7 @@ class Dispatcher:
         breakers: memory.Breakers | None = None,
         latency: memory.Latency | None = None,
         homes: ResponseHomes | None = None,
+        provider_breakers: memory.Breakers | None = None,
     ) -> None:
         self.view = view
         self.ledger = ledger
@@ -73,6 +79,9 @@ class Dispatcher:
         self.pipe = Pipe()
         self.breakers: memory.Breakers = (
             breakers if breakers is not None else memory.LocalBreakers()
+        )
+        self.provider_breakers: memory.Breakers = (
+            provider_breakers if provider_breakers is not None else memory.LocalProviderBreakers()
         )
         self.latency: memory.Latency = latency if latency is not None else memory.LocalLatency()
         self.homes: ResponseHomes = homes if homes is not None else LocalResponseHomes()
@@ -148,6 +157,9 @@ class Dispatcher:
         except WireError as e:
             parsed = e
         if isinstance(parsed, WireError):
+            refused = screens.unreadable(inc, pending)  # JSON no API reads: 400, not forwarded
+            if refused is not None:
+                return refused
             pending.reasons.append(f"body not routable ({parsed}); forwarded as sent")
             pending.error = str(parsed)
             return Passthrough(pending)
@@ -186,28 +198,17 @@ class Dispatcher:
         if isinstance(ok, Refusal):
             return _refuse(ok, pending)
         pending.reasons.extend(ok.reasons)
-        allowed, out, pin = ok.allowed, ok.out, ok.pin
+        allowed, pin = ok.allowed, ok.pin
         pending.pinned = pin.reason if pin is not None else None
         res = view.config.settings.resilience
-        now = time.monotonic()
-        breakers_get, cooldown = self.breakers.get, self.cooldown
-        cooldown_s = res.breaker.cooldown_s
-
-        def usable(c: catmod.Candidate) -> str | None:
-            if c.provider not in allowed:
-                return out.get(c.provider, "no_key")
-            st = breakers_get(c.key)
-            if st is not None and not brk.available(st, now, cooldown_s):
-                return "breaker_open"
-            if cooldown and cooldown.get(c.key, 0.0) > now:
-                return "rate_limited"
-            return None
+        up, usable = state_filter(ok, self.breakers, self.provider_breakers, self.cooldown,
+                                  time.monotonic(), res.breaker.cooldown_s)  # fmt: skip
 
         def again(r: decide.RoutingRequest) -> decide.RoutingDecision | decide.NoRoute:
             # a few spare targets beyond max_attempts: a context-length failure skips ahead
             # to one with a larger window
             return decide.decide(view.router, r, usable, res.max_attempts + 4, allowed,
-                                 speaking=ok.speaking, space=targets)  # fmt: skip
+                                 speaking=ok.speaking, space=targets, diverse=True)  # fmt: skip
 
         decision = again(req)
         if isinstance(decision, decide.NoRoute):
@@ -229,29 +230,53 @@ class Dispatcher:
         inject_usage = features.stream and not parsed.wants_usage and apis.injects_usage(ep.api)
         shape = Shape(inc, parsed, ep, inject_usage, features.stream and not ep.count_tokens,
                       readers, vector_check(read.embeddings, self.dimensions))  # fmt: skip
-        plan = Plan(view, decision.chain, shape, pending)
+        shaped = chains.tried_order(decision.chain, decision.mode, up)
+        pending.reasons.extend(f"chain {line}" for line in shaped.lines())
+        plan = Plan(view, shaped.targets, shape, pending)
 
         async def acquire(c: catmod.Candidate) -> bool:
-            return await self._acquire(c) and await budgetgate.topup(
-                self.budgets, pending, c, features
-            )
+            if not await self._acquire(c):
+                return False
+            if await budgetgate.topup(self.budgets, pending, c, features):
+                return True
+            self.breakers.release(c.key)  # give back any half-open probe just claimed
+            self.provider_breakers.release(c.provider)
+            return False
 
-        result = await self.engine.run(plan, on_outcome=self._on_outcome, acquire=acquire)
-        for key in result.skipped:
-            pending.reasons.append(f"skipped {key}: breaker half-open, probe in flight")
+        # a stream's success is known at its clean end (the pipe says so), not at hand-off
+        streaming = features.stream and not ep.count_tokens
+        on_outcome = self._on_stream_outcome if streaming else self._on_outcome
+        result = await self.engine.run(plan, on_outcome=on_outcome, acquire=acquire)
+        pending.reasons.extend(f"skipped {key}: {why}" for key, why in result.skipped)
         pending.attempts = result.attempts
-        return await self._answer(view, pending, result, decision, inject_usage)
+        return await self._answer(view, pending, result, decision, inject_usage,
+                                  tried=shaped.targets, acquire=acquire)  # fmt: skip
 
     async def _acquire(self, c: catmod.Candidate) -> bool:
-        """Claim the right to try `c` now; an open breaker past its cooldown lets exactly
-        one request through as the half-open probe."""
-        if self.breakers.get(c.key) is None:
+        """Claim the right to try `c` now, its provider's breaker first, then its own; an
+        open breaker past its cooldown lets exactly one request through as the half-open
+        probe. A refused target gives back the provider's probe it claimed."""
+        cooldown_s = self.view.config.settings.resilience.breaker.cooldown_s
+        prov = self.provider_breakers
+        before = prov.get(c.provider)
+        if before is not None:
+            claimed = await prov.acquire(c.provider, cooldown_s)
+            self._moved(c.provider, before)
+            if not claimed:
+                return False
+        if self.breakers.get(c.key) is None or await self.breakers.acquire(c.key, cooldown_s):
             return True
-        return await self.breakers.acquire(
-            c.key, self.view.config.settings.resilience.breaker.cooldown_s
-        )
+        if before is not None:
+            prov.release(c.provider)
+        return False
 
-    def _on_outcome(self, c: catmod.Candidate, outcome: Outcome, elapsed_ms: float) -> None:
+    def _moved(self, provider: str, before: brk.BreakerState | None) -> None:
+        if self.metrics is not None:  # count a provider breaker's transitions
+            self.metrics.provider_breaker_moved(provider, before,
+                                                self.provider_breakers.get(provider))  # fmt: skip
+
+    def _on_outcome(self, c: catmod.Candidate, outcome: Outcome, elapsed_ms: float,
+                    j: Judgement) -> None:  # fmt: skip
         res = self.view.config.settings.resilience
         now = time.monotonic()
         if outcome.kind is OutcomeKind.RATE_LIMITED:
@@ -261,13 +286,32 @@ class Dispatcher:
             self.cooldown[c.key] = max(self.cooldown.get(c.key, 0.0), now + wait)
         if outcome.ok:
             self.latency.observe(c.key, elapsed_ms)
-        if outcome.ok or outcome.counts_against_target:
-            self.breakers.record(c.key, success=outcome.ok, threshold=res.breaker.failures)
-        else:
-            self.breakers.release(c.key)
+        memory.tell(self.breakers, c.key, j.target, res.breaker.failures)
+        before = self.provider_breakers.get(c.provider)
+        memory.tell(self.provider_breakers, c.provider, j.provider, res.breaker.failures)
+        self._moved(c.provider, before)
+
+    def _on_stream_outcome(self, c: catmod.Candidate, outcome: Outcome, elapsed_ms: float,
+                           j: Judgement) -> None:  # fmt: skip
+        """`_on_outcome` for a streamed attempt: a hand-off is no verdict yet (a claimed probe
+        goes back); `_stream_ended` records the success once the stream ended cleanly, and a
+        mid-stream break is recorded as the failure it is (`Rescue`)."""
+        if outcome.ok:
+            j = replace(j, target=Verdict.RELEASE, provider=Verdict.RELEASE)
+        self._on_outcome(c, outcome, elapsed_ms, j)
+
+    def _stream_ended(self, c: catmod.Candidate) -> None:
+        """A stream `c` answered ended cleanly (its terminal event, no break): a success for
+        its breakers."""
+        threshold = self.view.config.settings.resilience.breaker.failures
+        memory.tell(self.breakers, c.key, Verdict.SUCCESS, threshold)
+        before = self.provider_breakers.get(c.provider)
+        memory.tell(self.provider_breakers, c.provider, Verdict.SUCCESS, threshold)
+        self._moved(c.provider, before)
 
     async def _answer(self, view: View, pending: Pending, result: EngineResult,
-                      decision: decide.RoutingDecision, inject_usage: bool) -> Reply | ToPipe:  # fmt: skip
+                      decision: decide.RoutingDecision, inject_usage: bool, *,
+                      tried: Sequence[Scored], acquire: Acquire) -> Reply | ToPipe:  # fmt: skip
         """Hand the answer to the adapter: a whole reply, or an open stream on the pipe."""
         api = pending.api
         note = f"{pending.pinned}; not sent to another provider" if pending.pinned else None
@@ -290,15 +334,14 @@ class Dispatcher:
         report = StreamReport(keep_text=view.config.settings.log_prompts == "full")
         pending.report = report
         port = await self.pipe.ensure_started()
-        pending.token = self.pipe.register(
-            reply.stream,
-            reply.status,
-            reply.headers,
-            strip_usage=inject_usage,
-            stall_s=view.config.settings.resilience.stall_timeout_ms / 1000,
-            report=report,
-            reader=reader_for(api),
-        )
+        rescue = self.pipe.rescuer(view, pending, tried, reply.answered_by, inject_usage,
+                                   engine=self.engine, on_outcome=self._on_stream_outcome,
+                                   acquire=acquire, ended=self._stream_ended)  # fmt: skip
+        stall_s = view.config.settings.resilience.stall_timeout_ms / 1000
+        pending.token = self.pipe.register(reply.stream, reply.status, reply.headers,
+                                           strip_usage=inject_usage, stall_s=stall_s,
+                                           report=report, reader=reader_for(api),
+                                           rescue=rescue)  # fmt: skip
         return ToPipe(port, pending.token, pending)
 
     def _home(self, pending: Pending, provider: str, response_id: str | None,
@@ -340,15 +383,7 @@ class Dispatcher:
             self.ledger.record(row)
         if self.metrics is not None:
             self.metrics.observe(row, pending.api)
-        # one line per request only at debug: every log record costs mitmproxy a hook
-        # dispatch across all addons (~0.8 ms); the ledger has all of it anyway
-        log.debug(
-            "%s %s %s -> %s/%s status=%s outcome=%s attempts=%d tokens=%s/%s cost=%s %.0fms",
-            row.id, row.profile or "-", row.requested_model, row.provider or "-",
-            row.routed_model or "-", status, row.outcome, row.attempts, row.prompt_tokens,
-            row.completion_tokens, "unpriced" if row.unpriced else row.cost_usd,
-            row.latency_ms or 0,
-        )  # fmt: skip
+        recording.log_line(row, status)
         return row
 
 

@@ -12,20 +12,25 @@ then:
 
 Every provider left out gets the filter name the decision counts it under (`api`,
 `hosted_tools`, `pinned`; `no_key` otherwise), so `explain` says why it was not tried.
+`state_filter` adds what the router's state says right now: a provider whose provider
+breaker is open (`provider_open`), a target whose own breaker is (`breaker_open`), a target
+resting after a 429 (`rate_limited`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from addon.proxy.exchange import Incoming
 from addon.proxy.outbound import has_client_key
 from addon.proxy.responsestate import Pin, Refusal, pin_for, unusable_pin
 from addon.proxy.view import View
+from addon.routing import breaker as brk
 from addon.routing import catalog as catmod
 from addon.routing import decide
 from addon.routing.classify import HOSTED_TOOL_HOSTS, RequestFeatures
+from addon.state.memory import Breakers
 from addon.state.response_homes import ResponseHomes
 from addon.wire.responses import ResponsesRequest
 
@@ -85,6 +90,38 @@ async def eligible(
             out.update((n, "pinned") for n in allowed - pin.providers)
             allowed &= pin.providers
     return Eligible(allowed, keyed, speaking, out, pin, tuple(reasons))
+
+
+def state_filter(
+    ok: Eligible,
+    breakers: Breakers,
+    provider_breakers: Breakers,
+    cooldown: Mapping[str, float],
+    now: float,
+    cooldown_s: float,
+) -> tuple[frozenset[str], Callable[[catmod.Candidate], str | None]]:
+    """The providers of `ok.allowed` whose provider breaker lets a request through at `now`
+    (monotonic seconds; `cooldown_s` the breakers' cooldown), and the check `decide` asks
+    of each candidate: the filter that keeps it out (the `ok.out` one or `no_key`,
+    `provider_open`, `breaker_open`, `rate_limited` while `now` is before its entry in
+    `cooldown`, by target key), or None when it may be tried."""
+    allowed, out, target_state = ok.allowed, ok.out, breakers.get
+    up = frozenset(p for p in allowed if (st := provider_breakers.get(p)) is None
+                   or brk.available(st, now, cooldown_s))  # fmt: skip
+
+    def usable(c: catmod.Candidate) -> str | None:
+        if c.provider not in allowed:
+            return out.get(c.provider, "no_key")
+        if c.provider not in up:
+            return "provider_open"
+        st = target_state(c.key)
+        if st is not None and not brk.available(st, now, cooldown_s):
+            return "breaker_open"
+        if cooldown and cooldown.get(c.key, 0.0) > now:
+            return "rate_limited"
+        return None
+
+    return up, usable
 
 
 def embedding_space(

@@ -2,6 +2,11 @@
 
 Labels carry names only (api, profile, model, provider, outcome, target): never keys,
 prompts or client-chosen free text beyond the model name the router resolved.
+
+Breakers: `orchestrator_breaker_state` (per target) and `orchestrator_provider_breaker_state`
+(per provider) are read at scrape time; `orchestrator_provider_breaker_transitions` counts
+each status change of a provider breaker that this replica's requests made (a change seen
+from the fleet through Redis is counted by the replica that made it).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from addon.routing.breaker import BreakerState, BreakerStatus
 from addon.store.sqlite_ledger import LedgerRow
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
@@ -35,6 +41,14 @@ class _Live(Collector):
         for b in state.get("breakers", []):
             br.add_metric([b["target"]], BREAKER_VALUE.get(b["state"], 0))
         yield br
+        pbr = GaugeMetricFamily(
+            "orchestrator_provider_breaker_state",
+            "Circuit breaker per provider: 0 closed, 1 half-open, 2 open.",
+            labels=["provider"],
+        )
+        for b in state.get("provider_breakers", []):
+            pbr.add_metric([b["provider"]], BREAKER_VALUE.get(b["state"], 0))
+        yield pbr
         age = GaugeMetricFamily(
             "orchestrator_benchmark_db_age_seconds", "Age of the benchmark DB file in use."
         )
@@ -74,6 +88,10 @@ class Metrics:
             "orchestrator_fallbacks", "Requests answered by a target other than the first.",
             ["profile"], registry=r,
         )  # fmt: skip
+        self.rescues = Counter(
+            "orchestrator_stream_rescues", "Streams that broke mid-answer and were finished "
+            "on another target (ledger outcome `rescued`).", ["api", "provider"], registry=r,
+        )  # fmt: skip
         self.cost = Counter(
             "orchestrator_cost_usd", "Spend in USD (priced requests).", ["provider", "model"],
             registry=r,
@@ -108,7 +126,22 @@ class Metrics:
             "orchestrator_budget_blocked", "Requests refused or downgraded by a budget.",
             ["budget", "action"], registry=r,
         )  # fmt: skip
+        self.provider_breaker_transitions = Counter(
+            "orchestrator_provider_breaker_transitions",
+            "Provider breaker status changes made by this replica, by the status entered.",
+            ["provider", "to"], registry=r,
+        )  # fmt: skip
         r.register(_Live(read_state))
+
+    def provider_breaker_moved(
+        self, provider: str, before: BreakerState | None, after: BreakerState | None
+    ) -> None:
+        """Count the transition of `provider`'s breaker from `before` to `after` (None:
+        closed, no state), if its status changed."""
+        old = before.status if before is not None else BreakerStatus.CLOSED
+        new = after.status if after is not None else BreakerStatus.CLOSED
+        if new is not old:
+            self.provider_breaker_transitions.labels(provider, new.value).inc()
 
     def observe(self, row: LedgerRow, api: str | None = None) -> None:
         """Count one finished request of `api` from its ledger row."""
@@ -122,6 +155,8 @@ class Metrics:
                 self.upstream_latency.labels(a["provider"]).observe(a["ms"] / 1000)
         if row.attempts > 1 and row.outcome == "ok":
             self.fallbacks.labels(row.profile or "-").inc()
+        if row.outcome == "rescued":
+            self.rescues.labels(api or "-", provider).inc()
         if row.cost_usd is not None:
             self.cost.labels(provider, model).inc(row.cost_usd)
         elif row.unpriced:

@@ -5,25 +5,36 @@ stream the addon registers it here under an unguessable token and points the flo
 ``http://127.0.0.1:<port>/pipe/<token>``; mitmproxy then streams this server's response to
 the client. The relay forwards SSE events as they arrive, unchanged, except the usage-only
 chunk that the router itself asked for (`include_usage` injected), which it keeps for the
-ledger. A stream that breaks or stalls is never presented as success: the client gets an
-error event in its API's format (`addon.proxy.streamfacts`) and then a cut connection, which
-the openai and anthropic SDKs raise on.
+ledger. A stream that breaks or stalls after the client got bytes is continued on another
+target when one can (`addon.proxy.rescue`: its events are spliced into the same client
+stream); otherwise it is never presented as success: the client gets an error event in its
+API's format (`addon.proxy.streamfacts`) and then a cut connection, which the openai and
+anthropic SDKs raise on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
+from addon.proxy.exchange import Pending
+from addon.proxy.rescue import Acquire, Continuation, Ended, OnOutcome, Rescue
 from addon.proxy.streamfacts import CHAT, StreamReader, StreamReport, worth_parsing
-from addon.proxy.upstream import LiveStream
+from addon.proxy.upstream import Engine, LiveStream
+from addon.proxy.view import View
+from addon.routing.fallback import OutcomeKind
+from addon.routing.scoring import Scored
 from addon.wire.chat import is_usage_only_chunk
+from addon.wire.splice import Splice
 from addon.wire.sse import SSEEvent, event_json
 
 log = logging.getLogger("orchestrator")
@@ -31,7 +42,7 @@ log = logging.getLogger("orchestrator")
 
 @dataclass
 class _Entry:
-    live: LiveStream
+    live: LiveStream  # the upstream stream relayed now (a continuation's after a rescue)
     status: int
     headers: list[tuple[str, str]]
     strip_usage: bool
@@ -39,6 +50,24 @@ class _Entry:
     stall_s: float
     reader: StreamReader = CHAT
     created: float = field(default_factory=time.monotonic)
+    rescue: Rescue | None = None
+    kept: list[bytes | dict[str, Any]] | None = None  # what the client got, while rescuable
+    splice: Splice | None = None  # how a continuation's events reach the client
+
+
+@dataclass(frozen=True)
+class _Break:
+    """How a stream broke: the attempt's outcome kind and the text the client is told."""
+
+    kind: OutcomeKind
+    why: str
+
+
+def _json(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -58,6 +87,7 @@ class Pipe:
         self._runner: web.AppRunner | None = None
         self._lock = asyncio.Lock()
         self.port = 0
+        self.incapable: set[str] = set()  # target keys that refused a prefill (`rescue`)
 
     async def ensure_started(self) -> int:
         """Start the server on first use; its port."""
@@ -86,12 +116,25 @@ class Pipe:
         stall_s: float,
         report: StreamReport,
         reader: StreamReader = CHAT,
+        rescue: Rescue | None = None,
     ) -> str:
-        """Hand over an open upstream stream, read as `reader`'s API; the token its
-        `/pipe/<token>` URL takes."""
+        """Hand over an open upstream stream, read as `reader`'s API, with the `rescue` that
+        continues it elsewhere should it break; the token its `/pipe/<token>` URL takes."""
         token = secrets.token_urlsafe(24)
-        self._entries[token] = _Entry(live, status, headers, strip_usage, report, stall_s, reader)
+        kept: list[bytes | dict[str, Any]] | None = [] if rescue and rescue.possible else None
+        self._entries[token] = _Entry(live, status, headers, strip_usage, report, stall_s,
+                                      reader, rescue=rescue, kept=kept)  # fmt: skip
         return token
+
+    def rescuer(self, view: View, pending: Pending, chain: Sequence[Scored],
+                answered: Scored | None, inject_usage: bool, *, engine: Engine,
+                on_outcome: OnOutcome, acquire: Acquire, ended: Ended) -> Rescue:  # fmt: skip
+        """The `Rescue` of one stream about to be registered (`answered` is streaming it):
+        the rest of the request's `chain`, tried through `engine` with the dispatcher's
+        callbacks, and this process's record of the targets that refused a prefill."""
+        return Rescue(view, pending, chain, answered, inject_usage, engine=engine,
+                      on_outcome=on_outcome, acquire=acquire, ended=ended,
+                      incapable=self.incapable)  # fmt: skip
 
     def register_reply(self, status: int, headers: list[tuple[str, str]], body: bytes) -> str:
         """A fixed answer for a request whose body must not be buffered (it is read and
@@ -104,8 +147,12 @@ class Pipe:
         reply = self._replies.pop(request.match_info["token"], None)
         if reply is None:
             return web.Response(status=404, text="unknown or used reply token")
-        async for _ in request.content.iter_any():  # drain without keeping anything
-            pass
+        try:
+            async for _ in request.content.iter_any():  # drain without keeping anything
+                pass
+        except ConnectionResetError:  # the client gave up mid-body: nobody reads the answer
+            log.debug("request body abandoned by the client before its end; its %d answer "
+                      "is dropped", reply.status)  # fmt: skip
         return web.Response(status=reply.status, headers=reply.headers, body=reply.body)
 
     @property
@@ -134,42 +181,36 @@ class Pipe:
         resp = web.StreamResponse(status=entry.status, headers=entry.headers)
         resp.enable_chunked_encoding()
         report = entry.report
-        live = entry.live
         try:
             await resp.prepare(request)
-            await self._write(resp, entry, live.first)
-            report.first_event_at = live.first_event_at
+            broke = await self._write(resp, entry, entry.live.first)
+            report.first_event_at = entry.live.first_event_at
             while True:
-                try:
-                    async with asyncio.timeout(entry.stall_s):
-                        chunk = await live.response.content.readany()
-                except TimeoutError:
-                    await self._fail(
-                        resp, request, entry, f"upstream stalled for {entry.stall_s * 1000:.0f} ms"
-                    )
-                    return resp
-                if not chunk:
-                    await self._write(resp, entry, live.parser.flush())
+                broke = broke or await self._relay(resp, entry)
+                if broke is None:
                     break
-                await self._write(resp, entry, live.parser.feed(chunk))
-                if live.parser.oversized:
-                    await self._fail(resp, request, entry, "upstream sent an SSE event larger "
-                                     f"than {live.parser.max_event_bytes} bytes")  # fmt: skip
+                cont = await self._rescue(entry, broke)
+                if isinstance(cont, str):
+                    await self._fail(resp, request, entry, cont)
                     return resp
+                entry.live, entry.splice = cont.live, cont.splice
+                broke = await self._write(resp, entry, cont.live.first)
         except (ConnectionResetError, asyncio.CancelledError) as e:
             # the client (via mitmproxy) went away
             report.outcome = "client_abort"
             report.error = "client disconnected"
-            live.close()
+            entry.live.close()
             if isinstance(e, asyncio.CancelledError):
                 raise
             return resp
-        except Exception as e:  # upstream broke mid-stream (payload error, reset, ...)
+        except Exception as e:  # anything else the relay did not expect
             await self._fail(resp, request, entry, f"upstream stream broke: {type(e).__name__}")
             return resp
         finally:
-            live.close()
+            entry.live.close()
             report.ended_at = time.monotonic()
+            if entry.rescue is not None:
+                entry.rescue.settle(report)
         if report.outcome == "pending":
             report.outcome = "ok"
         try:
@@ -178,9 +219,45 @@ class Pipe:
             report.outcome = "client_abort"
         return resp
 
-    async def _write(self, resp: web.StreamResponse, entry: _Entry, events: list[SSEEvent]) -> None:
-        report, reader = entry.report, entry.reader
-        out = []
+    async def _relay(self, resp: web.StreamResponse, entry: _Entry) -> _Break | None:
+        """Relay the current upstream stream until it ends (None) or breaks."""
+        live = entry.live
+        while True:
+            try:
+                async with asyncio.timeout(entry.stall_s):
+                    chunk = await live.response.content.readany()
+            except TimeoutError:
+                why = f"upstream stalled for {entry.stall_s * 1000:.0f} ms"
+                return _Break(OutcomeKind.TIMEOUT, why)
+            except Exception as e:  # the upstream broke (payload error, reset, ...)
+                return _Break(
+                    OutcomeKind.PROTOCOL_ERROR, f"upstream stream broke: {type(e).__name__}"
+                )
+            if not chunk:
+                return await self._write(resp, entry, live.parser.flush())
+            broke = await self._write(resp, entry, live.parser.feed(chunk))
+            if broke is not None:
+                return broke
+            if live.parser.oversized:
+                return _Break(OutcomeKind.PROTOCOL_ERROR, "upstream sent an SSE event larger "
+                              f"than {live.parser.max_event_bytes} bytes")  # fmt: skip
+
+    async def _rescue(self, entry: _Entry, broke: _Break) -> Continuation | str:
+        """The continuation of a broken stream, or the client's error text."""
+        entry.live.close()  # give the broken upstream's connection back before going on
+        if entry.rescue is None:
+            return broke.why
+        events = [e if isinstance(e, dict) else _json(e) for e in entry.kept or ()]
+        return await entry.rescue.broke(broke.kind, broke.why, events, entry.report)
+
+    async def _write(
+        self, resp: web.StreamResponse, entry: _Entry, events: list[SSEEvent]
+    ) -> _Break | None:
+        """Pass `events` on to the client (a continuation's through its splice); a break
+        when one of them is a malformed or error event another target could take over."""
+        report, reader, kept, splice = entry.report, entry.reader, entry.kept, entry.splice
+        out: list[bytes] = []
+        broke: _Break | None = None
         for ev in events:
             if ev.done:
                 report.saw_done = True
@@ -190,26 +267,48 @@ class Pipe:
                 out.append(ev.raw)
                 continue
             report.events += 1
-            if not (
+            if splice is None and not (
                 report.model is None or report.keep_text or worth_parsing(ev.data, reader.markers)
             ):
                 out.append(ev.raw)  # an ordinary content chunk: passed on without parsing
+                if kept is not None:
+                    kept.append(ev.data)
                 continue
             obj = event_json(ev)
             if obj is None:
                 # not JSON: a client SDK would raise on it and lose the whole answer, so it
-                # is dropped (and counted in the ledger) while the rest of the stream flows
+                # is dropped (and counted in the ledger) while the rest of the stream flows,
+                # unless another target can take over from here
                 report.malformed += 1
+                if entry.rescue is not None and entry.rescue.has_capable():
+                    broke = _Break(OutcomeKind.PROTOCOL_ERROR, "upstream sent a malformed event")
+                    break
                 continue
-            if isinstance(obj, dict):
-                reader.note(report, obj)
-                if entry.strip_usage and is_usage_only_chunk(obj):
+            if not isinstance(obj, dict):
+                out.append(ev.raw)
+                continue
+            failure = report.failure
+            reader.note(report, obj)
+            if (
+                report.failure != failure
+                and entry.rescue is not None
+                and entry.rescue.has_capable()
+            ):
+                why = f"upstream reported an error in the stream: {report.failure}"
+                report.failure = ""
+                broke = _Break(OutcomeKind.SERVER_ERROR, why)
+                break
+            for shown in splice.rewrite(obj) if splice is not None else (obj,):
+                if entry.strip_usage and is_usage_only_chunk(shown):
                     continue
                 if report.keep_text:
-                    report.text.append(reader.delta_text(obj))
-            out.append(ev.raw)
+                    report.text.append(reader.delta_text(shown))
+                out.append(ev.raw if splice is None else splice.render(shown))
+                if kept is not None:
+                    kept.append(ev.data if splice is None else shown)
         if out:
             await resp.write(b"".join(out))
+        return broke
 
     async def _fail(
         self, resp: web.StreamResponse, request: web.Request, entry: _Entry, why: str

@@ -2,22 +2,28 @@
 
 Usage and the answering model are read in the request's API's terms (`addon.proxy.apis`
 for a whole answer, `addon.proxy.streamfacts` for a stream): a Messages answer's cache
-writes and reads, a Responses answer's cached and reasoning tokens.
+writes and reads, a Responses answer's cached and reasoning tokens. A stream rescued on
+another target (`addon.proxy.rescue`) is `rescued`: its usage is every attempt's summed,
+its cost each attempt's at that target's price, and each attempt's entry in the attempt log
+carries its tokens (`usage_estimated` when the attempt broke before reporting them).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 
 from addon.config.schema import Settings
 from addon.proxy import apis
 from addon.proxy.exchange import Pending
-from addon.proxy.streamfacts import reader_for
+from addon.proxy.streamfacts import Leg, reader_for
 from addon.routing import cost
 from addon.routing.catalog import Catalog, requested_candidate
 from addon.store.sqlite_ledger import LedgerRow
 from addon.wire.usage import Usage
+
+log = logging.getLogger("orchestrator")
 
 
 def build_row(
@@ -55,6 +61,8 @@ def build_row(
             error = report.error or error
         elif report.failure:
             error = error or f"upstream reported an error in the stream: {report.failure}"
+        elif report.rescued and report.outcome == "ok":
+            outcome = "rescued"
     elif body is not None:
         facts = apis.answer_facts(api, body)
         usage = facts.usage
@@ -69,7 +77,11 @@ def build_row(
         outcome = "error"
     usd = requested_usd = None
     unpriced = False
-    if usage is not None:
+    legs = report.legs if report is not None else []
+    if usage is not None and legs:  # a rescued stream: each attempt at its own price
+        usd = legs_cost(legs)
+        unpriced = usd is None
+    elif usage is not None:
         price = s.candidate.price if s else None
         if price is None and pending.kind == "unrouted":
             asked = requested_candidate(catalog, pending.requested_model, inc.host)
@@ -79,6 +91,7 @@ def build_row(
         req_c = pending.decision.requested if pending.decision else None
         if req_c is not None:
             requested_usd = cost.cost(usage, req_c.price)
+    leg_usage = {leg.attempt: leg_columns(leg) for leg in legs}
     d = pending.decision
     row = LedgerRow(
         id=pending.id,
@@ -102,8 +115,9 @@ def build_row(
                 "status": a.outcome.status,
                 "ms": a.elapsed_ms,
                 "message": a.outcome.message[:300],
+                **leg_usage.get(i, {}),
             }
-            for a in pending.attempts
+            for i, a in enumerate(pending.attempts)
         ],
         status=status,
         stream=pending.stream,
@@ -125,6 +139,29 @@ def build_row(
     return row, usage
 
 
+def legs_cost(legs: list[Leg]) -> float | None:
+    """A rescued stream's cost (USD): each attempt's usage at its own target's price;
+    None when any of them is unpriced."""
+    total = 0.0
+    for leg in legs:
+        if leg.usage is None:
+            continue
+        usd = cost.cost(leg.usage, leg.candidate.price)
+        if usd is None:
+            return None
+        total += usd
+    return total
+
+
+def leg_columns(leg: Leg) -> dict[str, int | bool | None]:
+    """What a rescued stream's attempt adds to its `attempt_log` entry: the tokens it is
+    billed for, and whether they were estimated (it broke before reporting them)."""
+    u = leg.usage
+    return {"prompt_tokens": u.prompt_tokens if u else None,
+            "completion_tokens": u.completion_tokens if u else None,
+            "usage_estimated": leg.estimated}  # fmt: skip
+
+
 def prompt_columns(mode: str, pending: Pending, body: bytes | None) -> dict[str, str | None]:
     """Prompt and completion text only when `log_prompts` opts in (README: Security)."""
     if mode == "off" or pending.prompt is None:
@@ -141,3 +178,15 @@ def prompt_columns(mode: str, pending: Pending, body: bytes | None) -> dict[str,
             else (apis.answer_text(pending.api, body) if body is not None else None)
         )
     return out
+
+
+def log_line(row: LedgerRow, status: int | None) -> None:
+    """The request's one log line, at debug only: every log record costs mitmproxy a hook
+    dispatch across all its addons (~0.8 ms), and the ledger has all of it anyway."""
+    log.debug(
+        "%s %s %s -> %s/%s status=%s outcome=%s attempts=%d tokens=%s/%s cost=%s %.0fms",
+        row.id, row.profile or "-", row.requested_model, row.provider or "-",
+        row.routed_model or "-", status, row.outcome, row.attempts, row.prompt_tokens,
+        row.completion_tokens, "unpriced" if row.unpriced else row.cost_usd,
+        row.latency_ms or 0,
+    )  # fmt: skip

@@ -1,5 +1,6 @@
 """The status page: one self-contained HTML document (inline CSS and JS, nothing external),
-and `status_text`, the same `/status` numbers as `orchestrator status` prints them.
+and `status_text`, the same `/status` numbers as `orchestrator status` prints them (provider
+breakers and target breakers, each with the cooldown left while open).
 
 The page polls the same origin every 5 s: `GET /costs?since=24h&by=model` (the
 `addon.store.reports.as_json` shape), `GET /costs/series?since=24h&buckets=24` and `GET /status`.
@@ -74,8 +75,13 @@ td.r, th.r { text-align: right; }
   <table><thead><tr><th>model</th><th class="r">requests</th><th class="r">spend</th>
     <th class="r">unpriced</th><th class="r">share</th><th></th></tr></thead>
   <tbody id="models"></tbody></table></div>
+<div class="card wide"><h2>Provider breakers</h2>
+  <table><thead><tr><th>provider</th><th>state</th><th class="r">failures</th>
+    <th class="r">cooldown left</th></tr></thead>
+  <tbody id="provider-breakers"></tbody></table></div>
 <div class="card wide"><h2>Circuit breakers</h2>
-  <table><thead><tr><th>target</th><th>state</th><th class="r">failures</th></tr></thead>
+  <table><thead><tr><th>target</th><th>state</th><th class="r">failures</th>
+    <th class="r">cooldown left</th></tr></thead>
   <tbody id="breakers"></tbody></table></div>
 <div class="card wide" id="config-error-card" hidden><h2>Config reload error</h2>
   <pre id="config-error"></pre></div>
@@ -163,15 +169,20 @@ function renderStatus(data) {
        (lg.connected === false ? " (unreachable, " + (lg.spooled || 0) + " rows spooled)" : ""));
   text("state-store", st.kind === "redis"
        ? "redis " + st.where + (st.connected ? "" : " (unreachable)") : (st.kind || "-"));
-  const body = $("breakers");
+  renderBreakers("provider-breakers", data.provider_breakers, "provider", "no provider tripped");
+  renderBreakers("breakers", data.breakers, "target", "no targets tracked yet");
+}
+function renderBreakers(id, rows, key, none) {
+  const body = $(id);
   body.replaceChildren();
-  for (const b of data.breakers || []) {
+  for (const b of rows || []) {
     const row = body.insertRow();
-    cell(row, b.target);
+    cell(row, b[key]);
     cell(row, String(b.state).replace("_", "-"), b.state);
     cell(row, b.failures, "r");
+    cell(row, b.cooldown_left_s ? Number(b.cooldown_left_s).toFixed(1) + " s" : "-", "r");
   }
-  if (!(data.breakers || []).length) cell(body.insertRow(), "no targets tracked yet", "muted").colSpan = 3;
+  if (!(rows || []).length) cell(body.insertRow(), none, "muted").colSpan = 4;
 }
 async function refresh() {
   const jobs = [
@@ -214,9 +225,13 @@ def status_text(st: dict[str, Any]) -> str:
     out.append(f"catalog: {cat['candidates']} candidates from {cat['source']}")
     for p in st["providers"]:
         out.append(f"provider {p['name']:<12} key {p['key']}")
+    for b in st.get("provider_breakers", []):
+        out.append(f"provider breaker {b['provider']:<32} {b['state']:<9} failures "
+                   f"{b['failures']}{_left(b)}")  # fmt: skip
     breakers = st["breakers"] or [{"target": "(none tripped)", "state": "closed", "failures": 0}]
     for b in breakers:
-        out.append(f"breaker  {b['target']:<40} {b['state']:<9} failures {b['failures']}")
+        out.append(f"breaker  {b['target']:<40} {b['state']:<9} failures {b['failures']}"
+                   f"{_left(b)}")  # fmt: skip
     for b in st["budgets"]:
         out.append(f"budget   {b['rule']} [{b['scope']}] ${b['spent']:.6f} spent + "
                    f"${b['reserved']:.6f} in flight of ${b['limit']:.2f} per {b['per']}")  # fmt: skip
@@ -230,3 +245,9 @@ def status_text(st: dict[str, Any]) -> str:
                    + ("connected" if shared.get("connected") else
                       f"UNREACHABLE ({shared.get('last_error')})"))  # fmt: skip
     return "\n".join(out)
+
+
+def _left(row: dict[str, Any]) -> str:
+    """`, cooldown 12.3 s left` for an open breaker's row, else nothing."""
+    left = row.get("cooldown_left_s") or 0
+    return f", cooldown {left:.1f} s left" if left > 0 else ""

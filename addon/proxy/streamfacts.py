@@ -13,8 +13,10 @@ event's JSON, from `addon.wire`):
   usage (`wire.messages.stream_usage`), `message_stop` at the end; a cut stream ends with
   a Messages `error` event (`wire.messages.error_event`), which the anthropic SDK raises on.
 
-An `error` event (or `response.failed`) the upstream sends itself is noted as the stream's
-`failure`. `usage_tap` is the same reading for a stream mitmproxy forwards untouched.
+An `error` event (or `response.failed`, or a chat chunk that is an error object) the
+upstream sends itself is noted as the stream's `failure`. `usage_tap` is the same reading
+for a stream mitmproxy forwards untouched. A stream rescued on another target
+(`addon.proxy.rescue`) has one `Leg` per attempt that fed it.
 """
 
 from __future__ import annotations
@@ -25,14 +27,28 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from addon.routing.catalog import Candidate
 from addon.wire import chat, messages, responses
 from addon.wire.sse import SSEParser, event_json
 from addon.wire.usage import Usage
 
 
+@dataclass(frozen=True)
+class Leg:
+    """One attempt's share of a rescued stream: the target, the usage it is billed for,
+    whether that usage was estimated (it broke before reporting it), and its index in the
+    request's attempts."""
+
+    candidate: Candidate
+    usage: Usage | None
+    estimated: bool
+    attempt: int
+
+
 @dataclass
 class StreamReport:
-    """What the relay saw; read by the addon when the flow ends."""
+    """What the relay saw; read by the addon when the flow ends. For a rescued stream
+    (`legs` not empty) `usage` is every leg's summed once the stream ended."""
 
     usage: Usage | None = None
     model: str | None = None
@@ -48,6 +64,8 @@ class StreamReport:
     response_id: str | None = None  # the answer's id (Responses, Messages)
     encrypted_reasoning: tuple[str, ...] = ()  # Responses: the answer's encrypted reasoning
     failure: str = ""  # an error the upstream reported inside the stream
+    legs: list[Leg] = field(default_factory=list)  # a rescued stream's attempts, in order
+    rescued: bool = False  # a continuation was spliced into the stream
 
 
 @dataclass(frozen=True)
@@ -76,6 +94,9 @@ def _note_chat(report: StreamReport, obj: dict[str, Any]) -> None:
     )
     if u is not None:
         report.usage = u
+    err = obj.get("error")
+    if isinstance(err, dict) and not obj.get("choices"):
+        report.failure = f"{err.get('type') or err.get('code') or 'error'}: {err.get('message')}"
 
 
 def _note_responses(report: StreamReport, obj: dict[str, Any]) -> None:
@@ -125,11 +146,11 @@ def _cut_messages(why: str, report: StreamReport) -> bytes:
     return messages.error_event("api_error", f"stream interrupted: {why}")
 
 
-CHAT = StreamReader("chat", _note_chat, chat.delta_text, (), _cut_chat, "[DONE]")
+CHAT = StreamReader("chat", _note_chat, chat.delta_text, (b'"error"',), _cut_chat, "[DONE]")
 READERS: Mapping[str, StreamReader] = MappingProxyType({
     "chat": CHAT,
-    "completions": StreamReader("completions", _note_chat, chat.delta_text, (), _cut_chat,
-                                "[DONE]"),
+    "completions": StreamReader("completions", _note_chat, chat.delta_text, (b'"error"',),
+                                _cut_chat, "[DONE]"),
     "responses": StreamReader("responses", _note_responses, responses.delta_text, (b'"error"',),
                               _cut_responses, "response.completed"),
     "messages": StreamReader("messages", _note_messages, messages.delta_text,

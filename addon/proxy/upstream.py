@@ -2,7 +2,9 @@
 
 The addon hands it an ordered plan of targets. It walks the plan (retry / fallback decided
 by `addon.fallback.next_step`), mapping every aiohttp exception and status to an Outcome,
-until one target answers:
+until one target answers. Each attempt is judged for its failure domain
+(`addon.routing.domains`): the rest of the walk skips a provider shown down and the
+same-weights aliases of a model that failed, so a dead provider costs one attempt.
 
 - non-streaming: the whole answer body is read, then returned;
 - streaming: the answer counts only once headers *and the first SSE event* arrived within
@@ -30,6 +32,7 @@ from aiohttp.resolver import ThreadedResolver
 from addon.config.schema import Resilience, address_kind
 from addon.proxy.outbound import HOP_BY_HOP
 from addon.routing.catalog import Candidate
+from addon.routing.domains import Judgement, RuledOut
 from addon.routing.fallback import (
     AttemptRecord,
     Fallback,
@@ -106,7 +109,7 @@ class EngineResult:
     attempts: list[AttemptRecord] = field(default_factory=list)
     last: Outcome | None = None
     failed_answer: Answer | None = None  # the last upstream error response, if any
-    skipped: list[str] = field(default_factory=list)  # targets a breaker refused
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (target key, why) not tried
 
 
 def _response_headers(resp: aiohttp.ClientResponse) -> list[tuple[str, str]]:
@@ -191,40 +194,39 @@ class Engine:
         self,
         plan: Sequence[Target],
         *,
-        on_outcome: Callable[[Candidate, Outcome, float], None],
+        on_outcome: Callable[[Candidate, Outcome, float, Judgement], None],
         acquire: Callable[[Candidate], Awaitable[bool]] | None = None,
     ) -> EngineResult:
-        """Walk `plan` until a target answers.
-
-        `acquire(candidate)` is asked before each attempt (a breaker may refuse, e.g. while
-        another request holds its single half-open probe): a refused target is skipped.
-        `on_outcome(candidate, outcome, ms)` is called after each attempt.
-        """
+        """Walk `plan` until a target answers. A target is skipped (`EngineResult.skipped`)
+        when this request's attempts so far rule it out (`domains.RuledOut`) or when
+        `acquire(candidate)`, asked before its first attempt, refuses (a breaker: e.g. another
+        request holds its half-open probe). `on_outcome(candidate, outcome, ms, judgement)`
+        is called after each attempt."""
         res = self.resilience
         result = EngineResult(None)
         deadline = time.monotonic() + res.total_timeout_ms / 1000
+        ruled = RuledOut()
         idx = 0
         tries_on_target = 0
         while idx < len(plan):
             target = plan[idx]
-            if tries_on_target == 0 and acquire is not None and not await acquire(target.candidate):
-                result.skipped.append(target.candidate.key)
-                idx += 1
-                continue
+            c = target.candidate
+            if tries_on_target == 0:
+                why = ruled.skip(c)
+                if why is None and acquire is not None and not await acquire(c):
+                    why = "breaker half-open, probe in flight"
+                if why is not None:
+                    result.skipped.append((c.key, why))
+                    idx += 1
+                    continue
             tries_on_target += 1
             started = time.monotonic()
             answer, outcome = await self._attempt(target, deadline)
             elapsed = (time.monotonic() - started) * 1000
-            result.attempts.append(
-                AttemptRecord(
-                    target.candidate.provider,
-                    target.candidate.provider_model_id,
-                    outcome,
-                    started,
-                    round(elapsed, 1),
-                )
-            )
-            on_outcome(target.candidate, outcome, elapsed)
+            result.attempts.append(AttemptRecord(c.provider, c.provider_model_id, outcome,
+                                                 started, round(elapsed, 1)))  # fmt: skip
+            judged = ruled.judge(c, result.attempts, tries_on_target)
+            on_outcome(c, outcome, elapsed, judged)
             result.last = outcome
             if outcome.ok:
                 result.answer = answer
@@ -237,12 +239,14 @@ class Engine:
                 tries_on_target=tries_on_target,
                 attempts_total=len(result.attempts),
                 max_attempts=res.max_attempts,
-                has_next=idx + 1 < len(plan),
+                has_next=ruled.any_left(plan[k].candidate for k in range(idx + 1, len(plan))),
                 remaining_s=max(0.0, remaining),
                 jitter=self._rng.random(),
             )
             if remaining <= 0:
                 step = GiveUp("total_timeout_ms reached")
+            elif isinstance(step, Retry) and judged.provider_down:
+                step = Fallback(judged.reason)  # never retry a provider just shown down
             match step:
                 case Retry(delay=d):
                     if d > 0:
@@ -318,17 +322,15 @@ class Engine:
                         OutcomeKind.PROTOCOL_ERROR, status, f"unexpected status {status}"
                     )
                 return await self._first_event(t, resp, started)
+        except aiohttp.ConnectionTimeoutError:  # a TimeoutError too: before that clause
+            return None, Outcome(OutcomeKind.CONNECT_ERROR, None, f"cannot connect to "
+                                 f"{t.candidate.provider} within {res.connect_timeout_ms} ms")  # fmt: skip
         except TimeoutError:
             if resp is not None:
                 resp.close()
-            return None, Outcome(
-                OutcomeKind.TIMEOUT,
-                None,
-                f"no {'first token' if t.stream else 'response'} within "
-                f"{first_limit * 1000:.0f} ms",
-            )
-        except aiohttp.ServerTimeoutError as e:
-            return None, Outcome(OutcomeKind.TIMEOUT, None, f"timed out: {e}")
+            what = "first token" if t.stream else "response"
+            return None, Outcome(OutcomeKind.TIMEOUT, None,
+                                 f"no {what} within {first_limit * 1000:.0f} ms")  # fmt: skip
         except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError,
                 aiohttp.ClientOSError, ConnectionError) as e:  # fmt: skip
             return None, Outcome(OutcomeKind.CONNECT_ERROR, None, _describe(e))

@@ -7,7 +7,10 @@
 - `moves`     observed re-ranking: moving the few observed candidates within an order
 - `decide`    profile selection, routes and pins, the chain of targets for one request
 - `fallback`  attempt outcomes and the next step after each
-- `breaker`   circuit-breaker transitions
+- `domains`   how far a fault reaches (provider, model, request), what a request rules out
+- `chains`    chain diversity: providers interleaved, same-weights aliases recognized
+- `continuation`  which targets can continue a broken stream, and the billing of its legs
+- `breaker`   circuit-breaker transitions (per target and per provider)
 - `cost`      prices and the cost of one call
 - `budget`    budget windows and the arithmetic of spend, reservations and alerts
 

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from addon.config.loaded import Config
 from addon.config.rules import DeclaredModel
 from addon.config.schema import Provider
+from addon.routing.continuation import default_prefill, prefill_form
 from addon.routing.cost import Price
 
 log = logging.getLogger("orchestrator")
@@ -100,6 +101,8 @@ class Candidate:
     quality: float | None  # arena-style rating
     quality_norm: float  # 0..1 over the catalog (prior when unrated)
     source: str  # "benchmarks" | "models.yaml"
+    # how it continues a partial answer (`addon.routing.continuation`): a form, or "none"
+    prefill: str = "none"
 
 
 @dataclass(frozen=True)
@@ -200,10 +203,12 @@ def build_catalog(
                 reasoning=bool(r.supports_reasoning),
                 quality=r.quality,
                 source="benchmarks",
+                prefill=default_prefill(providers[prov].base_url),
             )
     for dm in cfg.models:
         key = f"{dm.provider}:{dm.provider_model_id or dm.id}"
-        raw[key] = _declared(dm, key, providers[dm.provider].local)
+        prov_info = providers[dm.provider]
+        raw[key] = _declared(dm, key, prov_info.local, prov_info.base_url)
 
     rated = sorted(v["quality"] for v in raw.values() if v["quality"] is not None)
     lo = rated[len(rated) // 20] if rated else 0.0
@@ -236,7 +241,7 @@ def build_catalog(
     )
 
 
-def _declared(dm: DeclaredModel, key: str, local: bool) -> dict:
+def _declared(dm: DeclaredModel, key: str, local: bool, base_url: str = "") -> dict:
     free = 0.0 if local else None
     return dict(
         key=key,
@@ -257,4 +262,5 @@ def _declared(dm: DeclaredModel, key: str, local: bool) -> dict:
         reasoning=dm.capabilities.reasoning,
         quality=dm.quality,
         source="models.yaml",
+        prefill=prefill_form(dm.capabilities.prefill, base_url),
     )

@@ -4,7 +4,10 @@
   usable provider tried least so far (ties: the better-ranked target), each provider's own
   targets keeping their order. A1 A2 A3 B1 B2 C1 becomes A1 B1 C1 A2 B2 A3: a provider that
   is down costs one attempt, not one per model. Every target carries the reason for its
-  place (`explain`, `rank --chain`).
+  place (`explain`, `rank --chain`). Only a scored chain is reordered (`tried_order`): a
+  route, a pinning policy and an embedding space keep their own order.
+- `newcomers` finds, past a chain already full, the best target of each usable provider
+  the chain lacks, so a chain filled with one provider's models still has a way out.
 - `same_weights` tells when two offerings at one provider are the same model under
   another name — a dated alias (`gpt-4o-2024-08-06` / `gpt-4o`, `claude-x-20250929` /
   `claude-x`, `…-latest`) or an OpenRouter route suffix (`…:free`, `:beta`, `:nitro`,
@@ -23,12 +26,13 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from addon.routing.catalog import Candidate
 from addon.routing.scoring import Scored
 
+PROVIDER_SCAN = 256  # ranking entries past a full chain searched for the providers it lacks
 ROUTE_SUFFIXES = frozenset({"free", "beta", "nitro", "floor", "exacto", "extended"})
 _DATED = re.compile(
     r"^(?P<base>.+?)[-_@](?P<y>20\d\d)(?P<sep>-?)(?P<m>0[1-9]|1[0-2])(?P=sep)"
@@ -123,6 +127,37 @@ def diversify(chain: Sequence[Scored], providers_usable: Iterable[str]) -> Chain
         out.append(s)
         reasons.append(f"last: rank {rank}, provider {s.candidate.provider} is not usable now")
     return Chain(tuple(out), tuple(reasons))
+
+
+def tried_order(chain: Sequence[Scored], mode: str, providers_usable: Iterable[str]) -> Chain:
+    """The order a decision's `chain` is tried in: a scored chain (`mode` "scored")
+    `diversify`-ed; a route, a pin or an embedding space (any other `mode`) as it is."""
+    if mode == "scored":
+        return diversify(chain, providers_usable)
+    n = len(chain)
+    return Chain(tuple(chain), tuple(f"{mode}: position {i} of {n}, its own order" for i in
+                                     range(1, n + 1)))  # fmt: skip
+
+
+def newcomers(
+    chain: Sequence[Scored],
+    rest: Iterable[Scored],
+    providers: Iterable[str],
+    rejected: Callable[[Candidate], object],
+) -> list[Scored]:
+    """From `rest` (the ranking past the full `chain`, best first), the best target of each
+    provider in `providers` that has none in `chain`, skipping those `rejected` says are
+    unfit (a truthy answer): at most one per provider, best first."""
+    missing = set(providers).difference(s.candidate.provider for s in chain)
+    out: list[Scored] = []
+    for s in rest:
+        if not missing:
+            break
+        prov = s.candidate.provider
+        if prov in missing and not rejected(s.candidate):
+            out.append(s)
+            missing.discard(prov)
+    return out
 
 
 def _reason(prov: str, rank: int, tried: int, *, others: bool) -> str:

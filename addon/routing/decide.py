@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from addon.config.loaded import Config
 from addon.config.rules import Constraints, Policy
+from addon.routing import chains
 from addon.routing import cost as costmod
 from addon.routing.catalog import Candidate, requested_candidate
 from addon.routing.classify import RequestFeatures
@@ -148,7 +149,7 @@ def select_profile(cfg: Config, req: RoutingRequest) -> tuple[str, str, Policy |
 
 # Filters that depend on the router's state, not on the request or the candidate alone: a
 # request turned away only by these can be served later (503), not never (400).
-STATE_FILTERS = frozenset({"no_key", "breaker_open", "rate_limited"})
+STATE_FILTERS = frozenset({"no_key", "breaker_open", "provider_open", "rate_limited"})
 
 
 def size_reason(c: Candidate, f: RequestFeatures, max_cost_usd: float | None) -> str | None:
@@ -225,6 +226,7 @@ def decide(
     *,
     speaking: frozenset[str] | None = None,
     space: tuple[Candidate, ...] | None = None,
+    diverse: bool = False,
 ) -> RoutingDecision | NoRoute:
     """The routing decision for one request.
 
@@ -232,6 +234,7 @@ def decide(
     state) with a filter name, or None when the candidate may be tried. `providers` are the
     providers the request may be sent to, `speaking` those that speak its API (None: all
     do), `space` the only candidates an embeddings request may go to (ordered by score).
+    `diverse`: a full scored chain also gets each lacking provider's best (`chains.newcomers`).
     """
     cfg = router.config
     chosen = select_profile(cfg, req)
@@ -301,18 +304,21 @@ def decide(
         # same provider would fail the same way, so it is no fallback.
         taken: set[tuple[str, str]] = set()
         stop = len(walk.entries)
+
+        def unfit(c: Candidate) -> str | None:
+            ctx = c.context_tokens
+            if ctx is not None and need > ctx:  # size_reason's first check, inlined
+                return "context"
+            if generation and embedding_model(c):
+                return "embedding_model"
+            return (size_reason(c, f, max_cost) if max_cost is not None else None) or usable(c)
+
         for i, s in enumerate(walk.entries):
             c = s.candidate
             ident = (c.provider, c.model_id)
             if ident in taken:
                 continue
-            ctx = c.context_tokens
-            if ctx is not None and need > ctx:  # size_reason's first check, inlined
-                r = "context"
-            elif generation and embedding_model(c):
-                r = "embedding_model"
-            else:
-                r = (max_cost is not None and size_reason(c, f, max_cost)) or usable(c)
+            r = unfit(c)
             if r:
                 filtered[r] = filtered.get(r, 0) + 1
                 state_only = state_only or r in STATE_FILTERS
@@ -324,6 +330,9 @@ def decide(
                 break
         for r, n in walk.rejected_before(stop).items():
             filtered[r] = filtered.get(r, 0) + n
+        if diverse and providers is not None and len(chain) >= max_chain:
+            rest = walk.entries[stop + 1 : stop + 1 + chains.PROVIDER_SCAN]
+            chain.extend(chains.newcomers(chain, rest, providers, unfit))
 
     if not chain:
         detail = ", ".join(f"{k}: {v}" for k, v in Counter(filtered).most_common())
@@ -334,8 +343,7 @@ def decide(
             "space": f"the embedding space of {model!r}",
         }.get(mode, f"profile {profile_name!r}")
         # a candidate that fits the request but is unusable right now (keys, breakers, rate
-        # limits) is the router's state: 503; otherwise the request itself cannot be served
-        # under these rules: 400
+        # limits) is the router's state: 503; else the request cannot be served here: 400
         status = 503 if state_only or (filtered and set(filtered) <= STATE_FILTERS) else 400
         return NoRoute(
             status,

@@ -24,16 +24,21 @@ count nor break it). "Recent attempts" are whatever the caller passes: the reque
 passes the attempts of the request so far. Two because a request rarely sees more than
 four attempts, and two models of one host failing alike within a minute is already more
 likely the host than chance; 60 s because two first-token timeouts take 40 s.
+
+`RuledOut` keeps what one request's attempts so far rule out for the rest of its chain: the
+providers shown down, and the candidates that failed for their model (whose same-weights
+aliases are then no fallback either).
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from addon.routing.breaker import counts_toward_breaker
-from addon.routing.chains import weights_name
+from addon.routing.catalog import Candidate
+from addon.routing.chains import repeats_failure, weights_name
 from addon.routing.fallback import AttemptRecord, Outcome, OutcomeKind
 
 STORM_KINDS = frozenset({OutcomeKind.SERVER_ERROR, OutcomeKind.RATE_LIMITED, OutcomeKind.TIMEOUT})
@@ -173,3 +178,39 @@ def dead_providers(attempts: Iterable[AttemptRecord]) -> dict[str, str]:
             if j.provider_down:
                 dead[a.provider] = j.reason
     return dead
+
+
+@dataclass
+class RuledOut:
+    """What one request's attempts so far rule out for the rest of its chain (one per
+    request, filled in attempt order): `dead` maps each provider shown down to the reason
+    of the attempt that showed it; `failed` holds the candidates that failed for their
+    model (MODEL domain)."""
+
+    dead: dict[str, str] = field(default_factory=dict)
+    failed: list[Candidate] = field(default_factory=list)
+
+    def skip(self, c: Candidate) -> str | None:
+        """Why the rest of the request skips `c` (its provider is down, or it is the same
+        weights as a candidate that failed), or None to try it."""
+        if c.provider in self.dead:
+            return f"provider {c.provider} is down for this request ({self.dead[c.provider]})"
+        twin = repeats_failure(c, self.failed)
+        if twin is not None:
+            return f"same weights as {twin.key}, which failed in this request"
+        return None
+
+    def any_left(self, candidates: Iterable[Candidate]) -> bool:
+        """Whether any of `candidates` is still worth trying (`skip` says None)."""
+        return any(self.skip(c) is None for c in candidates)
+
+    def judge(
+        self, c: Candidate, attempts: Sequence[AttemptRecord], tries_on_target: int
+    ) -> Judgement:
+        """`judge` the last of `attempts` (an attempt on `c`) and remember what it rules out."""
+        j = judge(attempts, tries_on_target=tries_on_target)
+        if j.provider_down:
+            self.dead.setdefault(c.provider, j.reason)
+        elif j.domain is Domain.MODEL and c not in self.failed:
+            self.failed.append(c)
+        return j

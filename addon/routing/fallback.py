@@ -26,7 +26,7 @@ class OutcomeKind(enum.Enum):
     TIMEOUT = "timeout"  # no response headers / first token within the limit
     RATE_LIMITED = "rate_limited"  # 429
     SERVER_ERROR = "server_error"  # 5xx
-    AUTH_ERROR = "auth_error"  # 401/403: this provider's key is refused
+    AUTH_ERROR = "auth_error"  # 401/402/403: this provider's key is refused or out of credit
     NOT_FOUND = "not_found"  # 404: model or endpoint unknown at this provider
     CONTEXT_TOO_LONG = "context_too_long"  # 400 context_length_exceeded
     CONTENT_POLICY = "content_policy"  # 400 content policy rejection
@@ -135,7 +135,7 @@ def next_step(
       as asked if that fits the budget — never sooner.
     - 429 without Retry-After: up to two backoff retries (≤ a few per second), then fail over.
     - 500: one quick retry on the same target, then fail over. Other 5xx, connection errors,
-      timeouts (a silent target is not retried), 401/403, 404: fail over.
+      timeouts (a silent target is not retried), 401/402/403, 404: fail over.
     - context_length_exceeded: fail over to a target with a larger context window.
     - other 4xx and content-policy refusals: the request's own fault, answered as is.
     """
@@ -176,7 +176,7 @@ def classify_failure(status: int, body: bytes, retry_after: str | None = None) -
         return Outcome(OutcomeKind.RATE_LIMITED, status, msg, retry_after=ra)
     if status >= 500:
         return Outcome(OutcomeKind.SERVER_ERROR, status, msg, retry_after=ra)
-    if status in (401, 403):
+    if status in (401, 402, 403):  # 402 payment required: the key's credit, not the request
         return Outcome(OutcomeKind.AUTH_ERROR, status, msg)
     if status == 404:
         return Outcome(OutcomeKind.NOT_FOUND, status, msg)

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from addon.routing import breaker as brk
 from addon.routing.budget import Alert, BudgetBook, BudgetRule, Exceeded, Reservation, window
+from addon.routing.domains import Verdict
 
 log = logging.getLogger("orchestrator")
 
@@ -245,3 +246,11 @@ class LocalBudgets:
     def snapshot(self, now: float) -> list[dict[str, Any]]:
         """The current windows (`BudgetBook.snapshot`)."""
         return self.book.snapshot(now)
+
+
+def tell(b: Breakers, key: str, verdict: Verdict, threshold: int) -> None:
+    """Apply one attempt's `verdict` (`routing.domains.Verdict`) to breaker `key` of `b`."""
+    if verdict is Verdict.RELEASE:
+        b.release(key)
+    else:
+        b.record(key, success=verdict is Verdict.SUCCESS, threshold=threshold)

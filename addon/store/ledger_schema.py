@@ -23,7 +23,7 @@ from enum import Enum
 from typing import Any
 
 TABLE = "requests"
-OUTCOMES = ("ok", "error", "truncated", "client_abort", "unrouted")
+OUTCOMES = ("ok", "error", "truncated", "client_abort", "unrouted", "rescued")
 SPEND_COLUMNS = ("client", "policy", "profile")
 
 

@@ -8,6 +8,8 @@
 - `responses`   OpenAI Responses: request facts, encrypted reasoning, events, errors
 - `messages`    Anthropic Messages and count_tokens: request facts, usage, events, errors
 - `embeddings`  embeddings: inputs, vector lengths and dimensions
+- `prefill`     what a broken stream delivered, and the request that continues it per form
+- `splice`      a continuation's events rewritten into the first attempt's stream
 
 May import: the standard library, orjson, `addon.errors`. Never mitmproxy, aiohttp, httpx,
 sqlite3, psycopg, redis, yaml, threading, or the clock.
