@@ -15,7 +15,9 @@ what to do next; none carries a key or a password (URLs pass through `config.red
     │                                 state; the budget gate answers 503 budget_unavailable.
     ├── WireError (ValueError)        a request body the router cannot read (not JSON, not an
     │                                 object, too deep). Raised by wire.request; dispatch passes
-    │                                 the request through untouched and records it `unrouted`.
+    │                                 the request through untouched and records it `unrouted` —
+    │                                 but a JSON body holding an integer over 4,300 digits
+    │                                 gets 400 `invalid_number` (proxy.screens.unreadable).
     ├── RefreshError                  the refresh sidecar could not build a usable DB; the
     │   │                             previous one is untouched. Raised by refresh.ingest; the
     │   │                             sidecar prints it and exits 1 (nothing written).

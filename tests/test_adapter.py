@@ -9,6 +9,8 @@ import asyncio
 import base64
 import gc
 import json
+import logging
+import sys
 import time
 import warnings
 import weakref
@@ -16,11 +18,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from types import SimpleNamespace
+from typing import Any, TypeVar, cast
 
 import pytest
 import yaml
-from mitmproxy import http
+from mitmproxy import exceptions, http
 from mitmproxy.proxy.layers.http import (
     HttpConnectHook,
     HttpRequestHeadersHook,
@@ -29,11 +32,13 @@ from mitmproxy.proxy.layers.http import (
     HttpResponseHook,
 )
 
-from addon.proxy import modellist
+from addon.proxy import modellist, options, process
 from addon.proxy.adapter import Orchestrator
+from addon.proxy.admin import AdminServer
 from addon.proxy.clientauth import AUTH_META, ClientAuth
 from addon.proxy.dispatch import Dispatcher
-from addon.proxy.process import router_addons
+from addon.proxy.process import Listeners, router_addons
+from addon.proxy.runtime import startup_lines
 from addon.proxy.upstream import Answer, EngineResult, Target
 from addon.routing.fallback import AttemptRecord, Outcome, OutcomeKind
 from addon.store.sqlite_ledger import LedgerRow
@@ -52,7 +57,7 @@ REVERSE = "reverse:https://api.openai.com"
 T = TypeVar("T")
 
 
-def _write_config(root: Path, *, mode: str, clients: bool, budget: bool) -> Path:
+def _write_config(root: Path, *, mode: str, clients: bool, budget: bool, limit: int = 2048) -> Path:
     settings: dict[str, Any] = {
         "listen": "127.0.0.1:0",
         "mode": mode,
@@ -67,7 +72,7 @@ def _write_config(root: Path, *, mode: str, clients: bool, budget: bool) -> Path
                 "local": True,
             },
         },
-        "max_request_bytes": 2048,
+        "max_request_bytes": limit,
         "admin": {"enabled": False},
     }
     if clients:
@@ -179,8 +184,8 @@ def routers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Routers]:
 
 @asynccontextmanager
 async def router(root: Path, *, mode: str = "regular", clients: bool = False,
-                 budget: bool = False) -> AsyncIterator[Router]:  # fmt: skip
-    path = _write_config(root, mode=mode, clients=clients, budget=budget)
+                 budget: bool = False, limit: int = 2048) -> AsyncIterator[Router]:  # fmt: skip
+    path = _write_config(root, mode=mode, clients=clients, budget=budget, limit=limit)
     auth, orch = router_addons()
     assert isinstance(auth, ClientAuth) and isinstance(orch, Orchestrator)
     with taddons.context(auth, orch) as tctx:
@@ -622,3 +627,281 @@ def test_a_messages_call_nobody_speaks_is_refused_in_anthropics_format(routers: 
         assert r.sent == [] and [row.outcome for row in r.rows] == ["error"]
 
     routers.run(test())
+
+
+# --------------------------------------------------------------------------- bad input (issue 18)
+
+
+def test_an_integer_too_long_to_read_gets_400_in_the_apis_format(
+    routers: Routers, caplog: pytest.LogCaptureFixture
+) -> None:
+    r = routers.get(limit=1_000_000)
+
+    async def test() -> None:
+        body = b'{"model":"gpt-4o","messages":[],"seed":' + b"9" * 100_000 + b"}"
+        f = _flow(body=body)
+        await _through(r, f)
+        assert f.response is not None and f.response.status_code == 400
+        err = _error(f)
+        assert (err["type"], err["code"]) == ("invalid_request_error", "invalid_number")
+        assert err["message"] == ("request body holds an integer of 100000 digits; integers "
+                                  "of more than 4300 digits cannot be read: send such a number "
+                                  "as a string")  # fmt: skip
+        assert r.sent == [] and [row.status for row in r.rows] == [400]  # never forwarded
+        # no "internal error while routing" traceback
+        assert not [x for x in caplog.records if x.name == "orchestrator" and x.levelno >= 40]
+
+    routers.run(test())
+
+
+# --------------------------------------------------------------------------- listeners
+
+
+@asynccontextmanager
+async def _fresh(root: Path, *, mode: str = "regular", clients: bool = False,
+                 **before: Any) -> AsyncIterator[tuple[taddons.context, Listeners]]:  # fmt: skip
+    """A router of its own whose mitmproxy options are `before` when the config loads, with
+    the options mitmproxy's proxy server and terminal log declare (so the settings apply in
+    full, as in mitmdump); the log levels it sets are put back afterwards."""
+    path = _write_config(root, mode=mode, clients=clients, budget=False)
+    auth, orch = router_addons()
+    (listeners,) = orch.addons
+    assert isinstance(listeners, Listeners)
+    levels = {n: logging.getLogger(n).level for n in options.log_levels("info")}
+    with taddons.context(auth, orch) as tctx:
+        tctx.options.add_option("connection_strategy", str, "eager", "as proxyserver declares it")
+        tctx.options.add_option("termlog_verbosity", str, "info", "as termlog declares it")
+        if before:
+            tctx.options.update(**before)
+        tctx.configure(orch, orchestrator_config=str(path))
+        try:
+            yield tctx, listeners
+        finally:
+            await tctx.master.done()
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
+
+
+def test_listen_and_mode_follow_the_config_where_mitmproxy_keeps_its_defaults(
+    tmp_path: Path,
+) -> None:
+    async def test() -> None:
+        async with _fresh(tmp_path / "a") as (t, ls):
+            assert (t.options.listen_host, t.options.listen_port, t.options.mode) == (
+                "127.0.0.1", 0, ["regular"])  # fmt: skip
+            assert ls.refused is None
+        async with _fresh(tmp_path / "b", mode=REVERSE) as (t, _):
+            assert t.options.mode == [REVERSE]
+
+    asyncio.run(test())
+
+
+def test_explicit_listen_options_win_and_an_exposed_one_is_refused(tmp_path: Path) -> None:
+    async def test() -> None:
+        async with _fresh(tmp_path / "a", listen_host="0.0.0.0", listen_port=18080) as (t, ls):
+            assert (t.options.listen_host, t.options.listen_port) == ("0.0.0.0", 18080)
+            assert ls.refused == (
+                "listening on 0.0.0.0:18080 (mitmproxy's listen_host / --listen-host, or the "
+                "mode's @address) is reachable from other machines and no `clients:` are "
+                "configured in orchestrator.yaml, so anyone there could spend your provider "
+                "keys — add `clients:` (README: Security) or listen on 127.0.0.1"
+            )
+            client = tflow.tclient_conn()
+            ls.client_connected(client)
+            assert client.error  # nothing is served
+        async with _fresh(tmp_path / "b", clients=True, listen_host="0.0.0.0") as (t, ls):
+            assert (t.options.listen_port, ls.refused) == (0, None)  # clients prove a key
+
+    asyncio.run(test())
+
+
+def test_a_live_edit_to_an_exposed_address_is_rolled_back(tmp_path: Path) -> None:
+    async def test() -> None:
+        async with _fresh(tmp_path) as (t, ls):
+            await ls.running()  # serving from here on
+            with pytest.raises(exceptions.OptionsError, match="reachable from other machines"):
+                t.options.update(listen_host="::")
+            assert t.options.listen_host == "127.0.0.1"
+            t.options.update(listen_host="::1")  # loopback: fine
+
+    asyncio.run(test())
+
+
+@pytest.mark.parametrize(
+    ("listeners", "clients", "refused"),
+    [
+        ([("127.0.0.1", 8080), ("::1", 8080), ("localhost", 1), ("127.1", 2)], False, None),
+        ([("127.0.0.1", 8080), ("", 8081)], False, "0.0.0.0:8081"),
+        ([("::", 8080)], False, "[::]:8080"),
+        ([("192.0.2.2", 8080)], False, "192.0.2.2:8080"),
+        ([("0.0.0.0", 8080)], True, None),
+    ],
+)
+def test_exposed_listeners_need_clients(
+    listeners: list[tuple[str, int]], clients: bool, refused: str | None
+) -> None:
+    got = options.exposed(listeners, has_clients=clients, config_name="orchestrator.yaml")
+    assert (got.split(" (")[0].removeprefix("listening on ") if got else None) == refused
+
+
+def test_only_options_left_at_their_defaults_follow_the_config() -> None:
+    from addon.config.schema import Settings
+
+    s = Settings(listen="127.0.0.1:9999", mode="transparent")
+    assert options.launch_options(s, explicit=["listen_port"]) == {
+        "listen_host": "127.0.0.1", "mode": ["transparent"]}  # fmt: skip
+
+
+def test_healthz_is_503_while_a_listener_is_down(
+    routers: Routers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt = routers.get().orch.runtime
+    assert rt is not None and rt.health()["status"] == "ok"
+    server = SimpleNamespace(is_running=False, last_exception=OSError("address in use\nmore"),
+                             mode=SimpleNamespace(description="HTTP(S) proxy",
+                                                  full_spec="regular@8080"))  # fmt: skip
+    running = SimpleNamespace(is_running=True, last_exception=None, mode=server.mode)
+    problems = process.down([server, running])
+    assert problems == ["HTTP(S) proxy (regular@8080) is not running: address in use"]
+    monkeypatch.setattr(rt, "listener_problems", lambda: problems)
+    resp = routers.run(AdminServer(rt).healthz(cast(Any, None)))
+    assert resp.status == 503
+    assert json.loads(resp.body)["problems"] == problems  # type: ignore[arg-type]
+    assert json.loads(resp.body)["status"] == "failing"  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- local capture
+
+BTF = "[aya::bpf] object BTF couldn't be loaded in the kernel: the BPF_BTF_LOAD syscall returned"
+REDIRECTOR_OUTPUT = [  # what mitmproxy_rs logged when the kernel refused the program
+    (logging.INFO, "[mitmproxy_linux_redirector] remove limit on locked memory failed, ret is: -1"),
+    (logging.WARNING, BTF),
+    (logging.WARNING, "    [2] STRUCT bpf_sock size=80 vlen=16"),
+    (logging.WARNING, "Error: eBPF initialization failed"),
+    (logging.WARNING, ""),
+    (logging.WARNING, "Caused by:"),
+    (logging.WARNING, "    0: failed to attach cgroup_sock_create program"),
+    (logging.WARNING, "    1: `bpf_link_create` failed"),
+    (logging.WARNING, "    2: Bad file descriptor (os error 9)"),
+    (logging.WARNING, ""),
+    (logging.WARNING, "Stack backtrace:"),
+    (logging.WARNING, "   0: <unknown>"),
+    (logging.WARNING, "   1: clone3"),
+    (logging.ERROR, "[linux-redirector] exited: Ok(ExitStatus(unix_wait_status(256)))"),
+]
+INSTEAD = "use `mode: transparent` with `sudo .venv/bin/orchestrator capture install`"
+
+
+def _record(name: str, level: int, msg: str) -> logging.LogRecord:
+    return logging.LogRecord(name, level, __file__, 1, msg, (), None)
+
+
+def test_a_redirector_the_kernel_refuses_is_one_line_with_its_reason() -> None:
+    told: list[str] = []
+    f = process.RedirectorLog(lambda line: told.append(line) or True, verbose=False)
+    records = [_record(process.REDIRECTOR_LOG, lvl, msg) for lvl, msg in REDIRECTOR_OUTPUT]
+    kept = [r.getMessage() for r in records if f.filter(r)]
+    line = ("local mode failed: mitmproxy's eBPF redirector stopped (eBPF initialization failed: "
+            "failed to attach cgroup_sock_create program: `bpf_link_create` failed: Bad file "
+            "descriptor (os error 9)); this kernel does not let it capture (it needs BPF with "
+            f"BTF, the cgroup v2 root at /sys/fs/cgroup, and root) — {INSTEAD}")  # fmt: skip
+    assert kept == told == [line]
+    verbose = process.RedirectorLog(lambda line: True, verbose=True)
+    assert all(
+        verbose.filter(_record(process.REDIRECTOR_LOG, lvl, m)) for lvl, m in REDIRECTOR_OUTPUT
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("Failed to run sudo.\n\nCaused by:\n    No such file or directory (os error 2)\n\n"
+         "Stack backtrace:\n   0: <unknown>", "local mode could not start (Failed to run sudo)"),
+        ("Failed to elevate privileges", "local mode could not start (Failed to elevate privileges)"),
+        ("HTTP(S) proxy failed to listen on 127.0.0.1:8080 with [Errno 98] address in use", None),
+    ],
+)  # fmt: skip
+def test_a_redirector_that_cannot_start_is_one_line(text: str, line: str | None) -> None:
+    told: list[str] = []
+    f = process.RedirectorLog(lambda line: told.append(line) or True, verbose=False)
+    rec = _record(process.SERVER_LOG, logging.ERROR, text)
+    assert f.filter(rec)
+    if line is None:
+        assert (rec.getMessage(), told) == (text, [])
+    else:
+        assert rec.getMessage() == told[0] and told[0].startswith(line + ": mitmproxy runs")
+        assert told[0].endswith(f"or as root), or {INSTEAD}") and "\n" not in told[0]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the Linux redirector's prerequisites")
+@pytest.mark.parametrize(
+    ("sudo", "cgroup", "missing"),
+    [
+        (None, "cgroup2", "local mode needs `sudo`: mitmproxy starts its eBPF redirector with "
+         "sudo (even as root) and this host has none — install sudo, or " + INSTEAD),
+        ("/usr/bin/sudo", "tmpfs", "local mode needs the cgroup v2 hierarchy mounted at "
+         "/sys/fs/cgroup (mitmproxy's eBPF program attaches to its root) and this host has "
+         "tmpfs there — boot with the unified hierarchy (systemd.unified_cgroup_hierarchy=1), "
+         "or " + INSTEAD),
+        ("/usr/bin/sudo", "cgroup2", None),  # root: nothing known to be missing
+    ],
+)  # fmt: skip
+def test_local_capture_names_what_this_host_lacks(
+    monkeypatch: pytest.MonkeyPatch, sudo: str | None, cgroup: str, missing: str | None
+) -> None:
+    monkeypatch.setattr(process.shutil, "which", lambda name: sudo)
+    monkeypatch.setattr(process, "_mounted", lambda path: cgroup)
+    monkeypatch.setattr(process.os, "geteuid", lambda: 0)
+    assert process.local_capture_missing() == missing
+
+
+# --------------------------------------------------------------------------- startup hints
+
+
+@pytest.mark.parametrize(
+    ("mode", "clients", "first", "hint"),
+    [
+        ("regular", False, "listening on 0.0.0.0:8080",
+         "Point an app at it:\n  export HTTPS_PROXY=http://127.0.0.1:8080\n"
+         "  export SSL_CERT_FILE=/ca.pem\n  export NO_PROXY=localhost,127.0.0.1\n"
+         "(SSL_CERT_FILE = system roots + this proxy's CA; Node: NODE_EXTRA_CA_CERTS)"),
+        (REVERSE, False, "listening on 0.0.0.0:8080",
+         "Point an SDK at it (no proxy settings):\n"
+         "  export OPENAI_BASE_URL=http://127.0.0.1:8080/v1"),
+        (REVERSE, True, "listening on 0.0.0.0:8080",
+         "Point an SDK at it (no proxy settings):\n"
+         "  export OPENAI_BASE_URL=http://127.0.0.1:8080/v1\n"
+         "  export OPENAI_API_KEY=<your router key>   (clients: it proves who you are)"),
+        ("reverse:https://api.anthropic.com", False, "listening on 0.0.0.0:8080",
+         "Point an SDK at it (no proxy settings):\n"
+         "  export ANTHROPIC_BASE_URL=http://127.0.0.1:8080"),
+        ("reverse:http://127.0.0.1:9", False, "listening on 0.0.0.0:8080",  # alpha: /v1
+         "Point an SDK at it (no proxy settings):\n"
+         "  export OPENAI_BASE_URL=http://127.0.0.1:8080/v1"),
+        ("transparent", False, "listening on 0.0.0.0:8080",
+         "Transparent mode: apps need no proxy settings once their connections are redirected "
+         "here.\n  set that up (root): sudo .venv/bin/orchestrator capture install\n"
+         "  see its rules and counters: sudo .venv/bin/orchestrator capture status\n"
+         "  confirm, as an app's user: .venv/bin/orchestrator doctor\n"
+         "  apps must trust this proxy's CA: export SSL_CERT_FILE=/ca.pem\n"
+         "  (`.venv/bin/orchestrator trust` prints the setting for each runtime)"),
+        ("local", False, "capturing every local app's connections",
+         "Local mode: apps need no proxy settings; mitmproxy's eBPF redirector captures their "
+         "connections.\n  confirm, as an app's user: .venv/bin/orchestrator doctor\n"
+         "  apps must trust this proxy's CA: export SSL_CERT_FILE=/ca.pem\n"
+         "  (`.venv/bin/orchestrator trust` prints the setting for each runtime)"),
+        ("local:!curl", False, "capturing the connections of '!curl'", None),
+    ],
+)  # fmt: skip
+def test_the_startup_hint_matches_the_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           mode: str, clients: bool, first: str,
+                                           hint: str | None) -> None:  # fmt: skip
+    from addon.config import loader
+    from addon.proxy.view import build_view
+
+    monkeypatch.setenv("ORQ_TEST_ROUTER_KEY", ROUTER_KEY)
+    cfg = loader.load(_write_config(tmp_path, mode=mode, clients=clients, budget=False))
+    lines = startup_lines(build_view(cfg, {}, {}), "0.0.0.0", 8080, "/ca.pem")
+    assert f": {first}, mode {mode}, " in lines[0]
+    if hint is not None:
+        assert lines[1:] == [hint]

@@ -288,6 +288,44 @@ def test_bodies_only_json_reads_exactly(raw: bytes, key: str, value: object) -> 
     assert_spliced(raw)
 
 
+LONG = b"9" * 100_000  # Python reads integers of up to 4300 digits
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        (b'{"model":"gpt-4o","n":' + LONG + b"}", "n"),
+        (b'{"model":"gpt-4o","messages":[{"seed":-' + LONG + b"}]}", "messages"),
+        (b'{"max_tokens":' + b"1" * 4301 + b',"model":"m"}', "max_tokens"),
+    ],
+)
+def test_an_integer_too_long_to_read_is_a_clean_error(raw: bytes, key: str) -> None:
+    with pytest.raises(request.WireError, match=f"`{key}` holds an integer of more than 4300 "
+                       "digits, which the router cannot read"):  # fmt: skip
+        request.parse_request(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "digits"),
+    [
+        (b'{"model":"gpt-4o","n":' + LONG + b"}", 100_000),
+        (b'{"a":[1,-' + b"2" * 4301 + b"]}", 4301),
+        (b'{"model":"gpt-4o","n":' + b"9" * 4300 + b"}", None),  # read: no refusal
+        (b'{"model":"gpt-4o","n":' + LONG + b",}", None),  # not JSON: passed through
+        (b"[" + LONG + b"]", None),  # not an object: passed through
+        (b'{"n":' + LONG + b"} trailing", None),
+        (b"\xff" + LONG, None),
+    ],
+)
+def test_overlong_integer_names_only_well_formed_bodies(raw: bytes, digits: int | None) -> None:
+    problem = request.overlong_integer(raw)
+    if digits is None:
+        assert problem is None
+    else:
+        assert problem == (f"request body holds an integer of {digits} digits; integers of more "
+                           "than 4300 digits cannot be read: send such a number as a string")  # fmt: skip
+
+
 def test_deep_nesting_is_a_clean_error() -> None:
     deep = 100_000
     with pytest.raises(request.WireError, match="too deeply"):

@@ -3,7 +3,8 @@
 mitmproxy glue (the only mitmproxy importers):
 - `adapter`     the routing addon (`Orchestrator`): options and hooks, flows to plain values
 - `clientauth`  the client-authentication addon (`ClientAuth`, `clients:`), registered first
-- `process`     `serve()`, the curated mitmproxy Master of `orchestrator run`; `router_addons`
+- `process`     `serve()`, the curated mitmproxy Master of `orchestrator run`; `router_addons`;
+                `Listeners` (where the proxy listens, local-capture checks, listener health)
 - `ca`          the per-installation CA and the `SSL_CERT_FILE` bundle
 
 The request path, in plain values:
@@ -20,6 +21,7 @@ The request path, in plain values:
 - `replies`     what the client gets back: status, `x-orchestrator-*` headers, body
 - `upstream`    the attempt engine (aiohttp): connect, first token, stall, fallback
 - `pipe`        the loopback pipe that hands an open upstream stream to mitmproxy
+- `rescue`      a stream that broke mid-answer continued on another target and spliced in
 - `streamfacts` what a stream of each API tells the ledger, the error event that ends a
                 cut one, and the tap that reads a stream passing through
 - `modellist`   `GET …/models`: the host's own list, the catalog's models, the aliases

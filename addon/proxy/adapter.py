@@ -17,9 +17,9 @@ from mitmproxy.addonmanager import Loader
 from addon.config import loader
 from addon.config.schema import Settings
 from addon.errors import ConfigError
-from addon.proxy import ca, dispatch, options
+from addon.proxy import dispatch, options
 from addon.proxy.clientauth import AUTH_META
-from addon.proxy.runtime import Runtime, startup_lines
+from addon.proxy.runtime import Runtime
 from addon.proxy.streamfacts import StreamReport, reader_for, usage_tap
 from addon.proxy.view import View, build_view, environ, intercepted
 
@@ -29,10 +29,12 @@ META = "orchestrator"
 
 class Orchestrator:
     """The routing addon: loads the config, hands LLM calls to the dispatcher, and records
-    each one when its flow ends. Register it after `ClientAuth` (`process.router_addons`)."""
+    each one when its flow ends. Register it after `ClientAuth` (`process.router_addons`,
+    which also gives it `process.Listeners` as its child addon in `addons`)."""
 
     def __init__(self) -> None:
         self.runtime: Runtime | None = None
+        self.addons: list[object] = []  # child addons: mitmproxy runs their hooks after ours
         self._pending: dict[str, dispatch.Pending] = {}
         self._start_task: asyncio.Task[None] | None = None
 
@@ -78,13 +80,9 @@ class Orchestrator:
             logging.getLogger(name).setLevel(level)
 
     def running(self) -> None:
-        """Log what is served and how to use it, then start the runtime's background work."""
+        """Start the runtime's background work (`Listeners` logs what is served)."""
         if self.runtime is None:
             return
-        bundle = ca.bundle_or_cert(Path(ctx.options.confdir).expanduser())
-        host, port = _listen()
-        for line in startup_lines(self.runtime.view, host, port, str(bundle)):
-            log.info("%s", line)
         self._start_task = asyncio.get_running_loop().create_task(self.runtime.start())
 
     async def done(self) -> None:
@@ -232,13 +230,3 @@ def _point_at_pipe(req: http.Request, port: int, path: str, *, keep_length: bool
 
 def _headers(pairs: list[tuple[str, str]]) -> http.Headers:
     return http.Headers([(k.encode("latin-1"), v.encode("latin-1", "replace")) for k, v in pairs])
-
-
-def _listen() -> tuple[str, int]:
-    """The address the proxy actually bound (the configured port may be 0)."""
-    server = ctx.master.addons.get("proxyserver")
-    addrs = server.listen_addrs() if server is not None else []
-    if addrs:
-        host, port = addrs[0][:2]
-        return host, port
-    return ctx.options.listen_host or "0.0.0.0", ctx.options.listen_port or 8080

@@ -1,7 +1,8 @@
 """The admin endpoint (default 127.0.0.1:9090), on its own port beside the proxy.
 
 GET  /            status page (self-contained HTML)
-GET  /healthz     {"status": "ok", "config": version}
+GET  /healthz     {"status": "ok", "config": version}; 503 with "status": "failing" and
+                  "problems" when a mitmproxy listener (or local capture) is down
 GET  /status      config version and last reload error, providers and key presence, breakers,
                   catalog and DB age, ledger size, budgets
 GET  /metrics     Prometheus text
@@ -40,6 +41,10 @@ class RunningProxy(Protocol):
     @property
     def view(self) -> View:
         """The config version in force."""
+        ...
+
+    def health(self) -> dict[str, Any]:
+        """The `/healthz` document: "status" is "ok" unless a listener is down."""
         ...
 
     def status(self) -> dict[str, Any]:
@@ -96,8 +101,10 @@ class AdminServer:
         return web.Response(body=self._page, content_type="text/html", charset="utf-8")
 
     async def healthz(self, request: web.Request) -> web.Response:
-        """GET /healthz: alive, and the config version in force."""
-        return web.json_response({"status": "ok", "config": self.rt.view.config.version})
+        """GET /healthz: the config version in force; 200 while every listener serves, 503
+        (with what is down) when one does not."""
+        doc = self.rt.health()
+        return web.json_response(doc, status=200 if doc["status"] == "ok" else 503)
 
     async def status(self, request: web.Request) -> web.Response:
         """GET /status: the runtime's status plus event-loop and connection counts."""

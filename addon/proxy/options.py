@@ -1,15 +1,18 @@
-"""What `orchestrator.yaml`'s settings ask of mitmproxy: its options and the log levels.
+"""What `orchestrator.yaml`'s settings ask of mitmproxy: its options, the log levels, and
+where it may listen.
 
-Plain functions over `Settings`; the adapter applies them (at load and on reload).
+Plain functions over `Settings`; the adapter applies them (at load and on reload), and
+`addon.proxy.process.Listeners` applies `listen:`/`mode:` and the loopback rule.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Collection, Iterable
 from typing import Any
 
-from addon.config.schema import Settings
+from addon.config.schema import Settings, address_kind
 
 # libraries whose info lines would drown the router's own
 QUIET = ("httpx", "hpack", "aiohttp", "aiohttp.access", "asyncio")
@@ -50,3 +53,38 @@ def log_levels(log_level: str) -> dict[str, int | str]:
     levels["orchestrator"] = log_level.upper()
     levels[PER_CONNECTION] = logging.DEBUG if log_level == "debug" else logging.WARNING
     return levels
+
+
+LAUNCH_OPTIONS = ("listen_host", "listen_port", "mode")
+
+
+def launch_options(settings: Settings, *, explicit: Collection[str]) -> dict[str, Any]:
+    """mitmproxy's `listen_host`, `listen_port` and `mode` from `listen:` and `mode:`, but
+    for those in `explicit` (set by the operator: on the command line, with `--set`, by
+    `orchestrator run`): plain `mitmdump -s addon/entry.py` then listens where
+    `orchestrator run` would."""
+    wanted: dict[str, Any] = {
+        "listen_host": settings.listen_host,
+        "listen_port": settings.listen_port,
+        "mode": [settings.mode],
+    }
+    return {k: v for k, v in wanted.items() if k not in explicit}
+
+
+def exposed(listeners: Iterable[tuple[str, int | None]], *, has_clients: bool,
+            config_name: str) -> str | None:  # fmt: skip
+    """The refusal for the first (host, port) mitmproxy would listen on that other machines
+    reach ("" is every interface) while no `clients:` are configured; None when every one
+    is loopback, or clients must prove a key. The rule and words of `listen:` in the file."""
+    if has_clients:
+        return None
+    for host, port in listeners:
+        if address_kind(host) != "loopback":
+            where = f"[{host}]" if ":" in host else (host or "0.0.0.0")
+            return (
+                f"listening on {where}:{port} (mitmproxy's listen_host / --listen-host, or the "
+                "mode's @address) is reachable from other machines and no `clients:` are "
+                f"configured in {config_name}, so anyone there could spend your provider keys "
+                "— add `clients:` (README: Security) or listen on 127.0.0.1"
+            )
+    return None

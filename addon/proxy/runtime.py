@@ -20,10 +20,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from addon.config import loader
 from addon.config.loaded import Config
-from addon.config.schema import Settings
+from addon.config.schema import Settings, default_apis
 from addon.errors import ConfigError
 from addon.proxy import budgetgate, dispatch
 from addon.proxy.metrics import Metrics
@@ -68,24 +69,83 @@ def fingerprint(paths: tuple[Path, ...]) -> tuple[tuple[int, int] | None, ...]:
 
 
 def startup_lines(view: View, host: str, port: int | str, ca_bundle: str) -> list[str]:
-    """What the proxy logs once it listens: what it serves, and (outside reverse mode) how
-    to point an app at it."""
+    """What the proxy logs once it listens (`host:port`, the address it bound): what it
+    serves, and how to use it in its mode — regular: the HTTPS_PROXY settings; reverse: the
+    base URL to point an SDK at; transparent and local: how to confirm that apps' traffic
+    is captured."""
     cfg = view.config
     cat = view.catalog
+    mode = cfg.settings.mode
     usable = sorted(n for n, p in cat.providers.items() if p.keyless or p.has_env_key)
+    where = (f"capturing {_local_scope(mode)}" if mode.startswith("local")
+             else f"listening on {_authority(host, port)}")  # fmt: skip
     lines = [
-        f"Local AI Orchestrator {cfg.version}: listening on {host}:{port}, mode "
-        f"{cfg.settings.mode}, default profile {cfg.settings.default_profile}, "
+        f"Local AI Orchestrator {cfg.version}: {where}, mode "
+        f"{mode}, default profile {cfg.settings.default_profile}, "
         f"{len(cat.candidates)} candidates ({cat.source}), providers usable without a client "
         f"key: {', '.join(usable) or 'none'}, config {cfg.path}"
     ]
-    if not cfg.settings.mode.startswith("reverse:"):
+    url = f"http://{_authority(_reachable(host), port)}"
+    trust = (f"  apps must trust this proxy's CA: export SSL_CERT_FILE={ca_bundle}\n"
+             "  (`.venv/bin/orchestrator trust` prints the setting for each runtime)")  # fmt: skip
+    if mode.startswith("reverse:"):
+        lines.append("Point an SDK at it (no proxy settings):\n" + "\n".join(
+            f"  export {line}" for line in _base_urls(cfg.settings, mode, url)))  # fmt: skip
+    elif mode == "transparent":
         lines.append(
-            f"Point an app at it:\n  export HTTPS_PROXY=http://{host}:{port}\n"
+            "Transparent mode: apps need no proxy settings once their connections are redirected "
+            "here.\n  set that up (root): sudo .venv/bin/orchestrator capture install\n"
+            "  see its rules and counters: sudo .venv/bin/orchestrator capture status\n"
+            "  confirm, as an app's user: .venv/bin/orchestrator doctor\n" + trust
+        )
+    elif mode.startswith("local"):
+        lines.append(
+            "Local mode: apps need no proxy settings; mitmproxy's eBPF redirector captures "
+            "their connections.\n  confirm, as an app's user: .venv/bin/orchestrator doctor\n"
+            + trust
+        )
+    else:
+        lines.append(
+            f"Point an app at it:\n  export HTTPS_PROXY={url}\n"
             f"  export SSL_CERT_FILE={ca_bundle}\n  export NO_PROXY=localhost,127.0.0.1\n"
             "(SSL_CERT_FILE = system roots + this proxy's CA; Node: NODE_EXTRA_CA_CERTS)"
         )
     return lines
+
+
+def _authority(host: str, port: int | str) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _reachable(host: str) -> str:
+    """The address an app on this machine uses for a proxy bound to `host` (every interface:
+    loopback)."""
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::", "*") else host
+
+
+def _local_scope(mode: str) -> str:
+    spec = mode.partition(":")[2]
+    return "every local app's connections" if not spec else f"the connections of {spec!r}"
+
+
+def _base_urls(settings: Settings, mode: str, url: str) -> list[str]:
+    """The SDK settings for reverse mode: OpenAI's base URL (with the upstream's API path),
+    Anthropic's for an upstream speaking Messages, and the router key with `clients:`."""
+    target = urlsplit(mode.removeprefix("reverse:"))
+    same = [p for p in settings.providers.values()
+            if urlsplit(p.base_url).netloc == target.netloc]  # fmt: skip
+    path = urlsplit(same[0].base_url).path if same else ""
+    speaks = set(same[0].speaks) if same else set(default_apis(target.hostname or "", local=False))
+    out = []
+    if speaks - {"messages"}:
+        out.append(f"OPENAI_BASE_URL={url}{path or '/v1'}")
+        if settings.clients:
+            out.append("OPENAI_API_KEY=<your router key>   (clients: it proves who you are)")
+    if "messages" in speaks:
+        out.append(f"ANTHROPIC_BASE_URL={url}{path.removesuffix('/v1')}")
+        if settings.clients:
+            out.append("ANTHROPIC_AUTH_TOKEN=<your router key>   (sent as Authorization: Bearer)")
+    return out
 
 
 class Runtime:
@@ -117,8 +177,11 @@ class Runtime:
                 LocalResponseHomes(),
             )
         self.budgets: memory.Budgets = budgets
+        providers: memory.Breakers = (self.shared.provider_breakers if self.shared is not None
+                                      else memory.LocalProviderBreakers())  # fmt: skip
         self.dispatcher = dispatch.Dispatcher(view, self.ledger, budgets, breakers=breakers,
-                                              latency=latency, homes=homes)  # fmt: skip
+                                              latency=latency, homes=homes,
+                                              provider_breakers=providers)  # fmt: skip
         self.metrics = Metrics(self.live_state)  # reads the dispatcher's state when scraped
         self.dispatcher.metrics = self.metrics
         budgets.on_alert = budgetgate.alert_sink(self.metrics)
@@ -134,6 +197,8 @@ class Runtime:
         self._tasks: list[asyncio.Task[None]] = []
         self._reload_lock: asyncio.Lock | None = None
         self.admin: Any = None
+        # what is down among mitmproxy's listeners (`process.Listeners.problems` sets it)
+        self.listener_problems: Callable[[], list[str]] = list
 
     @property
     def view(self) -> View:
@@ -266,22 +331,32 @@ class Runtime:
     # ------------------------------------------------------------------ state
 
     def breakers(self) -> list[dict[str, Any]]:
-        """Every breaker that has a state, by target key (for /status and metrics)."""
-        return [
-            {"target": key, "state": st.status.value, "failures": st.failures}
-            for key, st in sorted(self.dispatcher.breakers.snapshot().items())
-        ]
+        """Every target breaker that has a state, by target key, with the seconds left in
+        its cooldown (for /status and metrics)."""
+        cooldown_s = self.view.config.settings.resilience.breaker.cooldown_s
+        return memory.breaker_rows(self.dispatcher.breakers.snapshot(), cooldown_s)
 
     def live_state(self) -> dict[str, Any]:
-        """What the metrics read at scrape time: breakers, benchmark DB age, budgets."""
+        """What the metrics read at scrape time: target and provider breakers, benchmark DB
+        age, budgets."""
         view = self.view
         src = view.catalog.source.removeprefix("bundled:")
         try:
             age = time.time() - os.stat(src).st_mtime if src and src != "none" else None
         except OSError:
             age = None
-        return {"breakers": self.breakers(), "benchmarks_age_s": age,
-                "budgets": self.budgets.snapshot(time.time())}  # fmt: skip
+        cooldown_s = view.config.settings.resilience.breaker.cooldown_s
+        providers = memory.breaker_rows(self.dispatcher.provider_breakers.snapshot(), cooldown_s,
+                                        key_name="provider")  # fmt: skip
+        return {"breakers": self.breakers(), "provider_breakers": providers,
+                "benchmarks_age_s": age, "budgets": self.budgets.snapshot(time.time())}  # fmt: skip
+
+    def health(self) -> dict[str, Any]:
+        """The `/healthz` document: "ok" while every listener mitmproxy was asked for serves
+        (and local capture's redirector runs), else "failing" with what is down."""
+        down = self.listener_problems()
+        return {"status": "failing" if down else "ok", "config": self.view.config.version,
+                **({"problems": down} if down else {})}  # fmt: skip
 
     def status(self) -> dict[str, Any]:
         """The `/status` document: config, providers and keys, catalog, breakers, budgets,
@@ -303,6 +378,7 @@ class Runtime:
             "catalog": {"source": view.catalog.source, "candidates": len(view.catalog.candidates),
                         "age_s": live["benchmarks_age_s"]},
             "breakers": live["breakers"],
+            "provider_breakers": live["provider_breakers"],
             "budgets": live["budgets"],
             "ledger": {**self.reader.stats(), **self.ledger.health()},
             "state": self.shared.health() if self.shared is not None

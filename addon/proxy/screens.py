@@ -5,7 +5,10 @@
 - 413 for one over `max_request_bytes` (announced, or a chunked body seen whole);
 - 426 for a WebSocket upgrade on a routed endpoint: Codex CLI opens
   `wss://api.openai.com/v1/responses` first and falls back to HTTPS + SSE at once on a 426;
-  passed through, the socket would reach the real host and bypass the router.
+  passed through, the socket would reach the real host and bypass the router;
+- 400 for a well-formed JSON body the router cannot read because it holds an integer longer
+  than Python reads (4300 digits): no API reads it either, so it is refused here rather
+  than passed through (every other unreadable body is passed through as sent).
 
 Each is in the API's own error format and (but the 426, which is no LLM call) has its
 ledger row.
@@ -17,6 +20,7 @@ import time
 
 from addon.proxy import apis
 from addon.proxy.exchange import Canned, Incoming, Pending, Reply, json_reply, request_id
+from addon.wire.request import overlong_integer
 
 
 def header(inc: Incoming, name: str) -> str | None:
@@ -65,6 +69,18 @@ def screen(inc: Incoming, limit: int) -> Reply | None:
     except ValueError:
         return None
     return too_large(inc, size, limit)
+
+
+def unreadable(inc: Incoming, pending: Pending) -> Reply | None:
+    """400 (`invalid_number`, in the API's format) for an LLM request whose body
+    `parse_request` refused only because it holds an integer longer than Python reads; None
+    for any other unreadable body, which is passed through as sent. Call it only for a body
+    `parse_request` refused: it reads the body again."""
+    problem = overlong_integer(inc.body)
+    if problem is None:
+        return None
+    return json_reply(400, problem, type_="invalid_request_error", code="invalid_number",
+                      pending=routed(inc, pending))  # fmt: skip
 
 
 def websocket_refused(inc: Incoming) -> Canned | None:

@@ -8,6 +8,7 @@ else: every other byte reaches the upstream unchanged.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,7 +78,8 @@ class ParsedBody:
 def parse_request(raw: bytes) -> ParsedBody:
     """Parse a JSON object body and locate its top-level `model` value.
 
-    Raises WireError for anything that is not a UTF-8 JSON object.
+    Raises WireError for anything that is not a UTF-8 JSON object, or that holds an integer
+    longer than Python reads (`overlong_integer` says which bodies those are).
     """
     data = _read_fast(raw)
     if data is None:
@@ -163,11 +165,46 @@ def _scan(text: str) -> dict[str, Any]:
                 close = i
                 break
             raise WireError(f"expected ',' or '}}' at character {i}")
+    except WireError:
+        raise
     except json.JSONDecodeError as e:
         raise WireError(f"invalid JSON: {e.msg} at character {e.pos}") from None
+    except ValueError:  # the one other refusal of json's: an integer int() will not take
+        raise WireError(f"`{key}` holds an integer of more than {_int_digits()} digits, "
+                        "which the router cannot read") from None  # fmt: skip
     if _skip_ws(text, close + 1) != n:
         raise WireError("trailing data after the JSON object")
     return data
+
+
+def _int_digits() -> int:
+    """The most digits an integer may have for Python to read it (`int()`'s limit, 4300
+    unless the interpreter was told otherwise; 0: no limit)."""
+    return sys.get_int_max_str_digits()
+
+
+def overlong_integer(raw: bytes) -> str | None:
+    """Why the router refuses `raw`, when it is a JSON object that only an integer longer
+    than Python reads (`_int_digits`) keeps it from reading: such a body is well-formed, so
+    it would reach the upstream, which cannot read it either. None for any other body (not
+    JSON, not an object, or one `parse_request` reads). Slow: for bodies `parse_request`
+    already refused."""
+    longest = 0
+
+    def digits(literal: str) -> int:
+        nonlocal longest
+        longest = max(longest, len(literal) - literal.startswith("-"))
+        return 0
+
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_int=digits)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    limit = _int_digits()
+    if not isinstance(data, dict) or not limit or longest <= limit:
+        return None
+    return (f"request body holds an integer of {longest} digits; integers of more than "
+            f"{limit} digits cannot be read: send such a number as a string")  # fmt: skip
 
 
 def _skip_ws(text: str, i: int) -> int:
