@@ -54,6 +54,7 @@ LAYERS = {
     "addon.state": 4,
     "addon.store": 4,
     "addon.refresh": 5,
+    "addon.evaluate": 5,
     "addon.proxy": 6,
     "addon.host": 6,
     "addon.cli": 7,
