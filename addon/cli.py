@@ -13,15 +13,14 @@ from typing import Any
 
 import click
 
-from addon.config import loader
+from addon.config import loader, resolving
 from addon.config.loaded import Config
 from addon.config.schema import APIS
 from addon.errors import ConfigError, OrchestratorError
 from addon.host import commands as host_commands
-from addon.host import listen, running
+from addon.host import configcheck, listen, running
 from addon.proxy import ca, statuspage
 from addon.proxy.view import build_view, environ
-from addon.refresh.sources.schema import load_sources
 from addon.routing import chains, classify, decide, ranking
 from addon.routing.scoring import Scored, effective_weights
 from addon.store import ledgers, reports
@@ -104,6 +103,8 @@ def run(
     """Run the proxy (a mitmproxy Master with only the addons the router needs)."""
     cfg = _load(config)
     s = cfg.settings
+    for line in resolving.internal_names(s.providers):  # unusable: every connection is refused
+        click.echo(f"warning: {line}", err=True)
     bind_host, bind_port = host or s.listen_host, port if port is not None else s.listen_port
     if host is not None:
         listen.refuse_exposed(host, bind_port, has_clients=bool(s.clients))
@@ -115,61 +116,6 @@ def run(
 
     sys.exit(serve(cfg.path, mode=s.mode, host=bind_host, port=bind_port, confdir=conf.resolve(),
                    extra=extra))  # fmt: skip
-
-
-@main.command()
-@config_option
-def check(config: str) -> None:
-    """Validate the configuration and rules; print what the router would use."""
-    cfg = _load(config)
-    sources_file = cfg.rules_dir / "sources.yaml"
-    sources = load_sources(sources_file)
-    view = build_view(cfg, environ(), {})
-    cat = view.catalog
-    s = cfg.settings
-    click.echo(f"config {cfg.path} (version {cfg.version}): OK")
-    click.echo(f"  listen {s.listen}, mode {s.mode}, default profile {s.default_profile}")
-    click.echo(f"  intercept: {', '.join(s.intercept)}")
-    per_provider = Counter(c.provider for c in cat.candidates)
-    click.echo("providers:")
-    for name, info in cat.providers.items():
-        key = (
-            "not needed"
-            if info.keyless
-            else f"${info.api_key_env} set"
-            if info.has_env_key
-            else f"${info.api_key_env} NOT set (only the client's own key, for {info.host})"
-        )
-        click.echo(f"  {name:<12} {info.base_url:<40} key: {key}; {per_provider[name]} models")
-        click.echo(f"  {'':<12} serves {', '.join(a for a in APIS if a in info.apis)}")
-    click.echo("profiles:")
-    for name, prof in cfg.profiles.items():
-        w = prof.weights
-        floor = f", min_context {prof.min_context}" if prof.min_context else ""
-        click.echo(
-            f"  {name:<12} quality {w.quality} latency {w.latency} cost {w.cost} "
-            f"context {w.context}{floor}"
-        )
-    click.echo(f"policies: {len(cfg.policies)}")
-    for p in cfg.policies:
-        click.echo(f"  {p.name}: -> {p.profile or ('pin' if p.pin else 'constraints only')}")
-    click.echo(f"routes: {len(cfg.routes)}")
-    for model, chain in cfg.routes.items():
-        resolved = sum(
-            1
-            for t in chain
-            for c in cat.lookup(t.model)
-            if t.provider is None or c.provider == t.provider
-        )
-        click.echo(f"  {model}: {len(chain)} targets, {resolved} offerings in the catalog")
-    enabled = [src.kind for src in sources.sources if src.enabled]
-    click.echo(f"refresh sources ({sources_file.name}): {', '.join(enabled) or 'none'}")
-    click.echo(
-        f"catalog: {len(cat.candidates)} offerings from {cat.source} "
-        f"+ {len(cfg.models)} declared in rules/models.yaml"
-    )
-    for warning in cat.warnings:
-        click.echo(f"warning: {warning}")
 
 
 @main.command(
@@ -389,6 +335,7 @@ def _interactive() -> bool:
     return sys.stdin.isatty() and not os.environ.get("CI")
 
 
+main.add_command(configcheck.check)
 main.add_command(host_commands.ca_command)
 main.add_command(host_commands.capture)
 main.add_command(host_commands.trust)

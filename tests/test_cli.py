@@ -319,3 +319,58 @@ def test_prune_dry_run_on_a_postgresql_ledger(workdir: Path, pg_url: str) -> Non
     assert out.exit_code == 0, out.output
     assert out.output.startswith("would prune 2 rows older than 5 days from postgresql://")
     assert PgReader(pg_url).count_before(time.time()) == 3
+
+
+# --------------------------------------------------------------------------- names resolving inward
+
+
+def _provider_named(workdir: Path, host: str) -> None:
+    """Add a non-local provider at `host` to the shipped config."""
+    path = workdir / "orchestrator.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["providers"]["inward"] = {"base_url": f"https://{host}/v1", "api_key_env": "INWARD_KEY"}
+    path.write_text(yaml.safe_dump(data))
+
+
+@pytest.fixture
+def inward_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Name lookups as in a network whose DNS maps `llm.internal.example` to a link-local and
+    `loop.example` to a loopback address; every other name fails, as offline."""
+    table = {"llm.internal.example": "169.254.169.254", "loop.example": "127.0.0.1"}
+
+    def fake(host: str, *args: Any, **kwargs: Any) -> list[Any]:
+        if host in table:
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (table[host], 443))]
+        raise socket.gaierror(socket.EAI_NONAME, host)
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+
+
+@pytest.mark.parametrize(("host", "kind"), [("llm.internal.example", "link-local"),
+                                            ("loop.example", "loopback")])  # fmt: skip
+def test_check_refuses_a_provider_name_that_resolves_inward(
+    workdir: Path, inward_dns: None, host: str, kind: str
+) -> None:
+    _provider_named(workdir, host)
+    out = invoke("check", "-c", str(workdir / "orchestrator.yaml"))
+    assert out.exit_code == 2, out.output
+    assert f"providers.inward.base_url: {host} resolves to {kind} address" in out.output
+    assert "1 provider(s) resolve to internal addresses" in out.output
+
+
+def test_check_passes_names_that_do_not_resolve(workdir: Path, inward_dns: None) -> None:
+    _provider_named(workdir, "llm.public.example")  # offline: not answered, not a problem
+    out = invoke("check", "-c", str(workdir / "orchestrator.yaml"))
+    assert out.exit_code == 0, out.output
+    assert "resolves to" not in out.output
+
+
+def test_run_warns_of_a_provider_name_that_resolves_inward(
+    workdir: Path, inward_dns: None, served: list[dict[str, Any]]
+) -> None:
+    _provider_named(workdir, "loop.example")
+    out = invoke("run", "-c", str(workdir / "orchestrator.yaml"), "--port", "0",
+                 "--confdir", str(workdir / "ca"))  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert "warning: providers.inward.base_url: loop.example resolves to loopback" in out.output
+    assert served, "the proxy still starts: the other providers are usable"
