@@ -404,6 +404,8 @@ class FakeUpstream:
         path, method = request.path.rstrip("/"), request.method
         if method == "GET" and path == "/v1/models":
             return self._json(200, self._models_body())
+        if path.startswith("/v1/responses/") and method in ("GET", "DELETE"):
+            return self._stored_call(method, path.removeprefix("/v1/responses/"))
         if method != "POST" or path not in _INFERENCE:
             msg = f"Invalid URL ({method} {request.path})"
             return self._json(404, _error_body(msg, "invalid_request_error"))
@@ -464,6 +466,25 @@ class FakeUpstream:
         else:
             payload = fake_chat.completion(path, model, self.content, self._tokens())
         return await self._send_whole(request, payload, fault)
+
+    def _stored_call(self, method: str, rid: str) -> web.Response:
+        """Retrieve (GET) or delete (DELETE) a Responses answer this fake stored; 404 in
+        OpenAI's format for any other id."""
+        with self._cond:
+            known = rid in self._stored
+            if known and method == "DELETE":
+                self._stored.discard(rid)
+        if not known:
+            msg = f"Response with id '{rid}' not found."
+            return self._json(404, _error_body(msg, "invalid_request_error"))
+        if method == "DELETE":
+            body = {"id": rid, "object": "response.deleted", "deleted": True}
+            return self._json(200, orjson.dumps(body))
+        payload = fake_responses.response(
+            rid, "stored", {}, created_at=int(time.time()), item_id=fake_responses.new_id("msg"),
+            text=self.content, tokens=self._tokens(),
+        )  # fmt: skip
+        return self._json(200, orjson.dumps(payload))
 
     async def _responses(
         self,

@@ -267,6 +267,24 @@ def test_previous_response_id_stays_pinned_to_its_provider(
     assert (row["api"], row["provider"], row["outcome"]) == ("responses", "beta", "ok")
 
 
+def test_a_stored_response_is_retrieved_and_deleted_where_it_lives(
+    oai: openai.OpenAI, ups: dict[str, FakeUpstream]
+) -> None:
+    turn = oai.responses.create(model="gpt-4o", input="Hi", extra_headers=BUDGET)
+    assert turn.id in ups["beta"].stored_responses()  # beta answered, not the addressed host
+    raw = oai.responses.with_raw_response.retrieve(turn.id)
+    assert raw.headers["x-orchestrator-provider"] == "beta"
+    assert raw.parse().id == turn.id
+    deleted = oai.responses.with_raw_response.delete(turn.id)
+    assert deleted.status_code == 200 and deleted.headers["x-orchestrator-provider"] == "beta"
+    assert turn.id not in ups["beta"].stored_responses()
+    calls = [(s.method, s.path) for s in ups["beta"].requests() if s.method != "POST"]
+    assert calls == [("GET", f"/v1/responses/{turn.id}"), ("DELETE", f"/v1/responses/{turn.id}")]
+    assert_own_keys_only(ups)  # beta's own key there, never the client's
+    with pytest.raises(openai.NotFoundError):  # gone at its home: the home's own 404
+        oai.responses.retrieve(turn.id)
+
+
 def test_pinned_provider_down_is_a_clear_error_never_sent_elsewhere(
     oai: openai.OpenAI, ups: dict[str, FakeUpstream]
 ) -> None:

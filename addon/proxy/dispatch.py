@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Sequence
 
-from addon.proxy import apis, budgetgate, modellist, recording, responsestate, screens
+from addon.proxy import apis, budgetgate, followups, modellist, recording, responsestate, screens
 from addon.proxy.eligible import eligible, embedding_space, state_filter
 from addon.proxy.exchange import (
     Canned,
@@ -113,10 +113,14 @@ class Dispatcher(Health):
 
     async def own_answer(self, inc: Incoming) -> Canned | None:
         """The router's own answer to a request that is no LLM call: the model list for
-        `GET …/models` (`addon.proxy.modellist`), a 426 for a WebSocket upgrade on a routed
-        endpoint (`addon.proxy.screens`); None for the rest."""
+        `GET …/models` (`addon.proxy.modellist`), a stored Responses answer's retrieve, items,
+        delete or cancel sent to the provider that holds it (`addon.proxy.followups`), a 426
+        for a WebSocket upgrade on a routed endpoint (`addon.proxy.screens`); None for the rest."""
         if modellist.is_listing(inc):
             return await modellist.answer(self.view, self.engine, inc)
+        home = await followups.answer(self.view, self.engine, self.homes, inc, time.time())
+        if home is not None:  # a call about a stored Responses answer, sent where it lives
+            return home
         return screens.websocket_refused(inc)
 
     def too_large(self, inc: Incoming, size: int, pending: Pending | None = None) -> Reply | None:
