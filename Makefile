@@ -55,6 +55,8 @@ test: $(BIN)/.installed system-deps lint
 bench: $(BIN)/.installed system-deps
 	$(BIN)/python scripts/bench_routing.py
 	$(BIN)/python scripts/bench_proxy.py
+	$(BIN)/python scripts/bench_streams.py
+	$(BIN)/python scripts/bench_limits.py
 	$(BIN)/python scripts/bench_scaleout.py
 	@if [ -f scripts/bench_refresh.py ]; then $(BIN)/python scripts/bench_refresh.py --from $(SHARED)/fixtures/sources; fi
 

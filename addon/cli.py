@@ -17,10 +17,12 @@ from addon.config import loader, resolving
 from addon.config.loaded import Config
 from addon.config.schema import APIS
 from addon.errors import ConfigError, OrchestratorError
+from addon.evaluate import command as eval_command
 from addon.host import commands as host_commands
 from addon.host import configcheck, listen, running
-from addon.proxy import ca, statuspage
+from addon.proxy import balancing, ca, statuspage
 from addon.proxy.view import build_view, environ
+from addon.refresh.resolve_command import resolve_command
 from addon.routing import chains, classify, decide, ranking
 from addon.routing.scoring import Scored, effective_weights
 from addon.store import ledgers, reports
@@ -193,7 +195,7 @@ def reload(config: str, admin: str | None) -> None:
 def rank(config: str, profile: str | None, task: str, complexity: str, api: str, limit: int,
          as_json: bool, chain: bool) -> None:  # fmt: skip
     """Rank the candidates for a profile, with each metric's contribution and the filters that
-    removed the others (live latency is not known here: every target gets the neutral prior)."""
+    removed the others (live latency is not known here: every target gets its prior)."""
     cfg = _load(config)
     view = build_view(cfg, environ(), {})
     name = profile or cfg.settings.default_profile
@@ -217,7 +219,8 @@ def rank(config: str, profile: str | None, task: str, complexity: str, api: str,
                           diverse=True)  # fmt: skip
         if isinstance(d, decide.NoRoute):
             raise Failed(d.message)
-        click.echo("\n".join(chains.tried_order(d.chain, d.mode, keyed).lines()))
+        shaped = balancing.most_likely(view, chains.tried_order(d.chain, d.mode, keyed), usable)
+        click.echo("\n".join((*shaped.chain.lines(), *shaped.lines)))  # deployments: `balance:`
         return
     kept: list[Scored] = []
     removed: Counter[str] = Counter()
@@ -242,7 +245,8 @@ def rank(config: str, profile: str | None, task: str, complexity: str, api: str,
     for i, s in enumerate(kept, 1):
         parts = dict(s.parts)
         click.echo(f"{i:>3} {s.candidate.key[:48]:<48} {s.score:6.3f}  " + " ".join(
-            f"{parts[m]:7.3f}" for m in ("quality", "latency", "cost", "context")))  # fmt: skip
+            f"{parts[m]:7.3f}" for m in ("quality", "latency", "cost", "context"))
+            + (f"  free {parts['free']:.3f}" if "free" in parts else ""))  # fmt: skip
     if removed:
         click.echo("filtered out: " + ", ".join(f"{k} {v}" for k, v in removed.most_common()))
     if not kept:
@@ -340,6 +344,8 @@ main.add_command(host_commands.ca_command)
 main.add_command(host_commands.capture)
 main.add_command(host_commands.trust)
 main.add_command(host_commands.doctor)
+main.add_command(eval_command.eval_command)
+main.add_command(resolve_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -99,6 +99,7 @@ ADDED_TTFE_MS = 3.0
 GAP_SLACK_MS = 3.0
 RSS_LIMIT_MB = 200.0
 RSS_FLAT = 0.10
+STREAM_CPU_RATIO = 0.8  # C/B proxy CPU per streamed request at c=8
 
 
 @dataclass(frozen=True)
@@ -241,6 +242,16 @@ def _upstream_main(conn: Connection) -> None:
             fake.stop()
             conn.send(None)
             return
+
+
+class Reachable(Protocol):
+    """What `start_orchestrator` needs of an upstream (also scripts/bench_streams.py's)."""
+
+    @property
+    def base_url(self) -> str: ...
+
+    @property
+    def authority(self) -> str: ...
 
 
 class Upstream:
@@ -709,6 +720,19 @@ def verdicts(runs: list[Run], memory: list[tuple[int, float]] | None) -> list[Ve
         f"≤ {ADDED_TTFE_MS}",
         lambda v: v <= ADDED_TTFE_MS,
     )
+    add(
+        "stream c=8  proxy CPU/stream C/B",
+        paired(
+            runs,
+            "stream-c8",
+            lambda c, b: (
+                c.proxy_cpu_ms / b.proxy_cpu_ms if c.proxy_cpu_ms and b.proxy_cpu_ms else None
+            ),
+        ),
+        "{:.2f}",
+        f"≤ {STREAM_CPU_RATIO} (issue 22)",
+        lambda v: v <= STREAM_CPU_RATIO,
+    )
     # the same stream as OpenAI Responses events (routed natively): no target of its own yet
     add(
         "responses c=8  added TTFE p50 C-B (ms)",
@@ -821,7 +845,7 @@ def proxy_env() -> dict[str, str]:
     return env
 
 
-def start_orchestrator(workdir: Path, upstream: Upstream, name: str, db: Path) -> Proxy:
+def start_orchestrator(workdir: Path, upstream: Reachable, name: str, db: Path) -> Proxy:
     """`orchestrator run` over the whole catalog of `db`, every provider at the fake upstream."""
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = write_config(

@@ -6,7 +6,8 @@ What one routed request costs the proxy before any upstream I/O, stage by stage,
 `addon.proxy.dispatch.Dispatcher.handle` chains them:
 
     parse     addon.wire.parse_request(body)              (JSON, top-level spans)
-    features  addon.routing.classify.features(parsed.data, …)  (token estimate, needs, task)
+    features  addon.routing.classify.features(parsed.data, …)  (token estimate, needs, task,
+                                                           the learned complexity scorer)
     decide    headers dict + addon.routing.decide(...)    (profile, policy, filter walk)
     rewrite   addon.wire.rewrite(parsed, model=...)       (the first target's body; the
                                                            dispatcher builds the next one only
@@ -16,6 +17,10 @@ The catalog is the real bundled benchmark DB (addon/bundled/benchmarks.db) joine
 configured provider per DB provider, i.e. every offering in the DB (3,600+), with the
 project's own rules/ (profiles, policies, routes). Timings are time.perf_counter_ns around
 each stage; the garbage collector stays on, as in production.
+
+After the tables, the learned difficulty scorer (`addon.routing.difficulty.probability`, part
+of `features` under `complexity: learned`) is timed alone per prompt size, beside the keyword
+features of the same request; its target is p99 ≤ 200 µs for prompts up to 8 KB.
 
 Beside each call the script times a constant pure-Python loop sized to last as long as the
 row's median call, and before the tables it counts how often the machine pauses a thread
@@ -53,7 +58,7 @@ if str(REPO) not in sys.path:  # run from a checkout without `pip install -e .`
 from addon.config import loader  # noqa: E402
 from addon.proxy.outbound import has_client_key  # noqa: E402
 from addon.proxy.view import View, build_view  # noqa: E402
-from addon.routing import breaker, classify, decide, ranking  # noqa: E402
+from addon.routing import breaker, classify, decide, difficulty, ranking  # noqa: E402
 from addon.routing.catalog import Candidate  # noqa: E402
 from addon.store.benchmarks import BUNDLED_DB  # noqa: E402
 from addon.wire.request import parse_request, rewrite  # noqa: E402
@@ -62,6 +67,7 @@ KEY_ENV = "BENCH_PROVIDER_KEY"
 BENCH_MODEL = "bench-model"  # declared in the generated rules/models.yaml
 SMALL_TARGET_US = 100.0  # p99 for prompts up to 8 KB
 LARGE_TARGET_US = 2000.0  # p99 at 200 KB
+SCORER_TARGET_US = 200.0  # p99 of the learned difficulty scorer alone, prompts up to 8 KB
 MIN_CATALOG = 2000  # offerings
 STAGES = ("parse", "features", "decide", "rewrite")
 
@@ -281,7 +287,7 @@ def route_once(
     t0 = clock()
     parsed = parse_request(sc.body)
     t1 = clock()
-    feats = classify.features(parsed.data, requested_model=parsed.model)
+    feats = classify.features(parsed.data, requested_model=parsed.model, difficulty=view.difficulty)
     t2 = clock()
     headers = {k.lower(): v for k, v in sc.headers}
     host = headers.get("host", "")
@@ -434,6 +440,65 @@ def rerank_cost(view: View) -> tuple[float, float, float]:
     t0 = time.perf_counter()
     router.walk(*args)
     return sum(steps), max(steps), (time.perf_counter() - t0) * 1000
+
+
+@dataclass(frozen=True)
+class ScorerRow:
+    """The learned difficulty scorer alone on one prompt, beside the keyword features of
+    the same request (µs)."""
+
+    label: str
+    prompt_bytes: int
+    iterations: int
+    scorer_p50_us: float
+    scorer_p99_us: float
+    keyword_p50_us: float
+    keyword_p99_us: float
+
+
+def scorer_rows(view: View, names: list[str], scale: float) -> list[ScorerRow]:
+    """`difficulty.probability` per prompt size, timed call by call, and
+    `classify.features` without the scorer on the same body, interleaved with it."""
+    model = view.difficulty
+    if model is None:
+        return []
+    rows = []
+    clock = time.perf_counter_ns
+    for sc in size_scenarios(names, scale):
+        parsed = parse_request(sc.body)
+        text = parsed.data["messages"][-1]["content"]
+        for _ in range(50):
+            difficulty.probability(model, text)
+        learned, keyword = [], []
+        for _ in range(max(200, sc.iterations)):
+            t0 = clock()
+            difficulty.probability(model, text)
+            t1 = clock()
+            classify.features(parsed.data, requested_model=parsed.model)
+            t2 = clock()
+            learned.append((t1 - t0) / 1000)
+            keyword.append((t2 - t1) / 1000)
+        rows.append(ScorerRow(sc.label, len(text.encode()), len(learned),
+                              percentile(learned, 0.5), percentile(learned, 0.99),
+                              percentile(keyword, 0.5), percentile(keyword, 0.99)))  # fmt: skip
+    return rows
+
+
+def print_scorer(rows: list[ScorerRow]) -> None:
+    print()
+    print(f"learned difficulty scorer alone (addon.routing.difficulty.probability, included in "
+          f"`features` above; target p99 ≤ {SCORER_TARGET_US:.0f} µs up to 8 KB), beside the "
+          "keyword features of the same request")  # fmt: skip
+    headers = ["prompt", "bytes", "calls", "scorer p50/p99 µs", "keyword features p50/p99 µs",
+               "target"]  # fmt: skip
+    grid = []
+    for r in rows:
+        small = r.label.split()[0] in ("100B", "1KB", "8KB")
+        ok = "" if not small else ("ok" if r.scorer_p99_us <= SCORER_TARGET_US else "MISSED")
+        grid.append([r.label, _kb(r.prompt_bytes), str(r.iterations),
+                     f"{fmt_us(r.scorer_p50_us)} / {fmt_us(r.scorer_p99_us)}",
+                     f"{fmt_us(r.keyword_p50_us)} / {fmt_us(r.keyword_p99_us)}", ok])  # fmt: skip
+    print_grid(headers, grid)
 
 
 def target_us(label: str) -> float | None:
@@ -598,6 +663,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         if kind_rows:
             print_table("by request kind (1 KB prompt)", kind_rows, targets=False)
+        scorer = scorer_rows(view, names, scale)
+        if scorer:
+            print_scorer(scorer)
     print(
         f"targets: p99 ≤ {SMALL_TARGET_US:.0f} µs for prompts up to 8 KB, "
         f"≤ {LARGE_TARGET_US / 1000:.0f} ms at 200 KB"
@@ -612,6 +680,7 @@ def main(argv: list[str] | None = None) -> int:
             "pauses": asdict(pauses),
             "sizes": [asdict(r) for r in size_rows],
             "kinds": [asdict(r) for r in kind_rows],
+            "scorer": [asdict(r) for r in scorer],
         }
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0

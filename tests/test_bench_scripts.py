@@ -68,6 +68,7 @@ def test_bench_proxy_quick(tmp_path: Path) -> None:
     )
     assert "upstream gap p99, as sent" in out and "C gap p99 - upstream's" in out
     assert "responses c=8  added TTFE p50 C-B" in out  # the Responses stream, routed
+    assert "stream c=8  proxy CPU/stream C/B" in out
     assert all(r["routed"] == r["requests"] for r in runs if r["target"] == "C")
 
 
@@ -83,3 +84,24 @@ def test_bench_scaleout_quick(tmp_path: Path) -> None:
     assert len(data["runs"]) == 6  # 2 cases x 3 deployments x 1 repeat
     assert all(r["upstream_seen"] == r["requests"] == r["ok"] for r in data["runs"])
     assert set(data["ledgers"]) == {"S", "P", "F"} and all(n > 0 for n in data["ledgers"].values())
+
+
+@pytest.mark.e2e
+def test_bench_streams_quick(tmp_path: Path) -> None:
+    out_json = tmp_path / "streams.json"
+    out = _run("bench_streams.py", "--quick", "--json", str(out_json), timeout=120)
+    for heading in ("streams of 20 events 5 ms apart", "stream capacity per core",
+                    "C (orchestrator) against B (stock mitmdump)"):  # fmt: skip
+        assert heading in out
+    for target in ("A direct", "B mitmdump", "C orchestrator"):
+        assert target in out
+    assert "proxy CPU/event C/B" in out and "TTFE p50 C-B" in out
+    data = json.loads(out_json.read_text())
+    steps = data["steps"]
+    assert len(steps) == 6  # 2 steps x 3 targets x 1 repeat
+    # every stream arrived whole (all its events, [DONE], the final chunk) on every path
+    assert all(s["ok"] == s["sent"] and not s["errors"] for s in steps)
+    assert all(s["events"] == s["sent"] * 20 == s["upstream_events"] for s in steps)
+    assert all(s["proxy_cpu_us_per_event"] is not None for s in steps if s["target"] != "A")
+    assert set(data["capacity"]) == {"A", "B", "C"}
+    assert "ledger rows written (C)" in out and "MISMATCH" not in out

@@ -49,7 +49,11 @@ def ops_rules() -> dict[str, Any]:
          "budget": {"usd": 0.0005, "per": "day", "scope": "client",
                     "on_exceed": "downgrade:budget"}},
     ]  # fmt: skip
-    return {**RULES, "policies.yaml": {"policies": policies}}
+    # the observed-latency test compares a measured term with the neutral 0.5 prior
+    profiles = dict(RULES["profiles.yaml"]["profiles"])
+    profiles["quality"] = {**profiles["quality"], "latency_prior": "neutral"}
+    rules = {"profiles.yaml": {"profiles": profiles}, "policies.yaml": {"policies": policies}}
+    return {**RULES, **rules}
 
 
 @pytest.fixture(scope="module")
@@ -159,8 +163,8 @@ def test_admin_routes(ops: ProxyProcess, http: httpx.Client) -> None:
     assert st["ledger"]["rows"] >= 1 and st["config"]["last_error"] is None
     metrics = http.get(f"{admin}/metrics").text
     assert (
-        'orchestrator_requests_total{model="m-premium",outcome="ok",profile="quality",provider="alpha"}'
-        in metrics
+        'orchestrator_requests_total{api="chat",model="m-premium",outcome="ok",profile="quality",'
+        'provider="alpha"}' in metrics
     )
     assert "orchestrator_upstream_latency_seconds_bucket" in metrics
     for secret in (CLIENT_KEY, *ENV.values()):

@@ -256,13 +256,15 @@ def test_undated_and_dated_names() -> None:
     )
     dated = index.resolve("lmarena", "o3-2025-04-16")
     assert isinstance(dated, Match) and dated.model_id == "openai/o3" and dated.one_sided
-    # a dated name never takes an undated model whose family has other dates: it is a model
-    # of its own (uncertain=False), while an undated name facing two dated ones is a doubt
+    # a dated name never takes an undated model whose family has other dates, and an undated
+    # name never takes a dated release: each is a model of its own (uncertain=False)
     family = index.resolve("lmarena", "mistral-large-2402")
     assert isinstance(family, Miss) and not family.uncertain
     assert "other dated versions (mistralai/mistral-large-2407" in family.reason
     undated = index.resolve("litellm", "foo")
-    assert isinstance(undated, Miss) and undated.uncertain and "ambiguous" in undated.reason
+    assert isinstance(undated, Miss) and not undated.uncertain
+    assert undated.best_candidate == "x/foo-2024-01-01"
+    assert "undated name vs the dated release x/foo-2024-01-01" in undated.reason
     exact_date = index.resolve("litellm", "x/foo-2024-06-01")
     assert isinstance(exact_date, Match) and exact_date.model_id == "x/foo-2024-06-01"
 

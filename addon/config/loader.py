@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from addon.config import rules
+from addon.config import rules, schema_balance
 from addon.config import schema as schema
 from addon.config.loaded import Config
 from addon.config.schema import address_kind
@@ -334,6 +334,8 @@ def load(path: str | Path) -> Config:
                       f"host {host!r} is not in provider_hosts",
                       f"add it to provider_hosts or fix the URL; allowed: "
                       f"{', '.join(settings.provider_hosts)}")  # fmt: skip
+    for loc, msg, hint in schema_balance.problems(settings.balance, settings.providers):
+        issue(cfg_path, marks, loc, msg, hint)
     names = [c.name for c in settings.clients]
     for i, c in enumerate(settings.clients):
         if names.count(c.name) > 1:

@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from addon.config.schema import Strict
+from addon.config.schema_cache import CacheRule
+from addon.config.schema_limits import PolicyLimits
 
 # --------------------------------------------------------------------------- rules/profiles.yaml
 
@@ -32,12 +34,21 @@ class Weights(Strict):
 
 class Profile(Strict):
     """`profiles.<name>` in `rules/profiles.yaml`: weights, a context floor (tokens), and
-    whether the complexity adjustment applies."""
+    whether the complexity adjustment applies. `free_penalty` is subtracted from the score of
+    OpenRouter `:free` variants (heavily rate-limited: fallbacks, not first choices; 0 ranks
+    them by their metrics alone); `latency_prior` is what an unobserved candidate's latency
+    is assumed to be (`price`: estimated from its output price, `neutral`: 0.5 for all);
+    `max_price_ratio` refuses candidates whose blended price exceeds that multiple of the
+    requested model's (1.0: never dearer than what was asked for)."""
 
     description: str = ""
     weights: Weights
     min_context: Annotated[int, Field(ge=0)] = 0
     complexity_adjust: bool = True
+    free_penalty: Annotated[float, Field(ge=0, le=1)] = 0.3
+    latency_prior: Literal["price", "neutral"] = "price"
+    max_price_ratio: Annotated[float, Field(gt=0)] | None = None
+    cache: CacheRule | None = None  # the response cache's opt-in (addon.config.schema_cache)
 
 
 class ProfilesFile(Strict):
@@ -91,9 +102,11 @@ class AllowDeny(Strict):
 class Constraints(Strict):
     """`policies[].constraints` in `rules/policies.yaml`: hard filters on candidates.
     `max_cost_usd` caps a request's estimated maximum cost (USD), `min_quality` is on the
-    rating scale, `min_context` in tokens."""
+    rating scale, `min_context` in tokens, `max_price_ratio` caps a candidate's blended price
+    at that multiple of the requested model's (the stricter of this and the profile's)."""
 
     max_cost_usd: Annotated[float, Field(gt=0)] | None = None
+    max_price_ratio: Annotated[float, Field(gt=0)] | None = None
     min_quality: float | None = None
     min_context: Annotated[int, Field(ge=0)] | None = None
     providers: AllowDeny = Field(default_factory=AllowDeny)
@@ -134,6 +147,8 @@ class Policy(Strict):
     constraints: Constraints = Field(default_factory=Constraints)
     pin: bool = False
     budget: Budget | None = None
+    cache: CacheRule | None = None  # the response cache's opt-in (addon.config.schema_cache)
+    limits: PolicyLimits | None = None  # rpm/tpm over its requests (schema_limits)
 
 
 class PoliciesFile(Strict):

@@ -13,6 +13,9 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from addon.config.redact import redact as _redact
+from addon.config.schema_balance import Balance
+from addon.config.schema_cache import CacheSettings
+from addon.config.schema_limits import Limits
 
 # The routed endpoints: (request path suffix, API, what is appended to a provider's
 # base_url), tried in this order against the path without its query, the first suffix that
@@ -171,6 +174,7 @@ class Provider(Strict):
         description="The APIs this provider serves (chat, completions, responses, messages, "
         "embeddings); unset: the defaults for its host (`default_apis`).",
     )
+    limits: Limits | None = None  # {rpm, tpm}: stay under its own limits (schema_limits)
 
     @property
     def speaks(self) -> tuple[Api, ...]:
@@ -214,6 +218,7 @@ class Client(Strict):
     key_env: str | None = None
     key_sha256: str | None = None
     policies: list[str] = Field(default_factory=list)
+    limits: Limits | None = None  # {rpm, tpm} for this client (addon.config.schema_limits)
 
     @model_validator(mode="after")
     def _one_key(self) -> Client:
@@ -285,6 +290,10 @@ class Settings(Strict):
     max_request_bytes: Annotated[int, Field(ge=1024)] = 10 * 1024 * 1024
     log_prompts: Literal["off", "hash", "full"] = "off"
     provider_hosts: list[str] = Field(default_factory=list)
+    complexity: Literal["learned", "keyword"] = "learned"  # addon.routing.difficulty
+    balance: Balance = Field(default_factory=Balance)  # addon.config.schema_balance
+    cache: CacheSettings = Field(default_factory=CacheSettings)  # addon.config.schema_cache
+    default_client_limits: Limits | None = None  # clients without limits: (schema_limits)
     state: str | None = Field(
         default=None,
         description="redis://host:6379/0 to share breaker states, latency stats and budget "

@@ -17,7 +17,7 @@ from mitmproxy.addonmanager import Loader
 from addon.config import loader
 from addon.config.schema import Settings
 from addon.errors import ConfigError
-from addon.proxy import dispatch, options
+from addon.proxy import dispatch, inject, options
 from addon.proxy.clientauth import AUTH_META
 from addon.proxy.runtime import Runtime
 from addon.proxy.streamfacts import StreamReport, reader_for, usage_tap
@@ -177,7 +177,8 @@ class Orchestrator:
             return
         p = self._pending.get(flow.id)
         if p is not None and p.token is not None:
-            resp.stream = True  # our pipe: already relayed event by event
+            resp.stream = True  # our pipe: its body is injected into the flow (`inject`)
+            self.dispatcher.pipe.attach(p.token, inject.sink_for(flow))  # type: ignore[union-attr]
         elif "text/event-stream" in resp.headers.get("content-type", ""):
             # a stream passing through untouched (e.g. a body the router cannot read): never
             # buffer it; read usage on the side for its ledger row

@@ -9,7 +9,15 @@ GET  /metrics     Prometheus text
 GET  /rankings    ?profile=P[&task=T][&complexity=simple|medium|complex][&limit=N]
 GET  /costs       ?since=24h&by=model|provider|profile|client|policy
 GET  /costs/series ?since=24h&buckets=24
+GET  /overview    ?window=1h|24h|7d: the status page's totals, per served model / provider /
+                  requested model, and spend and requests over time (`addon.store.windows`)
+GET  /requests    ?window=24h&outcome=&model=&client=&limit=50: recent requests, newest first
+GET  /requests/ID one request as `orchestrator explain ID` shows it (and its columns)
+GET  /budgets     each live budget window with its state (ok, alerting, blocking)
 POST /reload      reload the config now (also: SIGHUP, or just save a file)
+
+The page's endpoints read the ledger through a short-lived cache (ROWS_TTL_S): several open
+pages polling every few seconds cost one ledger read per window, not one per call.
 """
 
 from __future__ import annotations
@@ -20,14 +28,19 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from addon.proxy import statuspage
+from addon.errors import LedgerError
+from addon.proxy import budgetgate, statuspage
 from addon.proxy.dispatch import Dispatcher
 from addon.proxy.metrics import Metrics
 from addon.proxy.view import View
 from addon.routing import ranking
 from addon.routing.scoring import effective_weights
-from addon.store import reports
+from addon.state.memory import Budgets
+from addon.store import reports, windows
 from addon.store.ledgers import LedgerReader
+
+ROWS_TTL_S = 2.0
+BUDGET_LOOKBACK_S = 86400  # refusals are counted over at most the last day of a window
 
 
 class RunningProxy(Protocol):
@@ -37,6 +50,7 @@ class RunningProxy(Protocol):
     dispatcher: Dispatcher
     metrics: Metrics
     reader: LedgerReader
+    budgets: Budgets
 
     @property
     def view(self) -> View:
@@ -69,6 +83,8 @@ class AdminServer:
         self._runner: web.AppRunner | None = None
         self.port = 0
         self._page = statuspage.render_page()
+        self._rows: tuple[float, float, list[dict[str, Any]]] | None = None  # since, at, rows
+        self._rows_lock = asyncio.Lock()
 
     async def start(self, host: str, port: int) -> None:
         """Serve on `host:port` (port 0: any free one; `self.port` says which)."""
@@ -81,6 +97,10 @@ class AdminServer:
             web.get("/rankings", self.rankings),
             web.get("/costs", self.costs),
             web.get("/costs/series", self.series),
+            web.get("/overview", self.overview),
+            web.get("/requests", self.requests),
+            web.get("/requests/{id}", self.request_detail),
+            web.get("/budgets", self.budgets),
             web.post("/reload", self.reload),
         ])  # fmt: skip
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -166,6 +186,74 @@ class AdminServer:
             return _error(400, str(e))
         rows = await asyncio.to_thread(reports.load, self.rt.reader, since)
         return web.json_response({"series": reports.spend_series(rows, since, now, buckets)})
+
+    # ------------------------------------------------------------------ status page
+
+    async def _load(self, since: float) -> list[dict[str, Any]]:
+        """Ledger rows at or after `since` (decoded, oldest first), from the last read when it
+        covers `since` and is under ROWS_TTL_S old."""
+        async with self._rows_lock:
+            now = time.monotonic()
+            cached = self._rows
+            if cached is None or cached[0] > since or now - cached[1] > ROWS_TTL_S:
+                rows = await asyncio.to_thread(reports.load, self.rt.reader, since)
+                cached = self._rows = (since, now, rows)
+        return [r for r in cached[2] if r["ts"] >= since]
+
+    async def overview(self, request: web.Request) -> web.Response:
+        """GET /overview: the status page's numbers for one window."""
+        now = time.time()
+        window = request.query.get("window", "24h")
+        try:
+            since, _ = windows.window_bounds(window, now)
+            rows = await self._load(since)
+        except (ValueError, LedgerError) as e:
+            return _error(400 if isinstance(e, ValueError) else 503, str(e))
+        return web.json_response(windows.overview(rows, window, now))
+
+    async def requests(self, request: web.Request) -> web.Response:
+        """GET /requests: the window's newest requests, filtered."""
+        q = request.query
+        try:
+            since, _ = windows.window_bounds(q.get("window", "24h"), time.time())
+            text = q.get("limit", "50")
+            if not text.isdigit():
+                raise ValueError(f"limit {text!r} is not a number")
+            limit = int(text)
+            rows = await self._load(since)
+            doc = windows.recent(rows, outcome=q.get("outcome", ""), model=q.get("model", ""),
+                                 client=q.get("client", ""), limit=limit)  # fmt: skip
+        except (ValueError, LedgerError) as e:
+            return _error(400 if isinstance(e, ValueError) else 503, str(e))
+        return web.json_response(doc)
+
+    async def request_detail(self, request: web.Request) -> web.Response:
+        """GET /requests/ID: one request's columns and its `explain` text; 404 when unknown."""
+        rid = request.match_info["id"]
+        try:
+            rows = await asyncio.to_thread(self.rt.reader.read_rows, request_id=rid)
+        except LedgerError as e:
+            return _error(503, str(e))
+        if not rows:
+            return _error(404, f"no request {rid!r} in the ledger (ids are in the "
+                               "x-orchestrator-request-id response header)")  # fmt: skip
+        row = rows[0]
+        row["attempt_log"] = reports.json_list(row.get("attempt_log"))
+        row["reasons"] = reports.json_list(row.get("reasons"))
+        return web.json_response(windows.detail(row))
+
+    async def budgets(self, request: web.Request) -> web.Response:
+        """GET /budgets: the live budget windows, each with its state and recent refusals."""
+        now = time.time()
+        live = self.rt.budgets.snapshot(now)
+        policies = self.rt.view.config.policies
+        actions = {r.name: r.on_exceed for p in policies if (r := budgetgate.rule_of(p))}
+        since = min([b["window_start"] for b in live], default=now)
+        try:
+            rows = await self._load(max(since, now - BUDGET_LOOKBACK_S)) if live else []
+        except LedgerError:
+            rows = []  # the state from spend alone; the page shows the ledger's own problem
+        return web.json_response({"budgets": windows.budget_states(live, actions, rows, now)})
 
 
 def ranking_json(rt: RunningProxy, profile: str, cls: str, limit: int) -> dict[str, Any]:

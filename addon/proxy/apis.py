@@ -33,6 +33,7 @@ from typing import Any
 from addon.config.schema import ENDPOINTS
 from addon.routing import classify
 from addon.routing.classify import RequestFeatures
+from addon.routing.difficulty import DifficultyModel
 from addon.routing.fallback import (
     Outcome,
     OutcomeKind,
@@ -89,19 +90,25 @@ class ReadRequest:
     embeddings: EmbeddingsRequest | None = None
 
 
-def read_request(ep: Endpoint, parsed: ParsedBody) -> ReadRequest:
-    """Read `parsed` as a request of `ep`'s API (the model was read once, by the parser)."""
+def read_request(
+    ep: Endpoint, parsed: ParsedBody, difficulty: DifficultyModel | None = None
+) -> ReadRequest:
+    """Read `parsed` as a request of `ep`'s API (the model was read once, by the parser);
+    `difficulty` is the learned scorer (None: the keyword heuristic)."""
     data, model = parsed.data, parsed.model
     if ep.api == "responses":
         r = responses.read_request(data)
-        return ReadRequest(classify.responses_features(r, requested_model=model), responses=r)
+        feats = classify.responses_features(r, requested_model=model, difficulty=difficulty)
+        return ReadRequest(feats, responses=r)
     if ep.api == "messages":
         m = messages.read_request(data)
-        return ReadRequest(classify.messages_features(m, requested_model=model))
+        return ReadRequest(
+            classify.messages_features(m, requested_model=model, difficulty=difficulty)
+        )
     if ep.api == "embeddings":
         e = embeddings.read_request(data)
         return ReadRequest(classify.embeddings_features(e, requested_model=model), embeddings=e)
-    return ReadRequest(classify.features(data, requested_model=model))
+    return ReadRequest(classify.features(data, requested_model=model, difficulty=difficulty))
 
 
 def prompt_text(api: str | None, data: dict[str, Any]) -> str:

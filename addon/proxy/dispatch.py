@@ -16,6 +16,8 @@ import time
 from collections.abc import Sequence
 
 from addon.proxy import apis, budgetgate, followups, modellist, recording, responsestate, screens
+from addon.proxy.balancing import Balancing
+from addon.proxy.cachegate import CacheGate
 from addon.proxy.eligible import eligible, embedding_space, state_filter
 from addon.proxy.exchange import (
     Canned,
@@ -33,6 +35,7 @@ from addon.proxy.metrics import Metrics
 from addon.proxy.outbound import has_client_key
 from addon.proxy.pipe import Pipe
 from addon.proxy.plan import Plan, Shape, vector_check
+from addon.proxy.ratelimitgate import RateLimitGate
 from addon.proxy.replies import reply_for
 from addon.proxy.rescue import Acquire
 from addon.proxy.responsestate import Refusal
@@ -84,6 +87,9 @@ class Dispatcher(Health):
         self.homes: ResponseHomes = homes if homes is not None else LocalResponseHomes()
         self.cooldown: dict[str, float] = {}  # candidate key -> monotonic time it may be retried
         self.dimensions: dict[str, int] = {}  # embedding model id -> the vector length it gave
+        self.balancing = Balancing()  # deployments' order, calls in flight (`balance:`)
+        self.cache = CacheGate()  # the response cache (`cache:`); no store: off
+        self.limits = RateLimitGate()  # rpm/tpm per client, policy, provider (`limits:`)
         self.swap(view)
 
     def swap(self, view: View) -> None:
@@ -165,7 +171,7 @@ class Dispatcher(Health):
             pending.error = str(parsed)
             return Passthrough(pending)
         pending.requested_model = parsed.model  # the one read of `model`, for the ledger
-        read = apis.read_request(ep, parsed)
+        read = apis.read_request(ep, parsed, view.difficulty)  # learned complexity, if on
         space = (
             embedding_space(view.catalog, parsed.model, inc.host)
             if ep.api == "embeddings"
@@ -204,6 +210,7 @@ class Dispatcher(Health):
         res = view.config.settings.resilience
         up, usable = state_filter(ok, self.breakers, self.provider_breakers, self.cooldown,
                                   time.monotonic(), res.breaker.cooldown_s)  # fmt: skip
+        usable = self.limits.filter(view, usable, pending.reasons)  # providers at their limit
 
         def again(r: decide.RoutingRequest) -> decide.RoutingDecision | decide.NoRoute:
             # a few spare targets beyond max_attempts: a context-length failure skips ahead
@@ -215,6 +222,9 @@ class Dispatcher(Health):
         if isinstance(decision, decide.NoRoute):
             msg = decision.message if pin is None else f"{pin.reason}, but: {decision.message}"
             return _refuse(Refusal(decision.status, msg, decision.code), pending)
+        limited = None if ep.count_tokens else await self.limits.admit(view, pending, req, decision)
+        if limited is not None:  # 429: the client's or the policy's rpm/tpm (ratelimitgate)
+            return limited
         if not ep.count_tokens:  # counting tokens is free: no budget
             gated = await budgetgate.gate(self.budgets, self.metrics, view.config.policies,
                                           pending, req, decision, again)  # fmt: skip
@@ -232,13 +242,19 @@ class Dispatcher(Health):
         shape = Shape(inc, parsed, ep, inject_usage, features.stream and not ep.count_tokens,
                       readers, vector_check(read.embeddings, self.dimensions))  # fmt: skip
         shaped = chains.tried_order(decision.chain, decision.mode, up)
+        shaped = self.balancing.order(view, shaped, self.latency, usable, pending.reasons)
         pending.reasons.extend(f"chain {line}" for line in shaped.lines())
+        hit = await self.cache.lookup(view, pending, parsed.data, shaped.targets, self.pipe,
+                                      inject_usage)  # fmt: skip
+        if hit is not None:  # answered from the response cache: no attempt, no spend
+            return hit
         plan = Plan(view, shaped.targets, shape, pending)
 
         async def acquire(c: catmod.Candidate) -> bool:
             if not await self._acquire(c):
                 return False
-            if await budgetgate.topup(self.budgets, pending, c, features):
+            if (await budgetgate.topup(self.budgets, pending, c, features)
+                    and await self.limits.claim(view, pending, c, features)):  # fmt: skip
                 return True
             self.breakers.release(c.key)  # give back any half-open probe just claimed
             self.provider_breakers.release(c.provider)
@@ -247,11 +263,13 @@ class Dispatcher(Health):
         # a stream's success is known at its clean end (the pipe says so), not at hand-off
         streaming = features.stream and not ep.count_tokens
         on_outcome = self._on_stream_outcome if streaming else self._on_outcome
-        result = await self.engine.run(plan, on_outcome=on_outcome, acquire=acquire)
+        claim, told = self.balancing.track(pending.id, acquire, on_outcome, streaming)
+        result = await self.engine.run(plan, on_outcome=told, acquire=claim)
+        self.cache.ran(pending, result, view)  # `x-orchestrator-cache: miss`; record the answer
         pending.reasons.extend(f"skipped {key}: {why}" for key, why in result.skipped)
         pending.attempts = result.attempts
         return await self._answer(view, pending, result, decision, inject_usage,
-                                  tried=shaped.targets, acquire=acquire)  # fmt: skip
+                                  tried=shaped.targets, acquire=claim)  # fmt: skip
 
     async def _answer(self, view: View, pending: Pending, result: EngineResult,
                       decision: decide.RoutingDecision, inject_usage: bool, *,
@@ -319,7 +337,10 @@ class Dispatcher(Health):
         row, usage = recording.build_row(view.catalog, view.config.settings, pending,
                                          status=status, body=body, error=error,
                                          client_abort=client_abort)  # fmt: skip
+        row, usage = self.cache.finished(pending, row, usage)  # a hit: cached, bills nothing
         budgetgate.settle(self.budgets, pending, usage, row.cost_usd)
+        self.limits.finished(pending, usage)  # rate-limit holds become the real usage
+        self.balancing.done(pending.id)
         r, s = pending.report, pending.answered_by
         if r is not None and s is not None and pending.api == "responses":
             self._home(pending, s.candidate.provider, r.response_id, r.encrypted_reasoning)

@@ -1,7 +1,11 @@
 """Prometheus metrics, on a registry owned by the running proxy (no global state).
 
 Labels carry names only (api, profile, model, provider, outcome, target): never keys,
-prompts or client-chosen free text beyond the model name the router resolved.
+prompts or client-chosen free text. `model` is the *served* model (the catalog's id of the
+target that answered, "-" when nothing did), never the requested string, so every label's
+values are bounded by the config: `orchestrator_request_latency_seconds` and
+`orchestrator_ttft_seconds` are histograms per served model and provider, like the status
+page's p50/p95.
 
 Breakers: `orchestrator_breaker_state` (per target) and `orchestrator_provider_breaker_state`
 (per provider) are read at scrape time; `orchestrator_provider_breaker_transitions` counts
@@ -73,8 +77,9 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "orchestrator_requests", "Intercepted LLM requests.",
-            ["profile", "model", "provider", "outcome"], registry=r,
+            "orchestrator_requests", "Intercepted LLM requests by API (chat, completions, "
+            "responses, messages, embeddings), profile, served model, provider and outcome.",
+            ["api", "profile", "model", "provider", "outcome"], registry=r,
         )  # fmt: skip
         self.api_requests = Counter(
             "orchestrator_api_requests", "Intercepted LLM requests by API (chat, completions, "
@@ -104,16 +109,16 @@ class Metrics:
             "orchestrator_tokens", "Tokens by kind.", ["kind", "provider", "model"], registry=r
         )
         self.latency = Histogram(
-            "orchestrator_request_latency_seconds", "Total request latency through the router.",
-            ["provider"], buckets=LATENCY_BUCKETS, registry=r,
+            "orchestrator_request_latency_seconds", "Total request latency through the router, "
+            "per served model.", ["model", "provider"], buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.upstream_latency = Histogram(
             "orchestrator_upstream_latency_seconds", "Latency of each upstream attempt.",
             ["provider"], buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.ttft = Histogram(
-            "orchestrator_ttft_seconds", "Time to first token (streaming).", ["provider"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            "orchestrator_ttft_seconds", "Time to first token (streaming), per served model.",
+            ["model", "provider"], buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.reloads = Counter(
             "orchestrator_config_reloads", "Config reloads by result.", ["result"], registry=r
@@ -131,6 +136,15 @@ class Metrics:
             "Provider breaker status changes made by this replica, by the status entered.",
             ["provider", "to"], registry=r,
         )  # fmt: skip
+        self.cache_lookups = Counter(
+            "orchestrator_cache_lookups", "Response cache lookups by result (hit, miss, "
+            "bypass: not cacheable or Cache-Control: no-store).", ["result"], registry=r,
+        )  # fmt: skip
+        self.rate_limited = Counter(  # addon.proxy.ratelimitgate
+            "orchestrator_rate_limited", "Requests refused (client, policy) or attempts skipped "
+            "(provider) at a rate limit, by scope and name (client name or anonymous, policy, "
+            "provider).", ["scope", "name"], registry=r,
+        )  # fmt: skip
         r.register(_Live(read_state))
 
     def provider_breaker_moved(
@@ -145,9 +159,9 @@ class Metrics:
 
     def observe(self, row: LedgerRow, api: str | None = None) -> None:
         """Count one finished request of `api` from its ledger row."""
-        model = row.routed_model or row.requested_model or "-"
+        model = served_model(row)
         provider = row.provider or "-"
-        self.requests.labels(row.profile or "-", model, provider, row.outcome).inc()
+        self.requests.labels(api or "-", row.profile or "-", model, provider, row.outcome).inc()
         self.api_requests.labels(api or "-", provider, row.outcome).inc()
         for a in row.attempt_log:
             self.attempts.labels(a["provider"], a["model"], a["outcome"]).inc()
@@ -166,10 +180,22 @@ class Metrics:
             if n:
                 self.tokens.labels(kind, provider, model).inc(n)
         if row.latency_ms is not None:
-            self.latency.labels(provider).observe(row.latency_ms / 1000)
+            self.latency.labels(model, provider).observe(row.latency_ms / 1000)
         if row.ttft_ms is not None:
-            self.ttft.labels(provider).observe(row.ttft_ms / 1000)
+            self.ttft.labels(model, provider).observe(row.ttft_ms / 1000)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
+
+
+def served_model(row: LedgerRow) -> str:
+    """The `model` label of a row: the catalog id of the target that answered (its last
+    attempt's), "-" when no target answered. Never the requested string, which the client
+    chooses freely."""
+    if not row.provider:
+        return "-"
+    for a in reversed(row.attempt_log):
+        if a.get("provider") == row.provider and a.get("model"):
+            return str(a["model"])
+    return "-"

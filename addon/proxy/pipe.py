@@ -20,9 +20,9 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -31,6 +31,7 @@ from addon.proxy.rescue import Acquire, Continuation, Ended, OnOutcome, Rescue
 from addon.proxy.streamfacts import CHAT, StreamReader, StreamReport, worth_parsing
 from addon.proxy.upstream import Engine, LiveStream
 from addon.proxy.view import View
+from addon.proxy.watchdog import Stalled, Watchdog
 from addon.routing.fallback import OutcomeKind
 from addon.routing.scoring import Scored
 from addon.wire.chat import is_usage_only_chunk
@@ -38,6 +39,17 @@ from addon.wire.splice import Splice
 from addon.wire.sse import SSEEvent, event_json
 
 log = logging.getLogger("orchestrator")
+ATTACH_WAIT_S = 5.0  # how long the relay waits for mitmproxy to take the stream's headers
+
+
+class Sink(Protocol):
+    """Where the relay puts a stream's body bytes instead of the loopback socket (the
+    flow's client stream: `addon.proxy.inject.FlowSink`)."""
+
+    async def write(self, data: bytes) -> None:
+        """Deliver `data` to the client now; waits while the client is not reading; raises
+        ConnectionResetError when it is gone."""
+        ...
 
 
 @dataclass
@@ -53,6 +65,8 @@ class _Entry:
     rescue: Rescue | None = None
     kept: list[bytes | dict[str, Any]] | None = None  # what the client got, while rescuable
     splice: Splice | None = None  # how a continuation's events reach the client
+    attached: asyncio.Future[Sink | None] | None = None  # the flow's sink, once it has one
+    out: Callable[[bytes], Awaitable[None]] | None = None  # where body bytes go
 
 
 @dataclass(frozen=True)
@@ -84,6 +98,7 @@ class Pipe:
     def __init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
         self._replies: dict[str, _Reply] = {}
+        self._relaying: dict[str, _Entry] = {}  # fetched by mitmproxy, not yet ended
         self._runner: web.AppRunner | None = None
         self._lock = asyncio.Lock()
         self.port = 0
@@ -155,6 +170,18 @@ class Pipe:
                       "is dropped", reply.status)  # fmt: skip
         return web.Response(status=reply.status, headers=reply.headers, body=reply.body)
 
+    def attach(self, token: str, sink: Sink | None) -> None:
+        """mitmproxy took the headers of `token`'s stream (its `responseheaders` hook ran):
+        its body goes to `sink` from now on (None: over the loopback socket)."""
+        entry = self._relaying.get(token)
+        if entry is not None and entry.attached is not None and not entry.attached.done():
+            entry.attached.set_result(sink)
+
+    @property
+    def relaying(self) -> int:
+        """Streams being relayed now."""
+        return len(self._relaying)
+
     @property
     def waiting(self) -> int:
         """Streams handed over but not yet fetched by mitmproxy."""
@@ -175,14 +202,34 @@ class Pipe:
             self._runner = None
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        entry = self._entries.pop(request.match_info["token"], None)
+        token = request.match_info["token"]
+        entry = self._entries.pop(token, None)
         if entry is None:
             return web.Response(status=404, text="unknown or used pipe token")
+        self._relaying[token] = entry
+        try:
+            return await self._stream(request, entry)
+        finally:
+            self._relaying.pop(token, None)
+
+    async def _sink(self, resp: web.StreamResponse, entry: _Entry) -> None:
+        """Once the headers are out: wait for mitmproxy to take them and give the flow's
+        sink; without one (or after ATTACH_WAIT_S) the body goes over the socket."""
+        sink: Sink | None = None
+        if entry.attached is not None:
+            with contextlib.suppress(TimeoutError):
+                sink = await asyncio.wait_for(entry.attached, ATTACH_WAIT_S)
+        entry.out = sink.write if sink is not None else resp.write
+        log.debug("stream body %s", "injected into the flow" if sink else "over the pipe socket")
+
+    async def _stream(self, request: web.Request, entry: _Entry) -> web.StreamResponse:
         resp = web.StreamResponse(status=entry.status, headers=entry.headers)
         resp.enable_chunked_encoding()
         report = entry.report
+        entry.attached = asyncio.get_running_loop().create_future()
         try:
             await resp.prepare(request)
+            await self._sink(resp, entry)
             broke = await self._write(resp, entry, entry.live.first)
             report.first_event_at = entry.live.first_event_at
             while True:
@@ -220,27 +267,35 @@ class Pipe:
         return resp
 
     async def _relay(self, resp: web.StreamResponse, entry: _Entry) -> _Break | None:
-        """Relay the current upstream stream until it ends (None) or breaks."""
+        """Relay the current upstream stream until it ends (None) or breaks. Whatever one
+        read returns (every event that arrived together) is passed on in one write."""
         live = entry.live
-        while True:
-            try:
-                async with asyncio.timeout(entry.stall_s):
-                    chunk = await live.response.content.readany()
-            except TimeoutError:
-                why = f"upstream stalled for {entry.stall_s * 1000:.0f} ms"
-                return _Break(OutcomeKind.TIMEOUT, why)
-            except Exception as e:  # the upstream broke (payload error, reset, ...)
-                return _Break(
-                    OutcomeKind.PROTOCOL_ERROR, f"upstream stream broke: {type(e).__name__}"
-                )
-            if not chunk:
-                return await self._write(resp, entry, live.parser.flush())
-            broke = await self._write(resp, entry, live.parser.feed(chunk))
-            if broke is not None:
-                return broke
-            if live.parser.oversized:
-                return _Break(OutcomeKind.PROTOCOL_ERROR, "upstream sent an SSE event larger "
-                              f"than {live.parser.max_event_bytes} bytes")  # fmt: skip
+        dog = Watchdog(live.response.content, entry.stall_s)
+        clock = asyncio.get_running_loop().time
+        readany, parser = live.response.content.readany, live.parser
+        try:
+            while True:
+                dog.since = clock()
+                try:
+                    chunk = await readany()
+                except Stalled:
+                    why = f"upstream stalled for {entry.stall_s * 1000:.0f} ms"
+                    return _Break(OutcomeKind.TIMEOUT, why)
+                except Exception as e:  # the upstream broke (payload error, reset, ...)
+                    return _Break(
+                        OutcomeKind.PROTOCOL_ERROR, f"upstream stream broke: {type(e).__name__}"
+                    )
+                dog.since = None
+                if not chunk:
+                    return await self._write(resp, entry, parser.flush())
+                broke = await self._write(resp, entry, parser.feed(chunk))
+                if broke is not None:
+                    return broke
+                if parser.oversized:
+                    return _Break(OutcomeKind.PROTOCOL_ERROR, "upstream sent an SSE event larger "
+                                  f"than {parser.max_event_bytes} bytes")  # fmt: skip
+        finally:
+            dog.cancel()
 
     async def _rescue(self, entry: _Entry, broke: _Break) -> Continuation | str:
         """The continuation of a broken stream, or the client's error text."""
@@ -307,7 +362,7 @@ class Pipe:
                 if kept is not None:
                     kept.append(ev.data if splice is None else shown)
         if out:
-            await resp.write(b"".join(out))
+            await (entry.out or resp.write)(b"".join(out))
         return broke
 
     async def _fail(
@@ -318,7 +373,7 @@ class Pipe:
         report.error = why
         log.warning("stream truncated: %s", why)
         with contextlib.suppress(ConnectionResetError):
-            await resp.write(entry.reader.cut(why, report))
+            await (entry.out or resp.write)(entry.reader.cut(why, report))
         # cut the connection without the final chunk: the client sees a broken stream
         if request.transport is not None:
             request.transport.abort()

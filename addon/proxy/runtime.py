@@ -27,7 +27,10 @@ from addon.config.loaded import Config
 from addon.config.schema import Settings, default_apis
 from addon.errors import ConfigError
 from addon.proxy import budgetgate, dispatch
+from addon.proxy.balancing import Balancing
+from addon.proxy.cachegate import CacheGate
 from addon.proxy.metrics import Metrics
+from addon.proxy.ratelimitgate import RateLimitGate
 from addon.proxy.view import View, build_view, environ
 from addon.routing import ranking
 from addon.state import memory
@@ -182,8 +185,11 @@ class Runtime:
         self.dispatcher = dispatch.Dispatcher(view, self.ledger, budgets, breakers=breakers,
                                               latency=latency, homes=homes,
                                               provider_breakers=providers)  # fmt: skip
+        self.dispatcher.balancing = Balancing.for_state(cfg.settings.state)  # calls in flight
         self.metrics = Metrics(self.live_state)  # reads the dispatcher's state when scraped
         self.dispatcher.metrics = self.metrics
+        self.dispatcher.cache = CacheGate.for_config(cfg, self.metrics)  # `cache:`
+        self.dispatcher.limits = RateLimitGate.for_state(cfg.settings.state, self.metrics)
         budgets.on_alert = budgetgate.alert_sink(self.metrics)
         self._seed = budgetgate.spend_to_seed(cfg, self.reader)
         if isinstance(budgets, memory.LocalBudgets):  # before the first request
@@ -218,6 +224,9 @@ class Runtime:
         for rule, key, start, usd in self._seed:  # shared: only windows no replica counted
             await self.budgets.seed(rule, key, start, usd)
         await self.dispatcher.pipe.ensure_started()  # hooks that cannot await need its port
+        await self.dispatcher.balancing.start()
+        await self.dispatcher.cache.start()
+        await self.dispatcher.limits.start()
         loop = asyncio.get_running_loop()
         gc.collect()  # the loading's garbage, once, before any request waits on it
         _settle()
@@ -248,6 +257,9 @@ class Runtime:
         if self.admin is not None:
             await self.admin.stop()
         await self.dispatcher.close()
+        await self.dispatcher.balancing.close()
+        await self.dispatcher.cache.close()
+        await self.dispatcher.limits.close()
         if self.shared is not None:
             await self.shared.close()
         await asyncio.to_thread(self.ledger.close)
@@ -384,4 +396,5 @@ class Runtime:
             "state": self.shared.health() if self.shared is not None
                      else {"kind": "in-process"},
             "response_homes": self.dispatcher.homes.health(),
+            "rate_limits": self.dispatcher.limits.snapshot(),  # addon.proxy.ratelimitgate
         }  # fmt: skip

@@ -5,16 +5,22 @@ A `View` is replaced whole on reload, so a request reads one version from start 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from addon.config.loaded import Config
+from addon.errors import OrchestratorError
 from addon.proxy import clients
 from addon.routing import catalog as catmod
 from addon.routing import ranking
+from addon.routing.difficulty import DifficultyModel
 from addon.store import benchmarks
+from addon.store import scorer as scorer_store
+
+log = logging.getLogger("orchestrator")
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,8 @@ class View:
     _speaking: dict[str, frozenset[str] | None] = field(
         default_factory=dict, compare=False, repr=False
     )
+    # the learned difficulty scorer (`complexity: learned`); None: the keyword heuristic
+    difficulty: DifficultyModel | None = field(default=None, compare=False, repr=False)
 
     def keyed(self, client_key_host: str | None, api: str = "chat") -> frozenset[str]:
         """Providers a request of `api` can be sent to with a key, among those that speak
@@ -68,8 +76,13 @@ def build_view(cfg: Config, env: Mapping[str, str], latency: Mapping[str, float]
         for name, p in cfg.settings.providers.items()
         if p.api_key_env and env.get(p.api_key_env)
     }
+    try:
+        difficulty = scorer_store.for_config(cfg)
+    except OrchestratorError as e:  # a broken artifact costs the learned scorer, not the proxy
+        log.warning("%s; routing with the keyword heuristic", e)
+        difficulty = None
     return View(cfg, catalog, ranking.build_router(cfg, catalog, latency), keys,
-                clients.key_digests(cfg.settings, env))  # fmt: skip
+                clients.key_digests(cfg.settings, env), difficulty=difficulty)  # fmt: skip
 
 
 def intercepted(host: str, intercept: tuple[str, ...] | list[str]) -> bool:

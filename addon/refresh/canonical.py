@@ -5,11 +5,15 @@ Order matters and is fixed:
 1. OpenRouter ids define the canonical models (``:free``/``:exacto``-style routing variants
    are offerings of their base model; ``:thinking`` is its own model). Their canonical
    slugs and ``hugging_face_id`` values become extra names; an HF id is evidence only when
-   exactly one model claims it.
+   exactly one model claims it; a dated slug of an undated id documents its release date.
+   Ids only older snapshots list become aliases, or models without offerings
+   (``addon.refresh.history``).
 2. LiteLLM chat entries attach to those models. Entries with no plausible candidate form
    new models, grouped only with entries whose names agree token for token; uncertain
    ones go to ``unmatched`` and get no offering (a wrong merge would misprice them).
-3. LMArena names attach quality; the best-matched name per model wins.
+3. LMArena names attach quality; the best-matched name per model wins, from the newest
+   file that rates the model; older files' names become aliases. A display name LMSYS's
+   table lists resolves as its key.
 4. Hugging Face files add licence, parameter count and the HF id; LMSYS's table fills in
    licences for arena keys.
 5. Local providers' ``/models`` ids become offerings of that provider at price 0: of the
@@ -28,6 +32,7 @@ from collections import defaultdict
 from dataclasses import astuple, dataclass, field
 from typing import Any
 
+from addon.refresh.history import openrouter_history
 from addon.refresh.merge import Merge
 from addon.refresh.model_orgs import family, params_from_name
 from addon.refresh.resolve import AliasRules, Match, Miss
@@ -50,9 +55,14 @@ class Inputs:
     """Every source's parsed records for one assembly, and the manual alias rules.
 
     `arena_file` names the LMArena file the ratings came from (kept as `quality_source`).
+    `openrouter_older` holds older OpenRouter snapshots' records and `arena_older` older
+    arena files as (file name, scores), newest first: they add names, and fill values
+    only where the newer ones have none (arena ratings).
     """
 
     openrouter: tuple[OpenRouterModel, ...] = ()
+    openrouter_older: tuple[OpenRouterModel, ...] = ()
+    arena_older: tuple[tuple[str, tuple[ArenaScore, ...]], ...] = ()
     litellm: tuple[LiteLLMModel, ...] = ()
     arena: tuple[ArenaScore, ...] = ()
     arena_file: str | None = None
@@ -109,11 +119,13 @@ def assemble(inputs: Inputs) -> Assembly:
     same inputs always give the same tables, in the same order."""
     build = Merge(inputs.rules)
     build.openrouter(inputs.openrouter)
+    openrouter_history(build, inputs.openrouter_older, {r.id for r in inputs.openrouter})
     build.litellm(inputs.litellm)
-    build.arena(inputs.arena, inputs.arena_file)
+    build.arena(((inputs.arena_file, inputs.arena), *inputs.arena_older), inputs.lmsys)
     lmsys_rows = build.lmsys(inputs.lmsys)
     build.huggingface(inputs.huggingface)
     build.local(inputs.local)
+    older_arena = [scores for _, scores in inputs.arena_older]
     models = tuple(_model_record(m) for _, m in sorted(build.models.items()))
     offerings = tuple(o for _, o in sorted(build.offerings.items()))
     matches = tuple(m for _, m in sorted(build.matches.items()))
@@ -143,9 +155,9 @@ def assemble(inputs: Inputs) -> Assembly:
         misses=misses,
         created=tuple(build.created),
         fetched={
-            "openrouter": len(inputs.openrouter),
+            "openrouter": len({r.id for r in (*inputs.openrouter, *inputs.openrouter_older)}),
             "litellm": len(inputs.litellm),
-            "lmarena": len({s.model for s in inputs.arena}),
+            "lmarena": len({s.model for f in (inputs.arena, *older_arena) for s in f}),
             "huggingface": len(inputs.huggingface),
             "lmsys": len(inputs.lmsys),
             "local": len(inputs.local),

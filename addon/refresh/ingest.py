@@ -31,7 +31,9 @@ from addon.errors import RefreshError
 from addon.refresh.canonical import Assembly, Inputs, assemble
 from addon.refresh.resolve import AliasRules, load_alias_rules
 from addon.refresh.snapshots import (
+    HISTORY_KINDS,
     KINDS,
+    MAX_HISTORY,
     MULTI_FILE,
     PRICE_KINDS,
     Collected,
@@ -39,6 +41,7 @@ from addon.refresh.snapshots import (
     Snapshot,
     load_stored,
     local_provider,
+    newest_first,
     read_folder,
     to_records,
 )
@@ -112,6 +115,9 @@ def _choose(
                 snaps.append(snap)
         if not snaps:
             return _Used("missing")
+        pairs = dict(zip(map(id, snaps), results, strict=True))
+        snaps = newest_first(kind, snaps)
+        results = [pairs[id(s)] for s in snaps]
         return _Used("kept", tuple(results), tuple(snaps), kept=tuple(s.name for s in snaps))
     failures: list[Failure] = list(collected.failures)
     used: list[tuple[Snapshot, ParseResult[Any]]] = []
@@ -124,12 +130,19 @@ def _choose(
     fresh = frozenset(s.name for s, _ in used)
     failed = {f.key for f in failures}
     kept: list[str] = []
-    for snap in previous:
-        if snap.key in failed and snap.name not in fresh:
+    history = 0
+    for snap in newest_first(kind, previous):
+        if snap.name in fresh:
+            continue
+        if snap.key in failed or (fresh and kind in HISTORY_KINDS and history < MAX_HISTORY):
             parsed = _try_parse(snap)
-            if not isinstance(parsed, str):
-                used.append((snap, parsed))
+            if isinstance(parsed, str):
+                continue
+            used.append((snap, parsed))
+            if snap.key in failed:
                 kept.append(snap.name)
+            else:
+                history += 1  # an older snapshot: its names still count
     errors = tuple(f.error for f in failures)
     if fresh:
         status = "partial" if failures else "ok"
@@ -137,6 +150,9 @@ def _choose(
         status = "failed"
     else:
         status = "missing"
+    if kind in HISTORY_KINDS:
+        order = {id(s): i for i, s in enumerate(newest_first(kind, [s for s, _ in used]))}
+        used.sort(key=lambda pair: order[id(pair[0])])
     return _Used(
         status,
         tuple(r for _, r in used),
@@ -181,10 +197,12 @@ def build(
     progress("matching names across sources")
     assembly = assemble(
         Inputs(
-            openrouter=_records(used, "openrouter"),
+            openrouter=_records(used, "openrouter", newest=True),
+            openrouter_older=_records(used, "openrouter", older=True),
             litellm=_records(used, "litellm"),
-            arena=_records(used, "lmarena"),
+            arena=_records(used, "lmarena", newest=True),
             arena_file=used["lmarena"].results[0].name if used["lmarena"].results else None,
+            arena_older=tuple((r.name, r.records) for r in used["lmarena"].results[1:]),
             huggingface=_records(used, "huggingface"),
             lmsys=_records(used, "lmsys"),
             local=_records(used, "local"),
@@ -227,8 +245,17 @@ def build_from_folder(
     return build(read_folder(directory), Path(out_path), rules)
 
 
-def _records(used: Mapping[str, _Used], kind: str) -> tuple[Any, ...]:
-    return tuple(r for result in used[kind].results for r in result.records)
+def _records(
+    used: Mapping[str, _Used], kind: str, *, newest: bool = False, older: bool = False
+) -> tuple[Any, ...]:
+    """A kind's records: of every snapshot, or (history kinds, newest first) of the newest
+    one only, or of the older ones only."""
+    results = used[kind].results
+    if newest:
+        results = results[:1]
+    elif older:
+        results = results[1:]
+    return tuple(r for result in results for r in result.records)
 
 
 def _newest(snaps: tuple[Snapshot, ...]) -> str | None:

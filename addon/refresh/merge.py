@@ -125,10 +125,7 @@ class Merge:
                 hf_spelling.setdefault(rec.hugging_face_id.lower(), rec.hugging_face_id)
         families = {_name_family(parse_name(model_id)): model_id for model_id in self.models}
         for model_id, model in sorted(self.models.items()):
-            self.index.add(model_id, model_id, "id")
-            slug = _useful_slug(model_id, model["slug"], families)
-            if slug:
-                self.index.add(model_id, slug, "slug", drop_date=True)
+            self.add_model_names(model_id, model["slug"], families)
         for hf_key, owners in sorted(hf_claims.items()):
             spelling = hf_spelling[hf_key]
             if len(owners) > 1:
@@ -140,6 +137,19 @@ class Merge:
             self.models[owner]["hf_id"] = spelling
             self.index.add(owner, spelling, "hf")
             self.record(Match("huggingface", spelling, owner, Method.EVIDENCE, 100.0))
+
+    def add_model_names(
+        self, model_id: str, slug: str | None, families: dict[tuple[object, ...], str]
+    ) -> None:
+        """Index an OpenRouter model's id and slug. A dated slug of an undated id documents
+        which release the id is (`NameIndex.document_release`)."""
+        self.index.add(model_id, model_id, "id")
+        useful = _useful_slug(model_id, slug, families)
+        if useful:
+            self.index.add(model_id, useful, "slug", drop_date=True)
+        own, listing = parse_name(model_id), parse_name(slug or "")
+        if listing.date and own.date is None and _name_family(listing) == _name_family(own):
+            self.index.document_release(model_id, listing.date)
 
     def litellm(self, records: tuple[LiteLLMModel, ...]) -> None:
         """Step 2: LiteLLM entries become offerings of the models they match; entries with
@@ -193,22 +203,51 @@ class Merge:
             candidate = f"{base_id}-{serial}"
         return candidate
 
-    def arena(self, scores: tuple[ArenaScore, ...], file_name: str | None) -> None:
+    def arena(
+        self,
+        files: tuple[tuple[str | None, tuple[ArenaScore, ...]], ...],
+        table: tuple[ArenaModelInfo, ...] = (),
+    ) -> None:
         """Step 3: arena ratings (overall and per category) attach to the model each name
-        matches; when several names match one model, the best-matched name wins.
-        `file_name` is recorded as the quality's source."""
+        matches; when several names match one model, the best-matched name wins. `files`
+        are (file name, scores), newest first: a model takes its ratings from the newest
+        file that rates it (the file name is recorded as the quality's source); every
+        file's names become aliases. A display name (``GPT-4o-2024-08-06``) that LMSYS's
+        `table` lists resolves as the key the table gives it (method evidence)."""
+        keys = {r.display_name.lower(): r.key for r in table if r.display_name}
+        every = sorted({s.model for _, scores in files for s in scores})
+        rated: set[str] = set()
+        for file_name, scores in files:
+            rated |= self._arena_file(scores, file_name, keys, rated, every)
+
+    def _resolve_arena(self, name: str, keys: dict[str, str]) -> Match | Miss:
+        key = keys.get(name.lower())
+        if key is None or key == name or ("lmarena", name) in self.overrides:
+            return self.resolve("lmarena", name)
+        via = self.resolve("lmarena", key)
+        if isinstance(via, Match):
+            return Match("lmarena", name, via.model_id, Method.EVIDENCE, via.score, via.one_sided)
+        return self.resolve("lmarena", name)
+
+    def _arena_file(
+        self,
+        scores: tuple[ArenaScore, ...],
+        file_name: str | None,
+        keys: dict[str, str],
+        rated: set[str],
+        every: list[str],
+    ) -> set[str]:
         by_name: defaultdict[str, dict[str, ArenaScore]] = defaultdict(dict)
         for score in scores:
             by_name[score.model].setdefault(score.category, score)
         chosen: dict[str, tuple[tuple[Any, ...], str]] = {}
         names = sorted(by_name)
+        results = [self._resolve_arena(n, keys) for n in names]
         for name, result in zip(
-            names,
-            settle(self.index, [self.resolve("lmarena", n) for n in names], self.attached_dates),
-            strict=True,
+            names, settle(self.index, results, self.attached_dates, every), strict=True
         ):
             self.record(result)
-            if isinstance(result, Match):
+            if isinstance(result, Match) and result.model_id not in rated:
                 rank = (_METHOD_RANK.get(result.method, 4), -result.score, name)
                 if result.model_id not in chosen or rank < chosen[result.model_id][0]:
                     chosen[result.model_id] = (rank, name)
@@ -225,6 +264,7 @@ class Merge:
                         model_id, category, score.rating, score.rating_lo, score.rating_hi
                     )
                 )
+        return set(chosen)
 
     def lmsys(self, table: tuple[ArenaModelInfo, ...]) -> int:
         """Step 4 (run before `huggingface`): LMSYS's table fills in the licence of

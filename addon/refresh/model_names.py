@@ -1,8 +1,9 @@
 """Model-name normalization and the hard guards entity resolution relies on.
 
 ``parse_name`` lowercases a name, drops the provider/org path, Bedrock's vendor prefix and
-``-v1:0`` suffix and OpenRouter's ``:free``-style routing suffix, splits on ``. - _ / @ ( )``
-and sorts the tokens into classes:
+``-v1:0`` suffix (Mistral's Bedrock ``-v0:2`` is the model version 0.2), Vertex's ``-v2@date``
+release marker and OpenRouter's ``:free``-style routing suffix, reads ``2p5`` as ``2.5``,
+splits on ``. - _ / @ ( )`` and sorts the tokens into classes:
 
 * name words (``gpt``, ``claude``, ``llama``) — compared with rapidfuzz;
 * versions (``4o``, ``3.5`` -> ``3 5``, ``v3``), sizes (``8b``, ``a3b``, ``8x22b``, ``128k``),
@@ -19,10 +20,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from datetime import date
 from types import MappingProxyType
 
 from rapidfuzz import fuzz
 
+LISTING_LAG_DAYS = 45  # a catalog lists a release at most this long after its date
 NAME_THRESHOLD = 90.0  # rapidfuzz ratio between the name words (same word count) of two names
 
 ROUTING_TAGS = frozenset(  # OpenRouter id suffixes that name a route, not a model
@@ -34,6 +37,8 @@ _BEDROCK_VENDORS = (
 )
 _BEDROCK = re.compile(rf"^(?:[a-z]{{2,6}}(?:-gov)?\.)?(?:{_BEDROCK_VENDORS})\.(?=[a-z])")
 _BEDROCK_VERSION = re.compile(r"-v\d+(?::\d+)?$")
+_BEDROCK_MODEL_VERSION = re.compile(r"-v0:(\d+)$")  # mistral.mistral-7b-instruct-v0:2 is v0.2
+_VERTEX_RELEASE = re.compile(r"-v\d+(?=@\d{8}$)")  # claude-3-5-sonnet-v2@20241022: the date says it
 _SEPARATORS = re.compile(r"[\s\-_./:,()+@\[\]]+")
 _DECIMAL_SIZE = re.compile(r"(?<![\d.])(\d+)\.(\d+)([bmkt])\b")
 _ALPHA_DIGIT = re.compile(r"^([a-z]{3,})(\d.*)$")
@@ -87,6 +92,24 @@ class DateTag:
             and (self.year is None or other.year is None or self.year == other.year)
             and (self.day is None or other.day is None or self.day == other.day)
         )
+
+    def listed_by(self, listing: DateTag, lag_days: int = LISTING_LAG_DAYS) -> bool:
+        """Whether a release dated ``self`` can be the one a catalog listed on ``listing``:
+        the same date, or a listing up to ``lag_days`` after the release (OpenRouter's
+        canonical slug carries the listing date: ``claude-4.5-opus-20251124`` for the
+        20251101 release)."""
+        if self.compatible(listing):
+            return True
+        if listing.year is None or listing.day is None:
+            return False
+        years = [self.year] if self.year else [listing.year, listing.year - 1]
+        try:
+            end = date(listing.year, listing.month, listing.day)
+            spans = [(date(y, self.month, self.day or 1), date(y, self.month, self.day or 28))
+                     for y in years]  # fmt: skip
+        except ValueError:  # 02-30 and the like: no such day
+            return False
+        return any(first <= end and (end - last).days <= lag_days for first, last in spans)
 
     def __str__(self) -> str:
         parts = [str(self.year) if self.year else "????", f"{self.month:02d}"]
@@ -142,6 +165,7 @@ def strip_prefixes(raw: str) -> tuple[str, str | None, list[str]]:
     as ``thinking`` (OpenRouter ``:thinking``) or ``8b`` (Ollama ``llama3:8b``).
     """
     text = _P_DECIMAL.sub(".", raw.strip().lower())
+    text = _VERTEX_RELEASE.sub("", _BEDROCK_MODEL_VERSION.sub(r"-v0.\1", text))
     extra: list[str] = []
     slash = text.rfind("/")
     colon = text.find(":", slash + 1)

@@ -6,31 +6,36 @@ A wrong merge gives a model its neighbour's price, so resolution is conservative
    words, versions, sizes, tiers, variants, soft words, a date and a revision.
 2. Hard guards must agree exactly: versions, sizes, tiers, variants, and the date/revision
    when both names carry one. Name words are compared with rapidfuzz (ratio >= 90).
-3. An undated name may match a dated one (or the reverse) only when that is unambiguous:
-   one candidate model, and no sibling with a conflicting date.
+3. An undated name never takes a dated release (it often means an older release than the
+   dated one it fuzzes to: ``command-r-plus`` is not ``command-r-plus-08-2024``) unless a
+   source documents the alias, i.e. the model also carries that undated name (its
+   OpenRouter id, slug or HF id, an older snapshot's id, a manual override). A dated name
+   (an API version) may join an undated product id: when a source documents the product's
+   release date (OpenRouter's canonical slug, up to ``LISTING_LAG_DAYS`` after it) the dates
+   must agree; when none does, only if that is unambiguous (one candidate model, no sibling
+   with a conflicting date).
 4. Anything ambiguous or low-scoring becomes a ``Miss`` with the best candidate, its score
    and a reason, instead of a guess. ``settle`` re-checks dated/undated matches against
    the other dates a source (or an earlier source) lists for the same family.
 
 Manual rules from ``rules/aliases.yaml`` (``AliasRules``: ``overrides`` and ``never``) are
-loaded here and applied by ``addon.refresh.canonical`` before any automatic matching.
+defined and loaded in ``addon.refresh.alias_rules`` (re-exported here) and applied by
+``addon.refresh.merge`` before any automatic matching.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Mapping, Set
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 from types import MappingProxyType
-from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rapidfuzz import fuzz, process
 
-from addon.errors import AliasRulesError
+from addon.errors import AliasRulesError as AliasRulesError
+from addon.refresh.alias_rules import AliasRule as AliasRule
+from addon.refresh.alias_rules import AliasRules as AliasRules
+from addon.refresh.alias_rules import load_alias_rules as load_alias_rules
 from addon.refresh.model_names import (
     NAME_THRESHOLD,
     DateTag,
@@ -88,14 +93,24 @@ class Miss:
 
 
 @dataclass(frozen=True, slots=True)
+class Refusal:
+    """A near candidate a name did not take, and why (``orchestrator resolve`` shows them)."""
+
+    model_id: str
+    name: str  # the candidate's name that came near
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class _Candidate:
     known: KnownName
     score: float
     one_sided: bool
     exact_terms: bool
+    documented: bool = False  # a source's release date for the model agrees with the name's
 
 
-_ORIGIN_RANK = MappingProxyType({"id": 0, "new": 1, "hf": 2, "slug": 3})
+_ORIGIN_RANK = MappingProxyType({"id": 0, "new": 1, "hf": 2, "slug": 3, "alias": 4})
 
 
 class NameIndex:
@@ -107,6 +122,7 @@ class NameIndex:
         self._known: list[KnownName] = []
         self._keys: list[str] = []
         self._dates: dict[str, set[DateTag]] = {}
+        self._released: dict[str, set[DateTag]] = {}
 
     def add(self, model_id: str, name: str, origin: str, *, drop_date: bool = False) -> None:
         sig = parse_name(name)
@@ -121,6 +137,11 @@ class NameIndex:
         if sig.date:
             self._dates.setdefault(model_id, set()).add(sig.date)
 
+    def document_release(self, model_id: str, listed: DateTag) -> None:
+        """A source lists the (undated) model `model_id` as the release of date `listed`
+        (OpenRouter's canonical slug): a dated name joins it only if its date fits."""
+        self._released.setdefault(model_id, set()).add(listed)
+
     def dates_of(self, model_id: str) -> frozenset[DateTag]:
         return frozenset(self._dates.get(model_id, ()))
 
@@ -129,7 +150,11 @@ class NameIndex:
         exact = self._by_base.get(sig.base, set()) - never
         if len(exact) == 1:
             return Match(source, name, next(iter(exact)), Method.EXACT, 100.0)
-        candidates, conflicted = self._candidates(sig, never)
+        refused: dict[str, Refusal] = {}
+        candidates, conflicted = self._candidates(sig, never, refused)
+        if not candidates and refused:
+            first = next(iter(refused.values()))
+            return Miss(source, name, first.model_id, None, first.reason, False)
         if not candidates:
             return self._miss_without_candidate(source, name, sig, never)
         firm = [c for c in candidates if not c.one_sided]
@@ -157,7 +182,7 @@ class NameIndex:
                     reason = f"ambiguous with {other.known.model_id} ({other.score:.1f})"
                     return self._uncertain(source, name, ranked, reason)
                 break
-        if best.known.origin == "hf":
+        if best.known.origin == "hf" or best.documented:
             method = Method.EVIDENCE
         elif best.exact_terms:
             method = Method.NORMALIZED
@@ -166,31 +191,74 @@ class NameIndex:
         score = round(best.score, 1)
         return Match(source, name, best.known.model_id, method, score, best.one_sided)
 
-    def _candidates(self, sig: NameSig, never: frozenset[str]) -> tuple[list[_Candidate], set[str]]:
+    def refusals(self, name: str, limit: int = 5, near: float = 70.0) -> list[Refusal]:
+        """The models whose names come nearest to `name` (rapidfuzz token-sort ratio of the
+        canonical keys >= `near`) and the reason each was not taken (`resolve`'s "refused"
+        column): a guard that differs, the dated/undated rule, a never rule."""
+        sig = parse_name(name)
+        refused: dict[str, Refusal] = {}
+        self._candidates(sig, frozenset(), refused)
+        found = process.extract(
+            sig.key, self._keys, scorer=fuzz.token_sort_ratio, limit=limit * 4, score_cutoff=near
+        )
+        for _, _, position in found:
+            known = self._known[position]
+            problems = guard_conflicts(sig, known.sig)
+            if problems and known.model_id not in refused:
+                reason = "guards differ: " + "; ".join(problems)
+                refused[known.model_id] = Refusal(known.model_id, known.name, reason)
+        return list(refused.values())[:limit]
+
+    def _candidates(
+        self, sig: NameSig, never: frozenset[str], refused: dict[str, Refusal] | None = None
+    ) -> tuple[list[_Candidate], set[str]]:
         per_model: dict[str, _Candidate] = {}
         conflicted: set[str] = set()
+        why: dict[str, Refusal] = {} if refused is None else refused
+
+        def refuse(known: KnownName, reason: str) -> None:
+            why.setdefault(known.model_id, Refusal(known.model_id, known.name, reason))
+
         for known in self._by_guard.get(sig.guard_key, ()):
             if known.model_id in never:
+                refuse(known, "forbidden by a never rule (rules/aliases.yaml)")
                 continue
             other = known.sig
             ratio = name_similarity(sig, other)
             if ratio < NAME_THRESHOLD:
                 continue
             if sig.revision and other.revision and sig.revision != other.revision:
+                refuse(known, f"revision {sig.revision} vs {other.revision}")
                 continue
-            if sig.date and other.date and not sig.date.compatible(other.date):
+            if sig.date and other.date and not self._dates_agree(sig.date, known):
                 conflicted.add(known.model_id)
+                refuse(known, f"date {sig.date} vs {other.date}")
                 continue
+            if other.date and not sig.date:
+                refuse(known, f"undated name vs the dated release {known.name}; no source "
+                              "documents which release the undated name means")  # fmt: skip
+                continue
+            documented = False
+            if sig.date and not other.date and known.model_id in self._released:
+                listed = sorted(self._released[known.model_id], key=str)
+                if not any(sig.date.listed_by(d) for d in listed):
+                    conflicted.add(known.model_id)
+                    shown = ", ".join(map(str, listed))
+                    refuse(known, f"date {sig.date} vs {shown}, the release a source documents "
+                                  f"for {known.model_id}")  # fmt: skip
+                    continue
+                documented = True
             both_dated = bool(sig.date and other.date)
             soft_diff = sig.soft ^ other.soft
             if "preview" in soft_diff and not both_dated:
+                refuse(known, "preview vs release")
                 continue
-            one_sided = bool(sig.date) != bool(other.date) or (
+            one_sided = (bool(sig.date) != bool(other.date) and not documented) or (
                 bool(sig.revision) != bool(other.revision)
             )
             score = ratio - _SOFT_PENALTY * len(soft_diff) - _ONE_SIDED_PENALTY * one_sided
             exact_terms = ratio == 100 and not soft_diff and not one_sided
-            candidate = _Candidate(known, score, one_sided, exact_terms)
+            candidate = _Candidate(known, score, one_sided, exact_terms, documented)
             current = per_model.get(known.model_id)
             if current is None or (candidate.score, -_ORIGIN_RANK[known.origin]) > (
                 current.score,
@@ -201,6 +269,13 @@ class NameIndex:
             if per_model[model_id].one_sided:
                 del per_model[model_id]  # a dated name of this model contradicts the date
         return list(per_model.values()), conflicted - per_model.keys()
+
+    def _dates_agree(self, date: DateTag, known: KnownName) -> bool:
+        """Both names are dated: the same release, or (for a slug, which carries the
+        listing date) a release listed shortly after its date."""
+        other = known.sig.date
+        assert other is not None
+        return date.compatible(other) or (known.origin == "slug" and date.listed_by(other))
 
     @staticmethod
     def _org_breaks_tie(sig: NameSig, best: _Candidate, other: _Candidate) -> bool:
@@ -222,8 +297,14 @@ class NameIndex:
         known = self._known[found[2]]
         if known.model_id in never:
             return Miss(source, name, known.model_id, None, "forbidden by never rule", False)
-        problems = guard_conflicts(sig, known.sig) or ("date family conflict",)
-        reason = "guards differ: " + "; ".join(problems)
+        problems = guard_conflicts(sig, known.sig)
+        if problems:
+            reason = "guards differ: " + "; ".join(problems)
+        elif known.sig.date and not sig.date:
+            reason = (f"undated name; {known.model_id} is a dated release and no source "
+                      "documents the alias")  # fmt: skip
+        else:
+            reason = "dates conflict with every candidate of the family"
         return Miss(source, name, known.model_id, round(found[1], 1), reason, False)
 
 
@@ -231,6 +312,7 @@ def settle(
     index: NameIndex,
     results: list[Match | Miss],
     attached: Mapping[str, Set[DateTag]] | None = None,
+    family: Iterable[str] = (),
 ) -> list[Match | Miss]:
     """Undo dated/undated matches that the sources themselves show to be ambiguous.
 
@@ -239,12 +321,13 @@ def settle(
     may not take ``mistral-small-2603`` when the same source also lists ``-2503``; and a
     dated name may not take an undated model that an earlier source already tied to
     another date (``attached``: model id -> dates of names matched to it so far).
-    Such matches become ``Miss(uncertain=False)``: a distinct model, not a guess.
+    Such matches become ``Miss(uncertain=False)``: a distinct model, not a guess. `family`
+    names more names of the same source (its older files) whose dates count too.
     """
     attached = attached or {}
     family_dates: dict[tuple[object, ...], set[DateTag]] = {}
     sigs = [parse_name(r.name) for r in results]
-    for sig in sigs:
+    for sig in [*sigs, *map(parse_name, family)]:
         if sig.date:
             family_dates.setdefault((sig.name_text, sig.guard_key), set()).add(sig.date)
     settled: list[Match | Miss] = []
@@ -267,48 +350,3 @@ def settle(
                 )
         settled.append(result)
     return settled
-
-
-class AliasRule(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    source: Literal["litellm", "lmarena", "huggingface", "local"]
-    name: str = Field(min_length=1)
-    model: str = Field(min_length=1)
-
-
-class AliasRules(BaseModel):
-    """Manual entity-resolution rules: ``overrides`` pin, ``never`` forbid."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    overrides: tuple[AliasRule, ...] = ()
-    never: tuple[AliasRule, ...] = ()
-
-
-def load_alias_rules(path: Path) -> AliasRules:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise AliasRulesError(f"{path}: cannot be read ({exc.strerror}) — fix the path") from exc
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise AliasRulesError(f"{path}{where}: invalid YAML ({problem}) — fix the syntax") from exc
-    try:
-        rules = AliasRules.model_validate(doc or {})
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
-            for e in exc.errors()
-        )
-        raise AliasRulesError(
-            f"{path}: {problems} — each rule is {{source: litellm|lmarena|huggingface|local, "
-            "name: ..., model: ...}"
-        ) from exc
-    seen = Counter((r.source, r.name) for r in rules.overrides)
-    dupes = sorted(f"{s}:{n}" for (s, n), count in seen.items() if count > 1)
-    if dupes:
-        raise AliasRulesError(f"{path}: overrides lists {', '.join(dupes)} twice — keep one")
-    return rules

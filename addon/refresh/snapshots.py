@@ -27,6 +27,9 @@ from addon.store import benchmarks
 # Build order and summary order. lmsys is read from --from folders only (no live source).
 KINDS = ("openrouter", "litellm", "lmarena", "huggingface", "lmsys", "local")
 MULTI_FILE = frozenset({"huggingface", "local"})  # one snapshot per repo / per provider
+# Kinds whose older snapshots are read too (newest first): they add names, not values.
+HISTORY_KINDS = frozenset({"openrouter", "lmarena"})
+MAX_HISTORY = 4  # older snapshots a network refresh keeps per history kind
 PRICE_KINDS = ("openrouter", "litellm")
 _DATE = re.compile(r"(\d{4}-\d{2}-\d{2})")
 _PATTERNS: Mapping[str, tuple[str, ...]] = MappingProxyType(
@@ -104,20 +107,32 @@ def date_of(name: str) -> str | None:
 # --- a folder of saved snapshots -------------------------------------------------------------
 
 
+def newest_first(kind: str, snaps: list[Snapshot] | tuple[Snapshot, ...]) -> list[Snapshot]:
+    """`snaps` of one kind, newest first (by the date in the name, else the fetch time); for
+    the arena every JSON file comes before every CSV file, whatever the dates."""
+    return sorted(snaps, key=lambda s: _age_key(kind, s.name, s.fetched_at), reverse=True)
+
+
+def _age_key(kind: str, name: str, fetched_at: str | None = None) -> tuple[bool, str, str]:
+    json_first = kind != "lmarena" or name.lower().endswith(".json")
+    return (json_first, date_of(name) or (fetched_at or "")[:10], name)
+
+
 def find_files(directory: Path) -> dict[str, tuple[Path, ...]]:
-    """The files a build uses, by kind: the newest of each single-file kind, and every file
-    of the multi-file kinds. Arena JSON is preferred over the arena CSV whatever the dates.
+    """The files a build uses, by kind: the newest of each single-file kind, every file of
+    the multi-file kinds, and every file of the history kinds, newest first (arena JSON
+    before the arena CSV whatever the dates: the first file is the one values come from).
     """
     chosen: dict[str, tuple[Path, ...]] = {}
     for kind, patterns in _PATTERNS.items():
-        for pattern in patterns:
-            found = sorted(p for p in directory.glob(pattern) if p.is_file())
-            if found and kind in MULTI_FILE:
-                chosen[kind] = tuple(found)
-            elif found:
-                chosen[kind] = (max(found, key=lambda p: (date_of(p.name) or "", p.name)),)
-            if found:
-                break
+        found = [p for pattern in patterns for p in directory.glob(pattern) if p.is_file()]
+        if not found:
+            continue
+        if kind in MULTI_FILE:
+            chosen[kind] = tuple(sorted(found))
+            continue
+        ordered = sorted(found, key=lambda p: _age_key(kind, p.name), reverse=True)
+        chosen[kind] = tuple(ordered) if kind in HISTORY_KINDS else (ordered[0],)
     return chosen
 
 

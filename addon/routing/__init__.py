@@ -1,6 +1,8 @@
 """The pure routing core: values in, decisions out.
 
 - `classify`  request features: size estimate, needs, task, complexity
+- `difficulty`  the learned difficulty scorer (weights in, probability and complexity out)
+- `reprlen`   the bounded repr length the token estimate counts tools by
 - `catalog`   the candidate catalog (benchmark DB + declared models + providers)
 - `scoring`   per-profile scores and each metric's contribution
 - `ranking`   the pre-ranked orders per profile, the filter walk, the router and its reranks

@@ -8,7 +8,7 @@ Token estimate
     high-detail 512px tile budget) — deliberately on the high side so a context-fit check
     never admits a request that the provider would reject. Tools and tool calls count as the
     text of their Python repr; its length is bounded from above without building it (see
-    `_repr_len`).
+    `addon.routing.reprlen`).
 
 Complexity (0..1), from four features, each documented by the term it adds:
     size       0.35 * min(1, log10(prompt_tokens / 100) / 2)   (100 → 0, 10k+ → 0.35)
@@ -17,6 +17,12 @@ Complexity (0..1), from four features, each documented by the term it adds:
     structure  0.15 if the request carries tools or a JSON schema; +0.10 for >6 messages
     Classes: simple < 0.33 ≤ medium < 0.66 ≤ complex. The scorer shifts weight from cost to
     quality for complex requests and from quality to cost for simple ones (see scoring).
+
+Learned complexity (`complexity: learned`, the default): given a `difficulty` model, the
+    size, reasoning and code terms are replaced by the learned scorer's estimate that a
+    stronger model helps, mapped to 0..1 (`addon.routing.difficulty`); the structure terms
+    (tools or a JSON schema +0.15, more than six messages +0.10) are kept, since the
+    benchmark data it learned from has neither.
 
 Per API, from the pure wire readers: chat and completions read `messages` / `prompt` (below);
 Responses (`wire.responses.read_request`) its instructions and input items, Messages
@@ -50,9 +56,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from ahocorasick_rs import AhoCorasick
 
+from addon.routing.difficulty import DifficultyModel
+from addon.routing.difficulty import complexity as learned_complexity
+from addon.routing.difficulty import probability as difficulty_of
+from addon.routing.reprlen import repr_len as _repr_len
 from addon.wire.embeddings import EmbeddingsRequest
 from addon.wire.messages import MessagesRequest
 from addon.wire.responses import ResponsesRequest
@@ -184,37 +193,6 @@ def _has_math_expr(low: str) -> bool:
     return ("^" in low or "*" in low or "/" in low or "$" in low) and bool(_MATH_EXPR.search(low))
 
 
-_NOT_REPR_MARKS = bytes(b for b in range(256) if b not in b",:'-\x7f")  # all but , : ' - DEL
-
-
-def _repr_len(value: Any) -> int:
-    """At least ``len(str(value))`` for a parsed-JSON value, without building that repr.
-
-    ``str()`` of a tool list costs ~12 µs a KB; this, ~2 µs. Where orjson's output is
-    ASCII it differs from the repr only in ways a few bytes bound: the repr puts a space
-    after each ``,`` and ``:`` separator, escapes ``'`` in a string that also holds ``"``,
-    writes a float's one-digit negative exponent with two digits (``1e-07``: one more
-    than ``1e-7``), spells DEL ``\\x7f`` (three more than the raw byte) and the escapes
-    ``\\b`` and ``\\f`` as ``\\x08`` and ``\\x0c`` (two more). So every ``,`` ``:`` ``'`` ``-``
-    adds one, every DEL three and every ``\\b`` or ``\\f`` two; commas, hyphens and escapes
-    that need nothing (orjson's ``\\"`` is even one longer than the repr's ``"``) only make
-    the estimate higher. Non-ASCII output (the repr may escape a non-printable character
-    at length) and values orjson rejects (integers beyond 64 bits, lone surrogates) take
-    the exact ``str()`` path.
-    """
-    try:
-        raw = orjson.dumps(value)
-    except orjson.JSONEncodeError:
-        return len(str(value))
-    if not raw.isascii():
-        return len(str(value))
-    marks = raw.translate(None, _NOT_REPR_MARKS)  # the , : ' - and DEL bytes
-    n = len(raw) + len(marks) + 2 * marks.count(b"\x7f")
-    if b"\\" in raw:
-        n += 2 * (raw.count(b"\\b") + raw.count(b"\\f"))
-    return n
-
-
 @dataclass(frozen=True, slots=True)
 class RequestFeatures:
     """What routing reads of one request body: the model asked for, whether it streams,
@@ -264,9 +242,11 @@ def estimate_tokens(chars: int) -> int:
     return math.ceil(chars / CHARS_PER_TOKEN)
 
 
-def features(body: dict[str, Any], *, requested_model: str | None) -> RequestFeatures:
+def features(body: dict[str, Any], *, requested_model: str | None,
+             difficulty: DifficultyModel | None = None) -> RequestFeatures:  # fmt: skip
     """Features of a chat or completions request body (already parsed JSON); the requested
-    model is the one `wire.request.parse_request` read from it (read once, carried along)."""
+    model is the one `wire.request.parse_request` read from it (read once, carried along);
+    `difficulty` the learned scorer, None for the keyword heuristic."""
     messages = body.get("messages")
     chars = 0
     images = 0
@@ -317,7 +297,7 @@ def features(body: dict[str, Any], *, requested_model: str | None) -> RequestFea
         requested_model, body.get("stream") is True, prompt_tokens, max_out, last_user,
         n_messages, structured=bool(tools) or needs_json_schema,
         needs_tools=bool(tools) or body.get("tool_choice") not in (None, "none"),
-        needs_vision=images > 0, needs_json_schema=needs_json_schema,
+        needs_vision=images > 0, needs_json_schema=needs_json_schema, difficulty=difficulty,
     )  # fmt: skip
 
 
@@ -327,7 +307,8 @@ def _framed(chars: int, turns: int, images: int) -> int:
     return estimate_tokens(chars) + framing
 
 
-def responses_features(r: ResponsesRequest, *, requested_model: str | None) -> RequestFeatures:
+def responses_features(r: ResponsesRequest, *, requested_model: str | None,
+                       difficulty: DifficultyModel | None = None) -> RequestFeatures:  # fmt: skip
     """Features of an OpenAI Responses request (`wire.responses.read_request`)."""
     hosted = tuple(sorted(r.builtin_tools))
     return _features(
@@ -335,18 +316,19 @@ def responses_features(r: ResponsesRequest, *, requested_model: str | None) -> R
         r.max_output_tokens, r.last_user, r.turns,
         structured=r.function_tools or bool(hosted) or r.needs_json_schema,
         needs_tools=r.needs_tools, needs_vision=r.needs_vision,
-        needs_json_schema=r.needs_json_schema, hosted_tools=hosted,
+        needs_json_schema=r.needs_json_schema, hosted_tools=hosted, difficulty=difficulty,
     )  # fmt: skip
 
 
-def messages_features(r: MessagesRequest, *, requested_model: str | None) -> RequestFeatures:
+def messages_features(r: MessagesRequest, *, requested_model: str | None,
+                      difficulty: DifficultyModel | None = None) -> RequestFeatures:  # fmt: skip
     """Features of an Anthropic Messages (or count_tokens) request
     (`wire.messages.read_request`)."""
     return _features(
         requested_model, r.stream, _framed(r.chars, r.turns, r.images + r.documents),
         r.max_tokens, r.last_user, r.turns, structured=r.needs_tools or r.needs_json_schema,
         needs_tools=r.needs_tools, needs_vision=r.needs_vision,
-        needs_json_schema=r.needs_json_schema,
+        needs_json_schema=r.needs_json_schema, difficulty=difficulty,
     )  # fmt: skip
 
 
@@ -362,19 +344,23 @@ def embeddings_features(r: EmbeddingsRequest, *, requested_model: str | None) ->
 
 def _features(requested_model: str | None, stream: bool, prompt_tokens: int, max_out: int | None,
               last_user: str, turns: int, *, structured: bool, needs_tools: bool,
-              needs_vision: bool, needs_json_schema: bool,
-              hosted_tools: tuple[str, ...] = ()) -> RequestFeatures:  # fmt: skip
+              needs_vision: bool, needs_json_schema: bool, hosted_tools: tuple[str, ...] = (),
+              difficulty: DifficultyModel | None = None) -> RequestFeatures:  # fmt: skip
     """The features of a request of any API: task and complexity from the last user turn
     (see the module docstring), the rest as read."""
+    learned = None if difficulty is None else learned_complexity(
+        difficulty, difficulty_of(difficulty, last_user))  # fmt: skip
     if len(last_user) > 2 * SAMPLE_CHARS:  # keyword features: the head and tail suffice
         last_user = last_user[:SAMPLE_CHARS] + "\n" + last_user[-SAMPLE_CHARS:]
     low = _ascii_lower(last_user)
     found = _categories(low)
     size = 0.35 * min(1.0, max(0.0, math.log10(max(prompt_tokens, 1) / 100) / 2))
     complexity = (
-        size
-        + (0.25 if "reasoning" in found else 0.0)
-        + (0.15 if "code" in found else 0.0)
+        (
+            size + (0.25 if "reasoning" in found else 0.0) + (0.15 if "code" in found else 0.0)
+            if learned is None
+            else learned
+        )
         + (0.15 if structured else 0.0)
         + (0.10 if turns > 6 else 0.0)
     )

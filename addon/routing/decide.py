@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 
 from addon.config.loaded import Config
 from addon.config.rules import Constraints, Policy
-from addon.routing import chains
+from addon.routing import chains, price_cap
 from addon.routing import cost as costmod
+from addon.routing.api_notes import api_hint, api_reason
 from addon.routing.catalog import Candidate, requested_candidate
 from addon.routing.classify import RequestFeatures
 from addon.routing.ranking import Needs, Router, glob, static_reason
@@ -249,6 +250,7 @@ def decide(
     filtered: dict[str, int] = {}
     model = req.features.requested_model or ""
     requested = requested_candidate(router.catalog, model, req.host)
+    cap, cap_note = price_cap.cap_for(profile, constraints, requested)
     forced = why.startswith(("header", "model alias"))
     state_only = False  # some candidate fit the request and was turned away by state alone
 
@@ -282,7 +284,9 @@ def decide(
             s = position.get(c.key)
             if s is None:
                 continue
-            r = reject_reason(c, req, constraints, min_ctx, usable, budgeted)
+            r = reject_reason(c, req, constraints, min_ctx, usable, budgeted) or (
+                cap.reason(c) if cap and mode != "space" else None
+            )
             if r:
                 filtered[r] = filtered.get(r, 0) + 1
                 state_only = state_only or r in STATE_FILTERS
@@ -311,6 +315,8 @@ def decide(
                 return "context"
             if generation and embedding_model(c):
                 return "embedding_model"
+            if cap is not None and cap.reason(c):
+                return price_cap.FILTER
             return (size_reason(c, f, max_cost) if max_cost is not None else None) or usable(c)
 
         for i, s in enumerate(walk.entries):
@@ -354,7 +360,7 @@ def decide(
                 if status == 503
                 else "ask for less (context, tools, images) or relax the policy's constraints"
             )
-            + _api_hint(router, req.api, speaking, filtered),
+            + api_hint(router, req.api, speaking, filtered),
             "no_candidate",
             profile_name,
             policy.name if policy else None,
@@ -371,30 +377,9 @@ def decide(
         mode=mode,
         reasons=(
             f"profile {profile_name} ({why})",
-            *_api_reason(router, req.api, speaking, filtered),
+            *api_reason(router, req.api, speaking, filtered),
+            *([cap.note(filtered.get(price_cap.FILTER, 0))] if cap else []),
+            *([cap_note] if cap_note else []),
             f"{mode}: {best.candidate.key} score {best.score:.3f} = {router.explain(best)}",
         ),
     )
-
-
-def _api_reason(
-    router: Router, api: str, speaking: frozenset[str] | None, filtered: Mapping[str, int]
-) -> tuple[str, ...]:
-    """The reason naming the providers left out for not speaking the request's API."""
-    if speaking is None or not filtered.get("api"):
-        return ()
-    silent = ", ".join(sorted(set(router.catalog.providers) - speaking))
-    return (f"api {api}: {filtered['api']} candidate(s) left out at providers that do not "
-            f"speak it ({silent})",)  # fmt: skip
-
-
-def _api_hint(
-    router: Router, api: str, speaking: frozenset[str] | None, filtered: Mapping[str, int]
-) -> str:
-    """What a refusal adds when providers were left out for not speaking the API: which do,
-    and the key that declares it."""
-    if speaking is None or not (filtered.get("api") or not speaking):
-        return ""
-    who = ", ".join(sorted(speaking)) or "none is configured"
-    return (f"; only providers that speak the {api} API can serve it ({who}): list {api} in "
-            "`apis:` of a provider that serves it in orchestrator.yaml")  # fmt: skip

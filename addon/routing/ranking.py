@@ -1,7 +1,7 @@
 """Rankings per (profile, complexity class) and the request-independent filter pass. Pure.
 
 `build_router` scores every candidate per (profile, class) once, at config load, with the
-neutral latency prior: the *base* orders. Observed latencies move only the candidates they
+latency prior (`addon.routing.scoring.latency_prior`): the *base* orders. Observed latencies move only the candidates they
 were observed for, so `rerank` never rescores the catalog: it takes those few out of each
 base order and bisects them back in, re-scored (`addon.routing.moves.Moves`). Everything
 derived from an order — the order restricted to the providers a request has keys for, the
@@ -195,7 +195,7 @@ class Lineage:
 class Router:
     """The rankings of one config and catalog, and memos of what is derived from them.
 
-    `base` holds each (profile, class) order with the neutral latency prior, `rankings` the
+    `base` holds each (profile, class) order with the latency prior, `rankings` the
     same orders with observed latencies, `moves` the edit from one to the other. A config
     load builds a new router (`build_router`), a rerank a copy (`with_rankings`); the
     memos are caches, left out of comparisons.
@@ -204,7 +204,7 @@ class Router:
     config: Config
     catalog: Catalog
     norms: Norms
-    base: Mapping[RankKey, tuple[Scored, ...]]  # with the neutral latency prior
+    base: Mapping[RankKey, tuple[Scored, ...]]  # with the latency prior
     rankings: Mapping[RankKey, tuple[Scored, ...]]  # with observed latencies
     moves: Mapping[RankKey, Moves] = field(default_factory=dict)  # base -> rankings
     lineage: Lineage = field(default_factory=Lineage, compare=False, repr=False)
@@ -331,7 +331,7 @@ class Router:
 
 
 def build_router(config: Config, catalog: Catalog, latency_ms: Mapping[str, float]) -> Router:
-    """Rank every candidate per (profile, complexity class) with the neutral latency prior,
+    """Rank every candidate per (profile, complexity class) with the latency prior,
     then move the few candidates the proxy has observed to their places."""
     norms = static_norms(catalog.candidates)
     base = {

@@ -6,9 +6,15 @@ Each metric is normalized to 0..1 (higher is better):
   cost     blended price per 1M tokens, (3·input + output) / 4, on a log10 scale, min-max
            over the catalog's priced offerings, cheapest = 1; an unpriced offering gets 0
            (an unknown price is never treated as free)
-  latency  observed by this proxy: 1 / (1 + ewma_ms / 1000); unseen → 0.5 (neutral prior)
+  latency  observed by this proxy: 1 / (1 + ewma_ms / 1000); unseen → a prior: with
+           `latency_prior: price` (the default) the same formula over an estimate from the
+           offering's output price, est_ms = 600 + 120 · output USD per 1M tokens (capped at
+           20 s; providers price by compute, and bigger models answer slower), so a $0.60
+           model starts at 0.60 and a $15 one at 0.29; unpriced or free → 0.5 (neutral)
   context  log2(context / 4k) / log2(2M / 4k), clamped
-score = Σ weight·norm / Σ weight; each weighted term is kept for explanations.
+score = Σ weight·norm / Σ weight − free_penalty for an OpenRouter `:free` variant (0.3 by
+default: they are heavily rate-limited, so they serve as fallbacks rather than first
+choices); each weighted term (and the penalty, as `free`) is kept for explanations.
 
 Complexity adjustment: for a "simple" request 0.15 of weight moves from quality to cost;
 for a "complex" one 0.15 moves from cost to quality (never below 0). A profile can opt out
@@ -29,6 +35,9 @@ COMPLEXITY_SHIFT = 0.15
 CONTEXT_FLOOR = 4096
 CONTEXT_CEIL = 2_000_000
 METRICS = ("quality", "latency", "cost", "context")
+PRIOR_BASE_MS = 600.0  # latency prior: est_ms = PRIOR_BASE_MS + PRIOR_MS_PER_USD · output $/1M
+PRIOR_MS_PER_USD = 120.0
+PRIOR_CAP_MS = 20_000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +71,8 @@ class Weights:
     latency: float
     cost: float
     context: float
+    free_penalty: float = 0.0  # subtracted from an OpenRouter `:free` variant's score
+    price_prior: bool = False  # unobserved latency from the price prior, not 0.5
 
     def as_tuple(self) -> tuple[float, float, float, float]:
         """(quality, latency, cost, context), the order `rank` reads them in."""
@@ -80,7 +91,7 @@ def effective_weights(profile: Profile, complexity_class: str) -> Weights:
         elif complexity_class == "complex":
             moved = min(COMPLEXITY_SHIFT, c)
             q, c = q + moved, c - moved
-    return Weights(q, lat, c, ctx)
+    return Weights(q, lat, c, ctx, profile.free_penalty, profile.latency_prior == "price")
 
 
 def blended_price(c: Candidate) -> float | None:
@@ -98,6 +109,7 @@ class Norms:
     quality: dict[str, float]
     cost: dict[str, float]
     context: dict[str, float]
+    latency_prior: dict[str, float] = field(default_factory=dict)  # by key, see latency_prior
 
 
 def static_norms(candidates: Iterable[Candidate]) -> Norms:
@@ -119,7 +131,22 @@ def static_norms(candidates: Iterable[Candidate]) -> Norms:
             )
             for c in cands
         },
+        latency_prior={c.key: latency_prior(c) for c in cands},
     )
+
+
+def latency_prior(c: Candidate) -> float:
+    """The latency norm assumed for `c` before it is observed: `latency_norm` of the price
+    estimate in the module docstring; 0.5 (neutral) when its output price is unknown or 0."""
+    out = c.price.output_per_mtok
+    if out is None or out <= 0:
+        return 0.5
+    return latency_norm(min(PRIOR_CAP_MS, PRIOR_BASE_MS + PRIOR_MS_PER_USD * out))
+
+
+def free_variant(c: Candidate) -> bool:
+    """Whether `c` is an OpenRouter `:free` variant (its provider model id ends in `:free`)."""
+    return c.provider_model_id.endswith(":free")
 
 
 def latency_norm(ewma_ms: float | None) -> float:
@@ -136,14 +163,19 @@ def rank(
     """Candidates best first; ties broken by key for a stable order."""
     total = sum(weights.as_tuple()) or 1.0
     wq, wl, wc, wx = (w / total for w in weights.as_tuple())
+    prior = norms.latency_prior if weights.price_prior else {}
     out = []
     for c in candidates:
-        parts = (
+        seen = latency_ms.get(c.key)
+        lat = latency_norm(seen) if seen is not None else prior.get(c.key, 0.5)
+        parts: tuple[tuple[str, float], ...] = (
             ("quality", wq * norms.quality[c.key]),
-            ("latency", wl * latency_norm(latency_ms.get(c.key))),
+            ("latency", wl * lat),
             ("cost", wc * norms.cost[c.key]),
             ("context", wx * norms.context[c.key]),
         )
+        if weights.free_penalty and free_variant(c):
+            parts += (("free", -weights.free_penalty),)
         out.append(Scored(c, round(sum(v for _, v in parts), 9), parts))
     out.sort(key=ORDER)
     return out

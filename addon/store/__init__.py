@@ -13,6 +13,7 @@
 - `benchmarks`         the benchmark DB: reads for the catalog and the CLI, the bundled file
 - `benchmark_schema`   its named migrations, tables and safe opening
 - `benchmark_records`  the rows refresh writes into it, and the writes
+- `scorer`             the learned difficulty scorer's JSON artifact, read at config load
 
 May import `addon.routing`, `addon.wire`, `addon.config`, `addon.errors`.
 """

@@ -50,8 +50,8 @@ def load(reader: LedgerReader, since_ts: float | None = None) -> list[dict[str, 
     store is configured. `attempt_log` and `reasons` come back decoded as lists."""
     rows = reader.read_rows(since=since_ts)
     for row in rows:
-        row["attempt_log"] = _json_list(row.get("attempt_log"))
-        row["reasons"] = _json_list(row.get("reasons"))
+        row["attempt_log"] = json_list(row.get("attempt_log"))
+        row["reasons"] = json_list(row.get("reasons"))
     return rows
 
 
@@ -119,7 +119,8 @@ def group_key(row: Row, by: str) -> str:
     return str(value) if value not in (None, "") else NO_KEY
 
 
-def _summarize(key: str, rows: Sequence[Row]) -> CostGroup:
+def summarize(key: str, rows: Sequence[Row]) -> CostGroup:
+    """One CostGroup keyed `key` over `rows`."""
     costs = [r["cost_usd"] for r in rows if r.get("cost_usd") is not None]
     requested = [r["requested_cost_usd"] for r in rows if r.get("requested_cost_usd") is not None]
     savings = [
@@ -163,7 +164,7 @@ def _summarize(key: str, rows: Sequence[Row]) -> CostGroup:
 
 def totals(rows: Iterable[Row]) -> CostGroup:
     """One CostGroup over every row, keyed TOTAL_KEY."""
-    return _summarize(TOTAL_KEY, list(rows))
+    return summarize(TOTAL_KEY, list(rows))
 
 
 def cost_report(rows: Iterable[Row], by: str) -> list[CostGroup]:
@@ -173,7 +174,7 @@ def cost_report(rows: Iterable[Row], by: str) -> list[CostGroup]:
     grouped: dict[str, list[Row]] = {}
     for row in rows:
         grouped.setdefault(group_key(row, by), []).append(row)
-    groups = [_summarize(k, v) for k, v in grouped.items()]
+    groups = [summarize(k, v) for k, v in grouped.items()]
     return sorted(groups, key=lambda g: (-g.spend_usd, g.key))
 
 
@@ -298,7 +299,8 @@ def as_json(groups: Sequence[CostGroup], total: CostGroup) -> dict[str, Any]:
 # ---- explain -----------------------------------------------------------------------------
 
 
-def _json_list(value: Any) -> list[Any]:
+def json_list(value: Any) -> list[Any]:
+    """A JSON list column (`attempt_log`, `reasons`) decoded; [] for NULL."""
     if value is None or value == "":
         return []
     if isinstance(value, str):
@@ -341,8 +343,8 @@ def explain(row: Row) -> str:
         value = row.get(column)
         return "-" if value in (None, "") else str(value)
 
-    attempts = _json_list(row.get("attempt_log"))
-    reasons = _json_list(row.get("reasons"))
+    attempts = json_list(row.get("attempt_log"))
+    reasons = json_list(row.get("reasons"))
     out = [
         f"request {v('id')}",
         field("time", utc_iso(row["ts"])),

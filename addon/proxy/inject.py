@@ -1,0 +1,111 @@
+"""One hop, not two: a relayed stream's body goes straight into the client's HTTP stream.
+
+The pipe (`addon.proxy.pipe`) still answers mitmproxy's request on the loopback socket with
+the stream's status and headers, and ends that response there (its final chunk, or a cut
+connection), so mitmproxy's own HTTP machinery frames, ends and cuts the client's response
+exactly as for any upstream. The body in between is not written to the loopback socket: once
+the flow's `responseheaders` hook ran (`FlowSink.attach`), each batch of bytes is handed to
+the flow's `HttpStream` as if its server connection had delivered it. mitmproxy routes an
+injected message straight to the flow's stream (`HttpLayer`: `events.MessageInjected`, the
+path of `inject.websocket`); an event that is both that and an `http.ResponseData` is
+taken by the stream as body data: relayed to the client (TLS, HTTP/1 chunking or HTTP/2
+frames as the client speaks), one write, then the client transport is drained
+(backpressure: a slow reader stops the relay, so nothing queues beyond the socket's write
+buffer). That saves, per event, a loopback write, a socket read and mitmproxy's HTTP/1
+response parsing.
+
+This leans on mitmproxy 12.2's internals (pinned <12.3 in pyproject.toml): when anything is
+not as expected `sink_for` returns None and the pipe relays over its socket as before.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from mitmproxy import ctx, http
+from mitmproxy.proxy import events, layer
+from mitmproxy.proxy.layers.http import HttpLayer, HttpStream, ResponseData
+
+log = logging.getLogger("orchestrator")
+
+
+class _InjectedData(ResponseData, events.MessageInjected[None]):
+    """Body bytes for one flow's HTTP stream, delivered by injection."""
+
+    def __init__(self, flow: http.HTTPFlow, data: bytes) -> None:
+        self.flow = flow
+        self.message = None
+        self.stream_id = -1  # the HttpLayer finds the flow's stream itself
+        self.data = data
+
+
+class FlowSink:
+    """Where a relayed stream's body bytes go: into `flow`'s client stream, through the
+    client connection's handler (see the module docstring)."""
+
+    def __init__(self, flow: http.HTTPFlow, handler: Any, writer: Any) -> None:
+        self._flow, self._handler, self._writer = flow, handler, writer
+        self.bytes = 0
+
+    @property
+    def gone(self) -> bool:
+        """The client's stream is over (it went away, or the flow was killed)."""
+        f = self._flow
+        return not f.live or f.error is not None or not f.client_conn.connected
+
+    async def write(self, data: bytes) -> None:
+        """Deliver `data` to the client now, then wait while its socket buffer is full.
+        Raises ConnectionResetError when the client is gone."""
+        if self.gone:
+            raise ConnectionResetError("client disconnected")
+        await self._handler.server_event(_InjectedData(self._flow, data))
+        self.bytes += len(data)
+        if self._writer.is_closing():
+            raise ConnectionResetError("client disconnected")
+        await self._writer.drain()
+
+    def buffered(self) -> int:
+        """Bytes written to the client's socket but not yet taken by the kernel."""
+        transport = getattr(self._writer, "transport", None)
+        return int(transport.get_write_buffer_size()) if transport is not None else 0
+
+
+def _first_http_layer(top: Any) -> HttpLayer | None:
+    """The outermost HTTP layer under a connection's top layer."""
+    node = top
+    for _ in range(16):
+        if isinstance(node, HttpLayer):
+            return node
+        nxt = getattr(node, "layer", None) or getattr(node, "child_layer", None)
+        if not isinstance(nxt, layer.Layer):  # mode layers hand their events on by method
+            owner = getattr(getattr(node, "_handle_event", None), "__self__", None)
+            nxt = owner if isinstance(owner, layer.Layer) and owner is not node else None
+        if nxt is None:
+            return None
+        node = nxt
+    return None
+
+
+def sink_for(flow: http.HTTPFlow) -> FlowSink | None:
+    """The injection sink of a live flow, or None when it cannot take one and the pipe
+    relays over its socket: this mitmproxy is not shaped as expected, or the flow runs
+    inside a CONNECT tunnel (regular-mode HTTPS), whose passthrough would take injected
+    body bytes for tunnel bytes."""
+    try:
+        server = ctx.master.addons.get("proxyserver")
+        handler = server.connections.get(flow.client_conn.id) if server is not None else None
+        io = handler.transports.get(flow.client_conn) if handler is not None else None
+        writer = io.writer if io is not None else None
+        outer = _first_http_layer(getattr(handler, "layer", None))
+        # the outer HTTP layer must own the flow's server connection itself: in a tunnel
+        # it maps it to the CONNECT stream, which would take injected bytes as tunnel bytes
+        owner = outer.connections.get(flow.server_conn) if outer is not None else None
+        direct = owner is not None and not isinstance(owner, HttpStream)
+    except Exception:  # an internal shape this version does not have
+        log.debug("stream injection unavailable; relaying over the loopback socket",
+                  exc_info=True)  # fmt: skip
+        return None
+    if not direct or writer is None or not hasattr(handler, "server_event"):
+        return None
+    return FlowSink(flow, handler, writer)

@@ -1,0 +1,242 @@
+"""End to end (issue 22): a stream to a plain-HTTP client goes into the client's flow by
+injection (`addon.proxy.inject`), not over a second loopback hop, and keeps every guarantee:
+the whole answer in order with its usage in the ledger, a cut stream shown as a cut (an
+error event, then a broken connection, `truncated` in the ledger), and a client that stops
+reading makes the upstream wait instead of the proxy buffering the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from aiohttp import web
+
+from tests.e2e import CLIENT_KEY, ENV, ledger_row
+from tests.fakeupstream import CutStream, FakeUpstream
+from tests.proxyproc import ProxyProcess
+
+pytestmark = pytest.mark.e2e
+
+EVENT_BYTES = 16 * 1024
+SLOW_EVENTS = 4000  # 64 MB of answer: far more than the socket buffers on the way hold
+
+
+class FloodUpstream:
+    """A chat stream of SLOW_EVENTS large events, each written only when the connection
+    takes it (aiohttp drains); counts the bytes the proxy has taken so far."""
+
+    def __init__(self) -> None:
+        self.written = 0
+        self.ended = threading.Event()
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> FloodUpstream:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._stream)
+        runner = web.AppRunner(app, access_log=None)
+        self._loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        self._loop.run_until_complete(site.start())
+        self.port = runner.addresses[0][1]
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.run_until_complete(runner.cleanup())
+        self._loop.close()
+
+    async def _stream(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        piece = "x" * EVENT_BYTES
+        try:
+            for i in range(SLOW_EVENTS):
+                chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1,
+                         "model": "m-flood", "choices": [{"index": 0, "delta": {
+                             "content": piece if i else "start"}, "finish_reason": None}]}  # fmt: skip
+                data = b"data: " + json.dumps(chunk).encode() + b"\n\n"
+                await resp.write(data)
+                self.written += len(data)
+            await resp.write(b"data: [DONE]\n\n")
+        except (ConnectionError, RuntimeError):
+            pass
+        finally:
+            self.ended.set()
+        return resp
+
+
+@pytest.fixture(scope="module")
+def fakes() -> Iterator[tuple[FakeUpstream, FloodUpstream]]:
+    plain = FakeUpstream("plain", content="one two three four five six", events=6).start()
+    flood = FloodUpstream().start()
+    yield plain, flood
+    plain.stop()
+    flood.stop()
+
+
+def _model(mid: str, provider: str) -> dict[str, Any]:
+    return {"id": mid, "provider": provider, "input_per_mtok": 1, "output_per_mtok": 2,
+            "context_tokens": 32000, "quality": 1300}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory,
+          fakes: tuple[FakeUpstream, FloodUpstream]) -> Iterator[ProxyProcess]:  # fmt: skip
+    """A proxy intercepting the two loopback upstreams' plain-HTTP authorities; each
+    requested model is pinned to its own upstream."""
+    plain, flood = fakes
+    providers = {
+        "plain": {"base_url": plain.base_url, "api_key_env": "ORQ_TEST_KEY_ALPHA", "local": True},
+        "flood": {"base_url": f"http://127.0.0.1:{flood.port}/v1",
+                  "api_key_env": "ORQ_TEST_KEY_BETA", "local": True},
+    }  # fmt: skip
+    cfg = {
+        "listen": "127.0.0.1:0", "mode": "regular",
+        "intercept": [f"127.0.0.1:{plain.port}", f"127.0.0.1:{flood.port}"],
+        "default_profile": "balanced", "rules": "rules/",
+        "data": {"benchmarks": "data/benchmarks.db", "ledger": "data/ledger.db"},
+        "providers": providers, "log_level": "debug",
+        "resilience": {"max_attempts": 1, "first_token_timeout_ms": 5000,
+                       "stall_timeout_ms": 60000},
+        "admin": {"listen": "127.0.0.1:0"},
+    }  # fmt: skip
+    rules = {
+        "profiles.yaml": {"profiles": {"balanced": {"weights": {"quality": 1.0}}}},
+        "models.yaml": {"models": [_model("m-plain", "plain"), _model("m-flood", "flood")]},
+        "routes.yaml": {"routes": {"m-plain": ["m-plain"], "m-flood": ["m-flood"]}},
+        "policies.yaml": {"policies": [{"name": "pinned", "match": {"model": "m-*"},
+                                        "pin": True}]},
+    }  # fmt: skip
+    p = ProxyProcess(tmp_path_factory.mktemp("streams"), cfg, rules, ENV).start()
+    yield p
+    p.stop()
+
+
+def _client(proxy: ProxyProcess, upstream: FakeUpstream) -> openai.OpenAI:
+    http = httpx.Client(proxy=proxy.url, timeout=20)
+    return openai.OpenAI(api_key=CLIENT_KEY, base_url=upstream.base_url, http_client=http,
+                         max_retries=0)  # fmt: skip
+
+
+def test_a_plain_http_stream_is_injected_whole_with_its_usage(
+    proxy: ProxyProcess, fakes: tuple[FakeUpstream, FloodUpstream]
+) -> None:
+    plain, _ = fakes
+    plain.clear()
+    client = _client(proxy, plain)
+    with client.chat.completions.with_streaming_response.create(
+        model="m-plain", stream=True, messages=[{"role": "user", "content": "hi"}]
+    ) as resp:
+        rid = resp.headers["x-orchestrator-request-id"]
+        chunks = list(resp.parse())
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "one two three four five six"
+    row = ledger_row(proxy, rid)
+    assert row["outcome"] == "ok" and row["stream"] == 1
+    assert row["completion_tokens"] == 7 and row["prompt_tokens"] == 11  # the fake's usage
+    proxy.wait_for_log(re.compile("stream body injected into the flow"))
+
+
+def _raw_stream(proxy: ProxyProcess, port: int, model: str) -> socket.socket:
+    """A streamed chat request sent through the proxy on a bare socket."""
+    body = json.dumps({"model": model, "stream": True,
+                       "messages": [{"role": "user", "content": "hi"}]}).encode()  # fmt: skip
+    host = f"127.0.0.1:{port}"
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=20)
+    sock.sendall(
+        f"POST http://{host}/v1/chat/completions HTTP/1.1\r\nhost: {host}\r\n"
+        f"authorization: Bearer {CLIENT_KEY}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    return sock
+
+
+def test_a_cut_plain_http_stream_ends_as_a_cut(
+    proxy: ProxyProcess, fakes: tuple[FakeUpstream, FloodUpstream]
+) -> None:
+    plain, _ = fakes
+    plain.clear()
+    plain.fail(CutStream(after_events=3))
+    plain.event_gap = 0.02  # each event its own read (aiohttp drops what a cut read holds)
+    try:
+        sock = _raw_stream(proxy, plain.port, "m-plain")
+        data = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                data += chunk
+        sock.close()
+    finally:
+        plain.event_gap = 0.0
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head.lower()
+    rid = next(line.split(b": ", 1)[1].decode() for line in head.split(b"\r\n")
+               if line.lower().startswith(b"x-orchestrator-request-id"))  # fmt: skip
+    # what the upstream sent before the cut, in order, then the error event, then no final
+    # chunk: the connection is cut, so no client can take the answer for complete
+    assert body.index(b'"one "') < body.index(b'"two t"') < body.index(b"event: error")
+    assert b"stream_truncated" in body
+    assert not body.endswith(b"0\r\n\r\n")
+    assert ledger_row(proxy, rid)["outcome"] == "truncated"
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_a_client_that_stops_reading_holds_the_upstream_not_the_proxy(
+    proxy: ProxyProcess, fakes: tuple[FakeUpstream, FloodUpstream]
+) -> None:
+    _, flood = fakes
+    assert proxy.proc is not None
+    rss_before = _rss_kb(proxy.proc.pid)
+    sock = _raw_stream(proxy, flood.port, "m-flood")
+    head = sock.recv(4096)  # the headers (and maybe the first events); then it stops reading
+    assert head.startswith(b"HTTP/1.1 200")
+    # the upstream goes on until every buffer on the way is full, then waits: poll until the
+    # bytes it got rid of stop growing
+    last, still_since = -1, time.monotonic()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        now = flood.written
+        if now != last:
+            last, still_since = now, time.monotonic()
+        elif time.monotonic() - still_since > 1.0:
+            break
+        time.sleep(0.05)
+    total = SLOW_EVENTS * EVENT_BYTES
+    assert not flood.ended.is_set()
+    # what left the upstream sits in the kernel's socket buffers (loopback autotunes them to
+    # several MB) and a few bounded user-space ones (aiohttp's reader, the client transport's
+    # write buffer): the proxy's memory does not hold the answer
+    assert 0 < flood.written < total / 2, flood.written
+    grew_kb = _rss_kb(proxy.proc.pid) - rss_before
+    assert grew_kb * 1024 < min(16 * 1024 * 1024, flood.written / 2), (grew_kb, flood.written)
+    sock.close()
+    assert flood.ended.wait(30)  # the client left: the relay closed the upstream
