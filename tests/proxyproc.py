@@ -108,8 +108,8 @@ class ProxyProcess:
         self._pump_thread = threading.Thread(target=self._pump, daemon=True)
         self._pump_thread.start()
         try:
-            self.wait_for_log(LISTEN_RE, timeout)
-            m = next(LISTEN_RE.search(line) for line in self.lines if LISTEN_RE.search(line))
+            m = LISTEN_RE.search(self.wait_for_log(LISTEN_RE, timeout))
+            assert m is not None  # wait_for_log returns a matching line
             self.port = int(m.group(1))
             self.wait_for_log(re.compile("Local AI Orchestrator"), timeout)
         except BaseException:

@@ -11,6 +11,7 @@ import contextlib
 import json
 import re
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -115,7 +116,7 @@ def proxy(tmp_path_factory: pytest.TempPathFactory,
     }  # fmt: skip
     cfg = {
         "listen": "127.0.0.1:0", "mode": "regular",
-        "intercept": [f"127.0.0.1:{plain.port}", f"127.0.0.1:{flood.port}"],
+        "intercept": [f"127.0.0.1:{plain.port}", f"127.0.0.1:{flood.port}", "api.openai.com"],
         "default_profile": "balanced", "rules": "rules/",
         "data": {"benchmarks": "data/benchmarks.db", "ledger": "data/ledger.db"},
         "providers": providers, "log_level": "debug",
@@ -157,7 +158,58 @@ def test_a_plain_http_stream_is_injected_whole_with_its_usage(
     row = ledger_row(proxy, rid)
     assert row["outcome"] == "ok" and row["stream"] == 1
     assert row["completion_tokens"] == 7 and row["prompt_tokens"] == 11  # the fake's usage
-    proxy.wait_for_log(re.compile("stream body injected into the flow"))
+    proxy.wait_for_log(re.compile("stream body injected into the flow, then straight to its"))
+
+
+def _https_client(proxy: ProxyProcess) -> openai.OpenAI:
+    """The openai SDK aimed at api.openai.com through the proxy, trusting its CA."""
+    trust = ssl.create_default_context(cafile=str(proxy.ca_bundle))
+    http = httpx.Client(proxy=proxy.url, verify=trust, timeout=20)
+    return openai.OpenAI(api_key=CLIENT_KEY, base_url="https://api.openai.com/v1",
+                         http_client=http, max_retries=0)  # fmt: skip
+
+
+def test_an_https_stream_in_a_connect_tunnel_is_injected_whole_with_its_usage(
+    proxy: ProxyProcess, fakes: tuple[FakeUpstream, FloodUpstream]
+) -> None:
+    """Regular-mode HTTPS (the openai SDK through HTTPS_PROXY): the body goes into the
+    tunnelled flow as bytes read from its pipe connection, not over the loopback socket."""
+    plain, _ = fakes
+    plain.clear()
+    client = _https_client(proxy)
+    with client.chat.completions.with_streaming_response.create(
+        model="m-plain", stream=True, messages=[{"role": "user", "content": "hi"}]
+    ) as resp:
+        rid = resp.headers["x-orchestrator-request-id"]
+        chunks = list(resp.parse())
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "one two three four five six"
+    row = ledger_row(proxy, rid)
+    assert row["outcome"] == "ok" and row["completion_tokens"] == 7
+    proxy.wait_for_log(re.compile("body injected into the tunnelled flow, then straight to its"))
+
+
+def test_a_cut_https_stream_in_a_tunnel_raises_in_the_sdk(
+    proxy: ProxyProcess, fakes: tuple[FakeUpstream, FloodUpstream]
+) -> None:
+    plain, _ = fakes
+    plain.clear()
+    plain.fail(CutStream(after_events=3))
+    plain.event_gap = 0.02
+    client = _https_client(proxy)
+    got: list[str] = []
+    try:
+        with client.chat.completions.with_streaming_response.create(
+            model="m-plain", stream=True, messages=[{"role": "user", "content": "hi"}]
+        ) as resp:
+            rid = resp.headers["x-orchestrator-request-id"]
+            with pytest.raises((openai.APIError, httpx.HTTPError)):
+                for c in resp.parse():
+                    got.extend(c.choices[0].delta.content or "" for _ in [0] if c.choices)
+    finally:
+        plain.event_gap = 0.0
+    assert "".join(got).startswith("one ")  # what came before the cut arrived, then it raised
+    assert ledger_row(proxy, rid)["outcome"] == "truncated"
 
 
 def _raw_stream(proxy: ProxyProcess, port: int, model: str) -> socket.socket:

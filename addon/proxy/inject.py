@@ -14,6 +14,13 @@ frames as the client speaks), one write, then the client transport is drained
 buffer). That saves, per event, a loopback write, a socket read and mitmproxy's HTTP/1
 response parsing.
 
+Inside a CONNECT tunnel (regular-mode HTTPS) an injected message would reach the tunnel's
+own stream first, which takes body data for tunnel bytes. There the body goes in one level
+lower (`TunnelSink`): each batch, framed as the pipe's HTTP/1 chunk, is handed to the
+connection handler as bytes read from the flow's pipe connection (`events.DataReceived`),
+exactly the event its own socket reader would have produced. That saves the loopback
+write, the socket read and its wake-up per batch; mitmproxy still parses the chunk framing.
+
 This leans on mitmproxy 12.2's internals (pinned <12.3 in pyproject.toml): when anything is
 not as expected `sink_for` returns None and the pipe relays over its socket as before.
 """
@@ -26,6 +33,9 @@ from typing import Any
 from mitmproxy import ctx, http
 from mitmproxy.proxy import events, layer
 from mitmproxy.proxy.layers.http import HttpLayer, HttpStream, ResponseData
+from OpenSSL import SSL
+
+from addon.proxy.clientwire import ClientWire, wire_for
 
 log = logging.getLogger("orchestrator")
 
@@ -44,9 +54,21 @@ class FlowSink:
     """Where a relayed stream's body bytes go: into `flow`'s client stream, through the
     client connection's handler (see the module docstring)."""
 
-    def __init__(self, flow: http.HTTPFlow, handler: Any, writer: Any) -> None:
-        self._flow, self._handler, self._writer = flow, handler, writer
+    where = "injected into the flow"
+
+    @property
+    def route(self) -> str:
+        """How the bytes reach the client, for the debug log."""
+        return self.where + (", then straight to its socket" if self._wire else "")
+
+    def __init__(self, flow: http.HTTPFlow, handler: Any, writer: Any,
+                 wire: ClientWire | None = None) -> None:  # fmt: skip
+        self._flow, self._handler, self._writer, self._wire = flow, handler, writer, wire
         self.bytes = 0
+        self.wired = 0  # body bytes written straight to the client's socket (`clientwire`)
+
+    def _event(self, data: bytes) -> events.Event:
+        return _InjectedData(self._flow, data)
 
     @property
     def gone(self) -> bool:
@@ -59,7 +81,15 @@ class FlowSink:
         Raises ConnectionResetError when the client is gone."""
         if self.gone:
             raise ConnectionResetError("client disconnected")
-        await self._handler.server_event(_InjectedData(self._flow, data))
+        wire = self._wire
+        if wire is not None and wire.ready:
+            try:
+                self._writer.write(wire.encode(data))
+            except SSL.Error as e:  # the client's TLS session is over
+                raise ConnectionResetError("client disconnected") from e
+            self.wired += len(data)
+        else:
+            await self._handler.server_event(self._event(data))
         self.bytes += len(data)
         if self._writer.is_closing():
             raise ConnectionResetError("client disconnected")
@@ -69,6 +99,17 @@ class FlowSink:
         """Bytes written to the client's socket but not yet taken by the kernel."""
         transport = getattr(self._writer, "transport", None)
         return int(transport.get_write_buffer_size()) if transport is not None else 0
+
+
+class TunnelSink(FlowSink):
+    """A `FlowSink` for a flow inside a CONNECT tunnel: its bytes arrive as read from the
+    flow's (plain HTTP/1, chunked) pipe connection."""
+
+    where = "injected into the tunnelled flow"
+
+    def _event(self, data: bytes) -> events.Event:
+        framed = b"%x\r\n%b\r\n" % (len(data), data)
+        return events.DataReceived(self._flow.server_conn, framed)
 
 
 def _first_http_layer(top: Any) -> HttpLayer | None:
@@ -87,11 +128,25 @@ def _first_http_layer(top: Any) -> HttpLayer | None:
     return None
 
 
+def _chunked_pipe(flow: http.HTTPFlow, handler: Any) -> bool:
+    """The flow's server connection is an open plain HTTP/1 one answering in chunks (the
+    pipe's): bytes framed as chunks can be handed in as read from it."""
+    conn, resp = flow.server_conn, flow.response
+    return (
+        resp is not None
+        and resp.headers.get("transfer-encoding", "").lower() == "chunked"
+        and not conn.tls
+        and conn.alpn in (None, b"", b"http/1.1")
+        and conn.connected
+        and conn in handler.transports
+    )
+
+
 def sink_for(flow: http.HTTPFlow) -> FlowSink | None:
     """The injection sink of a live flow, or None when it cannot take one and the pipe
-    relays over its socket: this mitmproxy is not shaped as expected, or the flow runs
-    inside a CONNECT tunnel (regular-mode HTTPS), whose passthrough would take injected
-    body bytes for tunnel bytes."""
+    relays over its socket: this mitmproxy is not shaped as expected. A flow inside a
+    CONNECT tunnel (regular-mode HTTPS), whose passthrough would take injected body bytes
+    for tunnel bytes, gets a `TunnelSink`."""
     try:
         server = ctx.master.addons.get("proxyserver")
         handler = server.connections.get(flow.client_conn.id) if server is not None else None
@@ -102,10 +157,13 @@ def sink_for(flow: http.HTTPFlow) -> FlowSink | None:
         # it maps it to the CONNECT stream, which would take injected bytes as tunnel bytes
         owner = outer.connections.get(flow.server_conn) if outer is not None else None
         direct = owner is not None and not isinstance(owner, HttpStream)
+        tunnel = isinstance(owner, HttpStream) and _chunked_pipe(flow, handler)
+        wire = wire_for(flow, handler) if direct or tunnel else None
     except Exception:  # an internal shape this version does not have
         log.debug("stream injection unavailable; relaying over the loopback socket",
                   exc_info=True)  # fmt: skip
         return None
-    if not direct or writer is None or not hasattr(handler, "server_event"):
+    if not (direct or tunnel) or writer is None or not hasattr(handler, "server_event"):
         return None
-    return FlowSink(flow, handler, writer)
+    kind = FlowSink if direct else TunnelSink
+    return kind(flow, handler, writer, wire)

@@ -46,6 +46,11 @@ class Sink(Protocol):
     """Where the relay puts a stream's body bytes instead of the loopback socket (the
     flow's client stream: `addon.proxy.inject.FlowSink`)."""
 
+    @property
+    def route(self) -> str:
+        """How the bytes reach the client, for the debug log."""
+        ...
+
     async def write(self, data: bytes) -> None:
         """Deliver `data` to the client now; waits while the client is not reading; raises
         ConnectionResetError when it is gone."""
@@ -220,7 +225,7 @@ class Pipe:
             with contextlib.suppress(TimeoutError):
                 sink = await asyncio.wait_for(entry.attached, ATTACH_WAIT_S)
         entry.out = sink.write if sink is not None else resp.write
-        log.debug("stream body %s", "injected into the flow" if sink else "over the pipe socket")
+        log.debug("stream body %s", sink.route if sink is not None else "over the pipe socket")
 
     async def _stream(self, request: web.Request, entry: _Entry) -> web.StreamResponse:
         resp = web.StreamResponse(status=entry.status, headers=entry.headers)
