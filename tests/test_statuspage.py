@@ -1,9 +1,11 @@
-"""The status page is one self-contained, well-formed HTML document with stable ids."""
+"""The status page is one self-contained, well-formed HTML document with stable ids, read
+from the package's `statuspage.html`; it polls the admin endpoint's own routes."""
 
 from __future__ import annotations
 
 import re
 from html.parser import HTMLParser
+from importlib import resources
 
 import pytest
 
@@ -18,6 +20,33 @@ KEY_IDS = (
     "config-version",
     "ledger-store",
     "state-store",
+    "error-rate",
+    "failed-count",
+    "total-savings",
+    "latency-p50",
+    "latency-p95",
+    "ttft-p50",
+    "ttft-p95",
+    "spend-chart",
+    "requests-chart",
+    "models",
+    "providers",
+    "requested",
+    "budgets",
+    "rate-limits",
+    "provider-breakers",
+    "breakers",
+    "recent",
+    "f-outcome",
+    "f-model",
+    "f-client",
+    "detail",
+    "d-fields",
+    "d-attempts",
+    "d-reasons",
+    "d-explain",
+    "config-error-card",
+    "config-error",
 )
 
 
@@ -82,7 +111,11 @@ def test_key_numbers_have_stable_ids(outline: Outline) -> None:
     for key in KEY_IDS:
         assert key in outline.ids
     body = next(a for t, a in outline.tags if t == "body")
-    assert body.get("data-loaded") == "0"
+    assert (body.get("data-loaded"), body.get("data-refreshes")) == ("0", "0")
+    windows = [
+        a.get("data-window") for t, a in outline.tags if t == "button" and "data-window" in a
+    ]
+    assert windows == ["1h", "24h", "7d"]
 
 
 @pytest.mark.parametrize(
@@ -105,10 +138,15 @@ def test_self_contained_and_no_markup_from_data(page: str, forbidden: str) -> No
 @pytest.mark.parametrize(
     "needle",
     [
-        '"/costs?since=24h&by=model"',
-        '"/costs/series?since=24h&buckets=24"',
+        '"/overview?window=" + state.window',
+        '"/requests?" + query()',
+        '"/requests/" + encodeURIComponent(id)',
+        '"/budgets"',
+        '"/limits"',
         '"/status"',
-        "setTimeout(refresh, 5000)",
+        "const POLL_MS = 2000;",
+        "setTimeout(refresh, POLL_MS)",
+        "setInterval(tick, 1000)",
         'document.body.dataset.loaded = "1"',
         '"$" + Number(x).toFixed(6)',
         '(Number(x) * 100).toFixed(1) + "%"',
@@ -128,4 +166,23 @@ def test_title_is_escaped() -> None:
 
 
 def test_page_is_small() -> None:
-    assert len(render_page()) < 16_000
+    assert len(render_page()) < 48_000
+
+
+def test_page_is_the_packaged_file() -> None:
+    text = resources.files("addon.proxy").joinpath("statuspage.html").read_text("utf-8")
+    assert render_page("T").decode() == text.replace("@@TITLE@@", "T")
+    assert "@@TITLE@@" not in render_page().decode()
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        r"pre \{ white-space: pre-wrap; overflow-wrap: anywhere;",  # the reload error wraps
+        r"\.scroll \{ overflow-x: auto; \}",  # wide tables scroll inside their card
+        r"@media \(max-width: 640px\)",  # the phone layout
+        r'<meta name="viewport" content="width=device-width, initial-scale=1">',
+    ],
+)
+def test_layout_rules_for_small_screens(page: str, rule: str) -> None:
+    assert re.search(rule, page), rule

@@ -33,7 +33,8 @@ The request path, in plain values:
 
 Around it:
 - `runtime`     the running proxy: config reloads, stores, background tasks
-- `admin`       the admin endpoint (`/status`, `/metrics`, `/rankings`) and `statuspage`
+- `admin`       the admin endpoint (`/status`, `/metrics`, `/overview`, `/requests`, ...)
+                and `statuspage` (the page itself: `statuspage.html`)
 - `metrics`     Prometheus metrics
 
 May import everything below it (routing, wire, config, state, store); nothing imports it but

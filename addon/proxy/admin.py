@@ -13,7 +13,8 @@ GET  /overview    ?window=1h|24h|7d: the status page's totals, per served model 
                   requested model, and spend and requests over time (`addon.store.windows`)
 GET  /requests    ?window=24h&outcome=&model=&client=&limit=50: recent requests, newest first
 GET  /requests/ID one request as `orchestrator explain ID` shows it (and its columns)
-GET  /budgets     each live budget window with its state (ok, alerting, blocking)
+GET  /budgets     every budget with its live window and state (ok, alerting, blocking)
+GET  /limits      every rate limit with its sliding minute and state (ok, near, limited)
 POST /reload      reload the config now (also: SIGHUP, or just save a file)
 
 The page's endpoints read the ledger through a short-lived cache (ROWS_TTL_S): several open
@@ -36,7 +37,7 @@ from addon.proxy.view import View
 from addon.routing import ranking
 from addon.routing.scoring import effective_weights
 from addon.state.memory import Budgets
-from addon.store import reports, windows
+from addon.store import allowances, reports, windows
 from addon.store.ledgers import LedgerReader
 
 ROWS_TTL_S = 2.0
@@ -101,6 +102,7 @@ class AdminServer:
             web.get("/requests", self.requests),
             web.get("/requests/{id}", self.request_detail),
             web.get("/budgets", self.budgets),
+            web.get("/limits", self.limits),
             web.post("/reload", self.reload),
         ])  # fmt: skip
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -243,17 +245,54 @@ class AdminServer:
         return web.json_response(windows.detail(row))
 
     async def budgets(self, request: web.Request) -> web.Response:
-        """GET /budgets: the live budget windows, each with its state and recent refusals."""
+        """GET /budgets: every budget of the config, each live window (or an idle row while
+        nothing is spent) with its state and recent refusals."""
         now = time.time()
         live = self.rt.budgets.snapshot(now)
-        policies = self.rt.view.config.policies
-        actions = {r.name: r.on_exceed for p in policies if (r := budgetgate.rule_of(p))}
-        since = min([b["window_start"] for b in live], default=now)
+        rules = [r for p in self.rt.view.config.policies if (r := budgetgate.rule_of(p))]
+        since = min([b["window_start"] for b in live], default=now - BUDGET_LOOKBACK_S)
         try:
-            rows = await self._load(max(since, now - BUDGET_LOOKBACK_S)) if live else []
+            rows = await self._load(max(since, now - BUDGET_LOOKBACK_S)) if rules or live else []
         except LedgerError:
             rows = []  # the state from spend alone; the page shows the ledger's own problem
-        return web.json_response({"budgets": windows.budget_states(live, actions, rows, now)})
+        return web.json_response({"budgets": allowances.budget_states(live, rules, rows, now)})
+
+    async def limits(self, request: web.Request) -> web.Response:
+        """GET /limits: every rate limit of the config, each account seen in the last minute
+        (or an idle row) with its state."""
+        gate = self.rt.dispatcher.limits
+        live = gate.snapshot()  # bounded rows; the in-process windows live on this loop
+        return web.json_response(
+            {"limits": allowances.limit_states(live, configured_limits(self.rt.view))}
+        )
+
+
+def configured_limits(view: View) -> list[dict[str, Any]]:
+    """The rate limits `view`'s config declares, as `{scope, name, rpm, tpm}` rows named like
+    the accounts `RateLimits.snapshot` shows; a limit counted per client address or per client
+    of a policy is one row named for what it applies to, with `each`, the prefix of its
+    accounts' names."""
+    cfg = view.config
+    s = cfg.settings
+    out = []
+    default = s.default_client_limits
+    for c in s.clients:
+        if (lim := c.limits or default) is not None:
+            out.append({"scope": "client", "name": c.name, "rpm": lim.rpm, "tpm": lim.tpm})
+    if default is not None:  # anonymous clients, counted per address
+        out.append({"scope": "client", "name": "(each client address)", "rpm": default.rpm,
+                    "tpm": default.tpm, "each": ""})  # fmt: skip
+    for name, p in s.providers.items():
+        if p.limits is not None:
+            out.append({"scope": "provider", "name": name, "rpm": p.limits.rpm,
+                        "tpm": p.limits.tpm})  # fmt: skip
+    for pol in cfg.policies:
+        if (pl := pol.limits) is not None:
+            row = {"scope": "policy", "name": pol.name, "rpm": pl.rpm, "tpm": pl.tpm}
+            if pl.scope == "client":
+                row |= {"name": f"{pol.name}:(each client)", "each": f"{pol.name}:"}
+            out.append(row)
+    return out
 
 
 def ranking_json(rt: RunningProxy, profile: str, cls: str, limit: int) -> dict[str, Any]:

@@ -1,13 +1,13 @@
 """The status page's numbers over one window of ledger rows (pure functions of rows and
 `now`, shaped for JSON): per served model, per provider and per requested alias, spend and
-requests over time, recent requests with their facets, one request's detail, and the state
-of each budget.
+requests over time, recent requests with their facets, and one request's detail.
 
     WINDOWS          the windows the page offers: 1h, 24h, 7d, each with its bucket width
     overview         totals, groups and the time series of one window
     recent           the newest rows first, filtered by outcome / model / client
     detail           one row as `orchestrator explain` shows it, structured and as text
-    budget_states    the live budget windows with their state: ok, alerting, blocking
+
+Budgets and rate limits with their state are `addon.store.allowances`.
 
 A *served* model is the catalog's id of the target that answered (`served_model`): a
 requested alias (`auto`, `gpt-4o`, `orchestrator/speed`) is never mixed into those groups;
@@ -20,6 +20,7 @@ the rows, like `orchestrator costs`.
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict
@@ -38,7 +39,6 @@ RECENT_MAX = 500
 RECENT_COLUMNS = ("id", "ts", "api", "client", "requested_model", "routed_model", "provider",
                   "profile", "outcome", "status", "attempts", "stream", "latency_ms", "ttft_ms",
                   "cost_usd", "unpriced")  # fmt: skip
-BLOCK_RECENT_S = 300  # a refusal this recent makes a budget `blocking` below its cap
 
 
 def window_bounds(name: str, now: float) -> tuple[float, int]:
@@ -174,54 +174,45 @@ def recent(
                        "requested": values("requested_model")}}  # fmt: skip
 
 
+EXPLAIN_LABELS = ("time", "client", "api", "profile", "policy", "model", "attempts", "tokens",
+                  "cost", "requested", "timing", "outcome", "error", "reasons")  # fmt: skip
+LABEL_WIDTH = 10  # `reports.explain` pads each label to this width
+
+
+def explain_parts(text: str) -> dict[str, Any]:
+    """The text `reports.explain` printed, taken apart so the page shows exactly what
+    `orchestrator explain` does: `fields` ([label, value] in order; a value that runs over
+    lines keeps them), `attempts` (each `{n, target, outcome, status, time, message}` as
+    printed) and `reasons`."""
+    fields: list[list[str]] = []
+    attempts: list[dict[str, str]] = []
+    reasons: list[str] = []
+    in_reasons = False
+    for line in text.splitlines()[1:]:  # the first line is `request ID`
+        head = line[:LABEL_WIDTH].rstrip()
+        attempt = re.match(r"  (\d+)\. (.*)$", line)
+        if line == "reasons":
+            in_reasons = True
+        elif in_reasons and line.startswith("  - "):
+            reasons.append(line[4:])
+        elif attempt and not in_reasons:
+            parts = attempt.group(2).split("  ", 4)
+            parts += [""] * (5 - len(parts))
+            attempts.append({"n": attempt.group(1), "target": parts[0], "outcome": parts[1],
+                             "status": parts[2].removeprefix("status "), "time": parts[3],
+                             "message": parts[4]})  # fmt: skip
+        elif head in EXPLAIN_LABELS and line.startswith(f"{head:<{LABEL_WIDTH}}"):
+            fields.append([head, line[LABEL_WIDTH:]])
+        elif fields:  # a value with line breaks of its own (an upstream's error text)
+            fields[-1][1] += "\n" + line
+    return {"fields": fields, "attempts": attempts, "reasons": reasons}
+
+
 def detail(row: Row) -> dict[str, Any]:
     """One request (a row as `reports.load` returns it) as the detail view shows it: every
-    column but the prompt text, and `explain`, the text `orchestrator explain ID` prints."""
+    column but the prompt text, `explain`, the text `orchestrator explain ID` prints, and
+    that text's parts (`explain_parts`)."""
     hidden = ("prompt", "completion")
-    return {**{k: v for k, v in row.items() if k not in hidden}, "explain": explain(row)}
-
-
-# --------------------------------------------------------------------------- budgets
-
-
-def refused_by(row: Row, rule: str) -> bool:
-    """The row was refused or downgraded by the budget of policy `rule`."""
-    head = f"budget {rule!r} exceeded"
-    return str(row.get("error") or "").startswith(head) or str(
-        row.get("profile_reason") or ""
-    ).startswith(f"budget {rule} exceeded")
-
-
-def _scope_matches(row: Row, budget: Mapping[str, Any]) -> bool:
-    column = {"client": "client", "profile": "profile"}.get(budget.get("scope_kind") or "")
-    return column is None or row.get(column) == budget.get("scope")
-
-
-def budget_states(
-    budgets: Iterable[Mapping[str, Any]],
-    on_exceed: Mapping[str, str],
-    rows: Iterable[Row],
-    now: float,
-) -> list[dict[str, Any]]:
-    """Each live budget window (`Budgets.snapshot` rows) with `on_exceed` (from its policy),
-    `refused` (requests it refused or downgraded this window, from `rows`), `last_refused_at`
-    and `state`: `blocking` (or `downgrading`, for `on_exceed: downgrade:…`) once spent and
-    in flight reach the cap or a request was refused in the last BLOCK_RECENT_S seconds;
-    `alerting` from its `alert_at` share; else `ok`."""
-    rows = list(rows)
-    out = []
-    for b in budgets:
-        rule = str(b["rule"])
-        hits = [r["ts"] for r in rows if r["ts"] >= b["window_start"] and refused_by(r, rule)
-                and _scope_matches(r, b)]  # fmt: skip
-        last = max(hits) if hits else None
-        action = on_exceed.get(rule, "block")
-        if b["share"] >= 1 or (last is not None and now - last <= BLOCK_RECENT_S):
-            state = "blocking" if action == "block" else "downgrading"
-        elif b.get("alerted") or (b.get("alert_at") and b["share"] >= b["alert_at"]):
-            state = "alerting"
-        else:
-            state = "ok"
-        out.append({**b, "on_exceed": action, "refused": len(hits), "last_refused_at": last,
-                    "state": state})  # fmt: skip
-    return out
+    text = explain(row)
+    return {**{k: v for k, v in row.items() if k not in hidden}, "explain": text,
+            **explain_parts(text)}  # fmt: skip
