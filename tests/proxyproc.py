@@ -132,13 +132,16 @@ class ProxyProcess:
         with self._cond:
             self._cond.notify_all()
 
-    def wait_for_log(self, pattern: re.Pattern[str], timeout: float = 10.0) -> str:
-        """The first captured line matching `pattern`, waiting up to `timeout` s for it;
+    def wait_for_log(
+        self, pattern: re.Pattern[str], timeout: float = 10.0, *, since: int = 0
+    ) -> str:
+        """The first captured line matching `pattern` (from line `since` on: pass
+        `len(proxy.lines)` taken before the action), waiting up to `timeout` s for it;
         TimeoutError (with the log) if none comes, RuntimeError if the process exits."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
-                for line in self.lines:
+                for line in self.lines[since:]:
                     if pattern.search(line):
                         return line
                 if self.proc is not None and self.proc.poll() is not None:

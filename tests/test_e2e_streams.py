@@ -12,6 +12,7 @@ import json
 import re
 import socket
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -161,10 +162,10 @@ def test_a_plain_http_stream_is_injected_whole_with_its_usage(
     proxy.wait_for_log(re.compile("stream body injected into the flow, then straight to its"))
 
 
-def _https_client(proxy: ProxyProcess) -> openai.OpenAI:
+def _https_client(proxy: ProxyProcess, *, http2: bool = False) -> openai.OpenAI:
     """The openai SDK aimed at api.openai.com through the proxy, trusting its CA."""
     trust = ssl.create_default_context(cafile=str(proxy.ca_bundle))
-    http = httpx.Client(proxy=proxy.url, verify=trust, timeout=20)
+    http = httpx.Client(proxy=proxy.url, verify=trust, timeout=20, http2=http2)
     return openai.OpenAI(api_key=CLIENT_KEY, base_url="https://api.openai.com/v1",
                          http_client=http, max_retries=0)  # fmt: skip
 
@@ -187,6 +188,38 @@ def test_an_https_stream_in_a_connect_tunnel_is_injected_whole_with_its_usage(
     row = ledger_row(proxy, rid)
     assert row["outcome"] == "ok" and row["completion_tokens"] == 7
     proxy.wait_for_log(re.compile("body injected into the tunnelled flow, then straight to its"))
+
+
+def test_an_http2_client_in_a_tunnel_gets_its_stream_through_mitmproxys_framing(
+    proxy: ProxyProcess, fakes: tuple[FakeUpstream, FloodUpstream]
+) -> None:
+    """HTTP/2 frames and flow-controls each stream: its body stays on mitmproxy's stack
+    (injected as read from the pipe connection), never written to the socket directly."""
+    plain, _ = fakes
+    plain.clear()
+    before = len(proxy.lines)
+    body = json.dumps({"model": "m-plain", "stream": True,
+                       "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+    out = subprocess.run(
+        ["curl", "-sS", "-N", "--http2", "--max-time", "30", "-x", proxy.url,
+         "--cacert", str(proxy.ca_cert), "-H", f"authorization: Bearer {CLIENT_KEY}",
+         "-H", "content-type: application/json", "-d", body, "-D", "-",
+         "-w", "\nhttp_version=%{http_version}\n",
+         "https://api.openai.com/v1/chat/completions"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert out.stdout.rstrip().endswith("http_version=2"), out.stdout[-300:]
+    rid = re.search(r"x-orchestrator-request-id: (\S+)", out.stdout, re.I)
+    assert rid is not None
+    events = [json.loads(line[6:]) for line in out.stdout.splitlines()
+              if line.startswith("data: {")]  # fmt: skip
+    words = [e["choices"][0]["delta"].get("content") or "" for e in events if e.get("choices")]
+    assert "".join(words) == "one two three four five six"
+    assert "data: [DONE]" in out.stdout
+    assert ledger_row(proxy, rid.group(1))["outcome"] == "ok"
+    line = proxy.wait_for_log(re.compile("stream body injected into the tunnelled flow"),
+                              since=before)  # fmt: skip
+    assert "straight to its socket" not in line
 
 
 def test_a_cut_https_stream_in_a_tunnel_raises_in_the_sdk(
