@@ -35,10 +35,10 @@ from mitmproxy.proxy.layers.http import (
 from addon.proxy import modellist, options, process
 from addon.proxy.adapter import Orchestrator
 from addon.proxy.admin import AdminServer
+from addon.proxy.banner import startup_lines
 from addon.proxy.clientauth import AUTH_META, ClientAuth
 from addon.proxy.dispatch import Dispatcher
 from addon.proxy.process import Listeners, router_addons
-from addon.proxy.runtime import startup_lines
 from addon.proxy.upstream import Answer, EngineResult, Target
 from addon.routing.fallback import AttemptRecord, Outcome, OutcomeKind
 from addon.store.sqlite_ledger import LedgerRow

@@ -16,6 +16,7 @@ from addon.config.redact import redact as _redact
 from addon.config.schema_balance import Balance
 from addon.config.schema_cache import CacheSettings
 from addon.config.schema_limits import Limits
+from addon.config.schema_telemetry import Telemetry
 
 # The routed endpoints: (request path suffix, API, what is appended to a provider's
 # base_url), tried in this order against the path without its query, the first suffix that
@@ -294,6 +295,7 @@ class Settings(Strict):
     balance: Balance = Field(default_factory=Balance)  # addon.config.schema_balance
     cache: CacheSettings = Field(default_factory=CacheSettings)  # addon.config.schema_cache
     default_client_limits: Limits | None = None  # clients without limits: (schema_limits)
+    telemetry: Telemetry | None = None  # OTLP export; unset: off (schema_telemetry)
     state: str | None = Field(
         default=None,
         description="redis://host:6379/0 to share breaker states, latency stats and budget "

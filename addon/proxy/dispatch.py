@@ -40,6 +40,7 @@ from addon.proxy.replies import reply_for
 from addon.proxy.rescue import Acquire
 from addon.proxy.responsestate import Refusal
 from addon.proxy.streamfacts import StreamReport, reader_for
+from addon.proxy.telemetry import Telemetry
 from addon.proxy.upstream import Engine, EngineResult
 from addon.proxy.view import View, local_hosts
 from addon.routing import catalog as catmod
@@ -90,6 +91,7 @@ class Dispatcher(Health):
         self.balancing = Balancing()  # deployments' order, calls in flight (`balance:`)
         self.cache = CacheGate()  # the response cache (`cache:`); no store: off
         self.limits = RateLimitGate()  # rpm/tpm per client, policy, provider (`limits:`)
+        self.telemetry: Telemetry | None = None  # OpenTelemetry export (`telemetry:`); off
         self.swap(view)
 
     def swap(self, view: View) -> None:
@@ -348,6 +350,8 @@ class Dispatcher(Health):
             self.ledger.record(row)
         if self.metrics is not None:
             self.metrics.observe(row, pending.api)
+        if self.telemetry is not None:  # queued only: spans are built off the request path
+            self.telemetry.record(row, pending, view.catalog.providers)
         recording.log_line(row, status)
         return row
 

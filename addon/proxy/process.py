@@ -32,8 +32,8 @@ from mitmproxy.proxy import mode_specs
 
 from addon.proxy import ca, options
 from addon.proxy.adapter import Orchestrator
+from addon.proxy.banner import startup_lines
 from addon.proxy.clientauth import ClientAuth
-from addon.proxy.runtime import startup_lines
 
 log = logging.getLogger("orchestrator")
 SETTLE_S = 3.0  # how long local capture's redirector may take to fail after it started
