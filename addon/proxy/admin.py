@@ -62,8 +62,16 @@ class RunningProxy(Protocol):
         """The `/healthz` document: "status" is "ok" unless a listener is down."""
         ...
 
-    def status(self) -> dict[str, Any]:
-        """The `/status` document (blocking: reads the ledger's size)."""
+    def status_io(self) -> dict[str, Any]:
+        """The parts of `/status` that read a disk or the network (blocking)."""
+        ...
+
+    def status(self, io: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The `/status` document, on the event loop, with `io` from `status_io()`."""
+        ...
+
+    def live_state(self) -> dict[str, Any]:
+        """Breakers, budgets and the DB's age, for `/metrics` (on the event loop)."""
         ...
 
     async def reload(self, reason: str) -> tuple[bool, str]:
@@ -130,7 +138,7 @@ class AdminServer:
 
     async def status(self, request: web.Request) -> web.Response:
         """GET /status: the runtime's status plus event-loop and connection counts."""
-        st = await asyncio.to_thread(self.rt.status)
+        st = self.rt.status(await asyncio.to_thread(self.rt.status_io))
         d = self.rt.dispatcher
         st["runtime"] = {"tasks": len(asyncio.all_tasks()), "streams_waiting": d.pipe.waiting,
                          "upstream_connections": d.engine.connections()}  # fmt: skip
@@ -138,7 +146,7 @@ class AdminServer:
 
     async def metrics(self, request: web.Request) -> web.Response:
         """GET /metrics: Prometheus text."""
-        body = await asyncio.to_thread(self.rt.metrics.render)
+        body = await asyncio.to_thread(self.rt.metrics.render, self.rt.live_state())
         return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
 
     async def reload(self, request: web.Request) -> web.Response:

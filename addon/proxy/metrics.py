@@ -15,6 +15,7 @@ from the fleet through Redis is counted by the replica that made it).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -30,13 +31,15 @@ BREAKER_VALUE = {"closed": 0, "half_open": 1, "open": 2}
 
 
 class _Live(Collector):
-    """Gauges read at scrape time from the proxy's state."""
+    """Gauges read at scrape time from the proxy's state: the snapshot `Metrics.render` was
+    given on this thread (taken on the event loop, which owns that state), else `read()`."""
 
     def __init__(self, read: Callable[[], dict[str, Any]]) -> None:
         self.read = read
+        self.given = threading.local()
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        state = self.read()
+        state = getattr(self.given, "state", None) or self.read()
         br = GaugeMetricFamily(
             "orchestrator_breaker_state",
             "Circuit breaker per target: 0 closed, 1 half-open, 2 open.",
@@ -145,7 +148,8 @@ class Metrics:
             "(provider) at a rate limit, by scope and name (client name or anonymous, policy, "
             "provider).", ["scope", "name"], registry=r,
         )  # fmt: skip
-        r.register(_Live(read_state))
+        self._live = _Live(read_state)
+        r.register(self._live)
 
     def provider_breaker_moved(
         self, provider: str, before: BreakerState | None, after: BreakerState | None
@@ -184,9 +188,15 @@ class Metrics:
         if row.ttft_ms is not None:
             self.ttft.labels(model, provider).observe(row.ttft_ms / 1000)
 
-    def render(self) -> bytes:
-        """The Prometheus text exposition of every metric."""
-        return generate_latest(self.registry)
+    def render(self, live: dict[str, Any] | None = None) -> bytes:
+        """The Prometheus text exposition of every metric. `live`: the live state taken on
+        the event loop, for a render in a worker thread (which must not walk the breaker,
+        budget and limit tables while the loop changes them)."""
+        self._live.given.state = live
+        try:
+            return generate_latest(self.registry)
+        finally:
+            self._live.given.state = None
 
 
 def served_model(row: LedgerRow) -> str:

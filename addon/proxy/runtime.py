@@ -300,12 +300,21 @@ class Runtime:
         return {"status": "failing" if down else "ok", "config": self.view.config.version,
                 **({"problems": down} if down else {})}  # fmt: skip
 
-    def status(self) -> dict[str, Any]:
+    def status_io(self) -> dict[str, Any]:
+        """The parts of `/status` that read a disk or the network (a worker thread's job)."""
+        return {
+            "ledger": {**self.reader.stats(), **self.ledger.health()},
+            "state": self.shared.health() if self.shared is not None else {"kind": "in-process"},
+        }
+
+    def status(self, io: dict[str, Any] | None = None) -> dict[str, Any]:
         """The `/status` document: config, providers and keys, catalog, breakers, budgets,
-        ledger and shared state."""
+        ledger and shared state. Call it on the event loop, which owns the breaker, budget
+        and limit tables, with `io` from `status_io()` run off it."""
         view = self.view
         cfg = view.config
         live = self.live_state()
+        io = io if io is not None else self.status_io()
         return {
             "config": {"path": str(cfg.path), "version": cfg.version, "loaded_at": self.loaded_at,
                        "last_error": self.last_error, "last_error_at": self.last_error_at},
@@ -322,9 +331,8 @@ class Runtime:
             "breakers": live["breakers"],
             "provider_breakers": live["provider_breakers"],
             "budgets": live["budgets"],
-            "ledger": {**self.reader.stats(), **self.ledger.health()},
-            "state": self.shared.health() if self.shared is not None
-                     else {"kind": "in-process"},
+            "ledger": io["ledger"],
+            "state": io["state"],
             "response_homes": self.dispatcher.homes.health(),
             "rate_limits": self.dispatcher.limits.snapshot(),  # addon.proxy.ratelimitgate
             "telemetry": self.telemetry.health() if self.telemetry is not None else None,
