@@ -19,7 +19,7 @@ help:
 	@echo "make run     set up and run the proxy on the embedded defaults (127.0.0.1:8080)"
 	@echo "make test    set up and run the whole test suite (lint, types, tests)"
 	@echo "make check   validate orchestrator.yaml and rules/"
-	@echo "make bench   run the benchmark scripts (proxy overhead, routing work, scale-out sizing, refresh)"
+	@echo "make bench   run the benchmark scripts (routing, proxy overhead, long streams, rate-limit check, response cache, telemetry, scale-out, refresh)"
 	@echo "make bundle  rebuild addon/bundled/benchmarks.db from $(SHARED)/fixtures/sources"
 	@echo "make clean   remove the virtualenv and local data/"
 
@@ -57,6 +57,8 @@ bench: $(BIN)/.installed system-deps
 	$(BIN)/python scripts/bench_proxy.py
 	$(BIN)/python scripts/bench_streams.py
 	$(BIN)/python scripts/bench_limits.py
+	$(BIN)/python scripts/bench_cache.py
+	$(BIN)/python scripts/bench_telemetry.py
 	$(BIN)/python scripts/bench_scaleout.py
 	@if [ -f scripts/bench_refresh.py ]; then $(BIN)/python scripts/bench_refresh.py --from $(SHARED)/fixtures/sources; fi
 

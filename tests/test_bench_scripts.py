@@ -105,3 +105,56 @@ def test_bench_streams_quick(tmp_path: Path) -> None:
     assert all(s["proxy_cpu_us_per_event"] is not None for s in steps if s["target"] != "A")
     assert set(data["capacity"]) == {"A", "B", "C"}
     assert "ledger rows written (C)" in out and "MISMATCH" not in out
+
+
+@pytest.mark.e2e
+def test_bench_limits_quick(tmp_path: Path) -> None:
+    out_json = tmp_path / "limits.json"
+    out = _run("bench_limits.py", "--quick", "--json", str(out_json), timeout=180)
+    assert "rate-limit check cost per request" in out
+    assert "in process (state: unset)" in out and "through Redis (state: redis://" in out
+    for row in ("off", "client", "full", "anonymous"):
+        assert f"\n{row} " in out, row
+    assert "in-process limits add " in out and "µs target" in out
+    data = json.loads(out_json.read_text())
+    assert data["target_us"] == 20
+    for where in ("in_process", "redis"):
+        rows = data[where]
+        assert set(rows) == {"off", "client", "full", "anonymous"}
+        assert all(r["n"] > 0 and r["p99_us"] >= r["p50_us"] > 0 for r in rows.values())
+        assert rows["off"]["added_p50_us"] == 0
+    worst = max(r["added_p50_us"] for r in data["in_process"].values())
+    assert data["worst_added_p50_us"] == worst
+
+
+@pytest.mark.e2e
+def test_bench_cache_quick(tmp_path: Path) -> None:
+    out_json = tmp_path / "cache.json"
+    out = _run("bench_cache.py", "--quick", "--upstream-ms", "5", "--json", str(out_json),
+               timeout=180)  # fmt: skip
+    assert "response cache: hit vs miss, 10 rounds each" in out
+    assert "hit/miss p50" in out and "\nwhole " in out and "\nstreamed " in out
+    # one upstream call per miss and none per hit (the script checks miss, then hit)
+    assert "upstream check: 30/30 calls (one per miss, none per hit)" in out
+    data = json.loads(out_json.read_text())
+    assert data["upstream_calls"] == 30 and data["rounds"] == 10
+    for kind in ("whole", "streamed"):
+        for state in ("miss", "hit"):
+            r = data["kinds"][kind][state]
+            assert r["p95_ms"] >= r["p50_ms"] > 0
+
+
+@pytest.mark.e2e
+def test_bench_telemetry_quick(tmp_path: Path) -> None:
+    out_json = tmp_path / "telemetry.json"
+    out = _run("bench_telemetry.py", "--quick", "--json", str(out_json), timeout=180)
+    assert "telemetry export cost per request: off vs on (receiver up)" in out
+    for kind in ("whole", "streamed"):
+        assert f"{kind}: on/off p50 " in out and "proxy CPU/req" in out
+    assert "(one request + one attempt span each)" in out and "MISMATCH" not in out
+    data = json.loads(out_json.read_text())
+    assert data["export_check"]["spans"] == 2 * data["export_check"]["requests"] > 0
+    for kind in ("whole", "streamed"):
+        for state in ("off", "on"):
+            r = data["kinds"][kind][state]
+            assert r["p95_ms"] >= r["p50_ms"] > 0 and r["cpu_ms_per_req"] >= 0

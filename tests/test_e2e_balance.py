@@ -10,27 +10,37 @@ intercepted loopback host, so no TLS handshake per call), many at once:
 - `least_busy` with `dep-c` slow (0.3 s per answer): `dep-c` never holds more than its share
   of the calls in flight, and so answers fewer calls than either fast one;
 - `dep-c` dead (nothing listens): every call succeeds, the dead one is tried once (its
-  provider breaker opens) and skipped after, and `explain` and `rank --chain` say why.
+  provider breaker opens) and skipped after, and `explain` and `rank --chain` say why;
+- `least_busy` over two replicas sharing one Redis (`state:`): calls sent to either replica
+  in turn, each held open at its deployment, always land where the fleet has the fewest in
+  flight (a replica counting only its own would put a second call where the other replica's
+  first one is).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httpx
 import pytest
+import redis
 
 from tests.e2e import all_ledger_rows, ledger_row
 from tests.fakeupstream import FakeUpstream
 from tests.proxyproc import ORCHESTRATOR, ProxyProcess
-from tests.services import free_port
+from tests.services import free_port, redis_server
+
+__all__ = ["redis_server"]
 
 pytestmark = pytest.mark.e2e
 
@@ -64,7 +74,7 @@ def _clean(fakes: dict[str, FakeUpstream]) -> None:
 
 
 def _start(tmp: Path, fakes: dict[str, FakeUpstream], group: dict[str, Any],
-           dead: str | None = None) -> ProxyProcess:  # fmt: skip
+           dead: str | None = None, state: str | None = None) -> ProxyProcess:  # fmt: skip
     orig = f"127.0.0.1:{fakes['orig'].port}"
     providers = {d: {"base_url": fakes[d].base_url, "local": True} for d in DEPLOYMENTS}
     if dead is not None:
@@ -83,6 +93,8 @@ def _start(tmp: Path, fakes: dict[str, FakeUpstream], group: dict[str, Any],
         },
         "admin": {"listen": f"127.0.0.1:{free_port()}"},
     }
+    if state is not None:
+        cfg["state"] = state
     return ProxyProcess(tmp, cfg, RULES).start()
 
 
@@ -186,3 +198,72 @@ def test_a_dead_deployment_is_tried_once_then_skipped(
     assert last["attempts"] == 1
     assert "balance pool (weighted): m-pool over 2 deployments" in explained, explained
     assert "skipped dep-c (provider_open)" in explained, explained
+
+
+HOLD_S = 6.0  # every deployment holds each call this long: all of them stay in flight
+
+
+def _landed(fakes: dict[str, FakeUpstream], seen: int) -> str:
+    """The deployment that received call number `seen` + 1 (polled)."""
+    deadline = time.monotonic() + 10
+    while True:
+        got = [(q.at, d) for d in DEPLOYMENTS for q in fakes[d].requests("/chat/completions")]
+        if len(got) > seen:
+            return sorted(got)[-1][1]
+        assert time.monotonic() < deadline, "a call never reached a deployment"
+        time.sleep(0.01)
+
+
+def _fleet_sees(r: redis.Redis, in_flight: int) -> None:
+    """Poll until every replica has published its calls in flight (the hashes add up to
+    `in_flight`) and then synced once more (read the others'): each one's `least_busy` now
+    counts the whole fleet's calls."""
+    deadline = time.monotonic() + 10
+    while sum(int(n) for k in r.scan_iter("orch:inflight:*")
+              for n in r.hgetall(k).values()) != in_flight:  # fmt: skip
+        assert time.monotonic() < deadline, "the replicas never published their counts"
+        time.sleep(0.01)
+    sec, usec = r.time()
+    published = sec * 1000 + usec // 1000
+    while min(score for _, score in r.zrange("orch:inflight-replicas", 0, -1, withscores=True)
+              ) <= published:  # fmt: skip
+        assert time.monotonic() < deadline, "a replica stopped syncing"
+        time.sleep(0.01)
+
+
+def test_least_busy_counts_the_calls_in_flight_of_the_whole_fleet(
+    tmp_path: Path, fakes: dict[str, FakeUpstream], redis_server: Any
+) -> None:
+    url = redis_server.new_database()
+    group = {"strategy": "least_busy", "deployments": list(DEPLOYMENTS)}
+    for d in DEPLOYMENTS:
+        fakes[d].delay = HOLD_S
+    replicas = [_start(tmp_path / f"r{i}", fakes, group, state=url) for i in (0, 1)]
+    orig = f"http://127.0.0.1:{fakes['orig'].port}/v1/chat/completions"
+    body = {"model": "m-pool", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    landed: list[str] = []
+    try:
+        with redis.Redis.from_url(url) as r, concurrent.futures.ThreadPoolExecutor(6) as pool:
+            _fleet_sees(r, 0)
+            calls = []
+            for n in range(6):  # replica 0, 1, 0, 1, ...: each call held while the next comes
+                p = replicas[n % 2]
+                calls.append(pool.submit(httpx.post, orig, json=body, proxy=p.url, timeout=30))
+                landed.append(_landed(fakes, n))
+                counts = Counter(landed)
+                # the fleet's least busy deployment got it: never two ahead of another
+                assert max(counts.values()) - min(counts[d] for d in DEPLOYMENTS) <= 1, landed
+                _fleet_sees(r, n + 1)
+            answers = [c.result() for c in calls]
+        rid = answers[1].headers["x-orchestrator-request-id"]
+        reasons = json.loads(ledger_row(replicas[1], rid)["reasons"])
+    finally:
+        for p in replicas:
+            p.stop()
+    assert [a.status_code for a in answers] == [200] * 6
+    assert Counter(landed) == {d: 2 for d in DEPLOYMENTS}, landed
+    assert [a.headers["x-orchestrator-provider"] for a in answers] == landed
+    # replica 1's first call saw replica 0's one call in flight: that deployment last
+    line = next(x for x in reasons if x.startswith("balance pool (least_busy): m-pool"))
+    assert "(least busy: 0 in flight, tied with 1 other(s)" in line, line
+    assert line.endswith(f", {landed[0]}"), line

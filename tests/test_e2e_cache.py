@@ -5,12 +5,15 @@ call. A policy opts in with `cache:`; the store is the default SQLite file."""
 from __future__ import annotations
 
 import copy
+import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import openai
 import pytest
+import redis
 
 from tests.e2e import CLIENT_KEY, ENV, RULES, _clean, _config, ledger_row, ups
 from tests.fakeupstream import FakeUpstream
@@ -108,9 +111,10 @@ def test_a_streamed_hit_arrives_as_the_same_several_events(
     # the hit is the original's events, one by one: the usage chunk only for who asked
     assert len(events_b) == len(events_a) - 1 >= 5
     assert events_a[-1].usage is not None and all(e.usage is None for e in events_b)
-    text = "".join(e.choices[0].delta.content or "" for e in events_b if e.choices)
-    assert text == "".join(e.choices[0].delta.content or "" for e in events_a if e.choices)
-    assert text.startswith("Hello from")
+    pieces = [e.choices[0].delta.content for e in events_b if e.choices]
+    assert pieces == [e.choices[0].delta.content for e in events_a if e.choices]  # same chunks
+    assert len([p for p in pieces if p]) >= 3  # the text came in several events, not one
+    assert "".join(p or "" for p in pieces).startswith("Hello from")
     hit = ledger_row(proxy, second.headers["x-orchestrator-request-id"])
     assert hit["outcome"] == "cached" and hit["cost_usd"] == 0 and hit["stream"] == 1
     assert hit["completion_tokens"] is not None  # read from the replayed usage chunk
@@ -165,8 +169,13 @@ def test_a_fallback_answer_is_never_stored_under_the_target_that_failed(
     assert [r.headers["x-orchestrator-cache"] for r in (first, second)] == ["miss", "miss"]
     row = ledger_row(proxy, second.headers["x-orchestrator-request-id"])
     assert any(r.startswith("cache: miss at dead:") for r in _reasons(row))
-    # the entry exists, under beta: the store holds it
-    assert _entries(proxy) >= 1
+    # the entry is beta's: a request whose chain starts at beta (the same body, another
+    # requested model) is answered from it
+    with _client() as c:
+        third = _ask(c, "cache me: fallback", model="route-me")
+    assert third.headers["x-orchestrator-cache"] == "hit"
+    assert third.headers["x-orchestrator-provider"] == "beta"
+    assert len(ups["beta"].requests("/chat/completions")) == 2 and _entries(proxy) >= 1
 
 
 def test_requests_outside_a_caching_policy_are_never_cached(
@@ -187,7 +196,8 @@ def test_replicas_sharing_redis_answer_each_other_from_the_cache(
     tmp_path_factory: pytest.TempPathFactory,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    cfg = {**_config(ups), "state": redis_server.new_database()}  # cache.store unset: Redis
+    url = redis_server.new_database()
+    cfg = {**_config(ups), "state": url}  # cache.store unset: the state Redis
     replicas = []
     try:
         for i in range(2):
@@ -199,6 +209,7 @@ def test_replicas_sharing_redis_answer_each_other_from_the_cache(
                 monkeypatch.setenv(k, v)
             with _client() as c:
                 heads.append(_ask(c, "cache me: fleet").headers["x-orchestrator-cache"])
+            _wait_for_entry(url)  # the write goes beside the request path: poll for it
     finally:
         for p in replicas:
             p.stop()
@@ -206,9 +217,15 @@ def test_replicas_sharing_redis_answer_each_other_from_the_cache(
     assert not (replicas[0].workdir / "data" / "cache.db").exists()  # nothing on disk
 
 
-def _reasons(row: dict[str, Any]) -> list[str]:
-    import json
+def _wait_for_entry(url: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    with redis.Redis.from_url(url) as r:
+        while not list(r.scan_iter("orch:cache:*")):
+            assert time.monotonic() < deadline, "no cache entry reached Redis"
+            time.sleep(0.02)
 
+
+def _reasons(row: dict[str, Any]) -> list[str]:
     return list(json.loads(row["reasons"]))
 
 

@@ -7,6 +7,7 @@ ever seeing a call past it."""
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import itertools
 import math
 import ssl
@@ -31,6 +32,7 @@ KEYS = {"rpm": "rk-rpm-0123456789", "tpm": "rk-tpm-0123456789", "prov": "rk-prov
 TPM = 3000
 MAX_TOKENS = 200
 DELTA_RPM = 5
+CAPPED_RPM = 2  # `capped` (on delta's fake) is the only provider of the `capped-only` route
 
 
 class Fleet:
@@ -77,6 +79,13 @@ def fleet(
         {"name": "prov", "key_env": "ORQ_RL_PROV"},
     ]
     cfg["providers"]["delta"]["limits"] = {"rpm": DELTA_RPM}
+    cfg["providers"]["capped"] = {**cfg["providers"]["delta"], "limits": {"rpm": CAPPED_RPM},
+                                  "apis": ["chat", "responses", "messages"]}  # fmt: skip
+    rules = copy.deepcopy(RULES)
+    capped = {"id": "m-capped", "provider": "capped", "input_per_mtok": 80,
+              "output_per_mtok": 200, "context_tokens": 8000, "quality": 900}  # fmt: skip
+    rules["models.yaml"]["models"].append(capped)
+    rules["routes.yaml"]["routes"]["capped-only"] = [{"provider": "capped", "model": "m-capped"}]
     env = {**ENV, "ORQ_RL_RPM": KEYS["rpm"], "ORQ_RL_TPM": KEYS["tpm"],
            "ORQ_RL_PROV": KEYS["prov"]}  # fmt: skip
     replicas: list[ProxyProcess] = []
@@ -84,7 +93,7 @@ def fleet(
         for i in range(2):
             cfg["admin"] = {"listen": f"127.0.0.1:{free_port()}"}
             replicas.append(
-                ProxyProcess(tmp_path_factory.mktemp(f"rl{i}"), cfg, RULES, env).start()
+                ProxyProcess(tmp_path_factory.mktemp(f"rl{i}"), cfg, rules, env).start()
             )
         f = Fleet(replicas)
         yield f
@@ -181,3 +190,58 @@ def test_a_provider_limit_routes_to_the_next_provider_without_an_upstream_429(
     assert "rate limit" in row["reasons"] and "delta" in row["reasons"]
     metrics = httpx.get(f"{fleet.replicas[beta % 2].admin_url()}/metrics", timeout=10).text
     assert 'orchestrator_rate_limited_total{name="delta",scope="provider"}' in metrics
+
+
+# the three APIs' requests for the `capped-only` route, and how each API's 429 reads
+FORMATS = [
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5},
+     lambda b: (b["error"]["type"], b["error"]["code"], b["error"]["message"])),
+    ("/v1/responses", {"input": "hi", "max_output_tokens": 5},
+     lambda b: (b["error"]["type"], b["error"]["code"], b["error"]["message"])),
+    ("/v1/messages", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5},
+     lambda b: (b["type"], b["error"]["type"], b["error"]["message"])),
+]  # fmt: skip
+WANT = {
+    "/v1/chat/completions": ("requests", "rate_limit_exceeded"),
+    "/v1/responses": ("requests", "rate_limit_exceeded"),
+    "/v1/messages": ("error", "rate_limit_error"),
+}
+
+
+def test_every_provider_at_its_limit_is_the_clients_429_in_each_apis_format(
+    fleet: Fleet, ups: dict[str, FakeUpstream]
+) -> None:
+    # (runs last: the counts of the tests above include every upstream call)
+    oks = [fleet.post(i, "prov", model="capped-only", max_tokens=5) for i in (0, 1)]
+    assert [r.status_code for r in oks] == [200] * CAPPED_RPM
+    start = time.monotonic()
+    firsts = []
+    for i in (0, 1):  # each replica: first refused at the attempt (by Redis), then by routing
+        for path, body, read in FORMATS:
+            r = fleet.client(i, "prov").post(f"https://api.openai.com{path}",
+                                             json={"model": "capped-only", **body})  # fmt: skip
+            assert r.status_code == 429, (i, path, r.text)
+            h = r.headers
+            assert 1 <= int(h["retry-after"]) <= math.ceil(60 - (time.monotonic() - start))
+            assert h["x-ratelimit-limit-requests"] == str(CAPPED_RPM)
+            assert h["x-ratelimit-remaining-requests"] == "0"
+            assert h["x-ratelimit-reset-requests"].endswith("s")
+            assert h["x-orchestrator-rate-limit"] == "provider"
+            kind, code, message = read(r.json())
+            assert (kind, code) == WANT[path], r.text
+            assert message.startswith("every target for this request is at its provider's "
+                                      "rate limit; rate limit reached for provider capped: "
+                                      f"{CAPPED_RPM} requests per minute; retry in ")  # fmt: skip
+            if path == FORMATS[0][0]:
+                firsts.append((i, h["x-orchestrator-request-id"]))
+    # the refused calls never reached the provider, which so never had to answer 429
+    capped = [q for q in ups["delta"].requests() if (q.json or {}).get("model") == "m-capped"]
+    assert len(capped) == CAPPED_RPM
+    # the first refusal on each replica was at the attempt; explain names the real reason
+    for i, rid in firsts:
+        row = ledger_row(fleet.replicas[i], rid)
+        assert row["status"] == 429
+        assert (
+            f"skipped capped:m-capped: provider rate limit: {CAPPED_RPM} rpm reached, resets in "
+        ) in row["reasons"], row["reasons"]
+        assert "probe in flight" not in row["reasons"]

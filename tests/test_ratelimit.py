@@ -33,9 +33,9 @@ class Clock:
 
 def test_rpm_admits_exactly_the_limit_and_says_when_the_oldest_leaves() -> None:
     log = SlidingLog()
-    for i, t in enumerate((0.0, 10.0, 20.0)):
+    for t in (0.0, 10.0, 20.0):
         assert log.check(RPM3, 1, t) is None
-        log.add(i, 1, t)
+        log.add(1, t)
     refused = log.check(RPM3, 1, 30.0)
     assert isinstance(refused, Limited) and refused.dimension == "requests"
     assert refused.retry_after_s == pytest.approx(30.0)  # the entry at 0 leaves at 60
@@ -50,7 +50,7 @@ def test_a_sliding_window_never_lets_more_than_the_limit_through_any_minute() ->
     for i in range(2400):  # one attempt every 0.1 s for four minutes
         t = i * 0.1
         if log.check(RPM3, 1, t) is None:
-            log.add(i, 1, t)
+            log.add(1, t)
             admitted.append(t)
     for j, start in enumerate(admitted):  # every window that starts at an admission
         inside = [t for t in admitted[j:] if t < start + WINDOW_S]
@@ -61,8 +61,8 @@ def test_a_sliding_window_never_lets_more_than_the_limit_through_any_minute() ->
 def test_rpm_retry_after_counts_the_entries_that_must_leave() -> None:
     scope = Scope("client", "c", 2, None)
     log = SlidingLog()
-    for i, t in enumerate((0.0, 5.0, 6.0, 7.0)):
-        log.add(i, 1, t)  # 4 entries over a limit of 2 (the limit was lowered by a reload)
+    for t in (0.0, 5.0, 6.0, 7.0):
+        log.add(1, t)  # 4 entries over a limit of 2 (the limit was lowered by a reload)
     refused = log.check(scope, 1, 8.0)
     assert refused is not None and refused.retry_after_s == pytest.approx(66.0 - 8.0)
 
@@ -79,8 +79,8 @@ def test_tpm_waits_until_enough_tokens_left(
     held: list[tuple[float, int]], need: int, wait: float | None
 ) -> None:
     log = SlidingLog()
-    for i, (t, tok) in enumerate(held):
-        log.add(i, tok, t)
+    for t, tok in held:
+        log.add(tok, t)
     refused = log.check(TPM100, need, 10.0)
     if wait is None:
         assert refused is None
@@ -98,23 +98,25 @@ def test_a_request_larger_than_the_tpm_limit_can_never_fit() -> None:
 
 def test_adjust_sets_the_real_usage_and_remove_takes_the_entry_out() -> None:
     log = SlidingLog()
-    log.add(1, 90, 0.0)
+    entry = log.add(90, 0.0)
     assert log.check(TPM100, 20, 1.0) is not None
-    log.adjust(1, 30)  # the call used 30 of the 90 it held
+    log.adjust(entry, 30)  # the call used 30 of the 90 it held
     assert log.tokens == 30 and log.check(TPM100, 20, 1.0) is None
-    log.remove(1)
+    log.remove(entry)
     assert (log.requests, log.tokens, len(log.entries)) == (0, 0, 0)
-    log.adjust(1, 50)  # gone: nothing changes
+    log.adjust(entry, 50)  # gone: nothing changes
+    log.remove(entry)  # twice: nothing changes either
+    assert (log.requests, log.tokens) == (0, 0)
     assert log.tokens == 0
 
 
 def test_expiry_drops_entries_and_their_tokens() -> None:
     log = SlidingLog()
-    log.add(1, 40, 0.0)
-    log.add(2, 50, 30.0)
+    first = log.add(40, 0.0)
+    log.add(50, 30.0)
     log.expire(60.0)
     assert (log.requests, log.tokens) == (1, 50)
-    log.adjust(1, 99)  # expired: no effect
+    log.adjust(first, 99)  # expired: no effect
     assert log.tokens == 50
 
 
@@ -139,7 +141,7 @@ def test_headers_of_a_refusal() -> None:
     scope = Scope("client", "alice", 60, 1000, "alice")
     log = SlidingLog()
     for i in range(60):
-        log.add(i, 10, float(i) / 10)
+        log.add(10, float(i) / 10)
     refused = log.check(scope, 10, 10.0)
     assert refused is not None
     h = dict(rl.headers(refused))
@@ -157,7 +159,7 @@ def test_headers_of_a_refusal() -> None:
 
 def test_headers_leave_out_a_dimension_without_a_limit() -> None:
     log = SlidingLog()
-    log.add(1, 100, 0.0)
+    log.add(100, 0.0)
     refused = log.check(TPM100, 5, 1.0)
     assert refused is not None
     names = {k for k, _ in rl.headers(refused)}

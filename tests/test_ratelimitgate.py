@@ -11,25 +11,27 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from addon.config import loader
 from addon.proxy.dispatch import Dispatcher
 from addon.proxy.exchange import Incoming, Pending, Reply
 from addon.proxy.metrics import Metrics
-from addon.proxy.upstream import Answer, EngineResult
+from addon.proxy.upstream import BREAKER_BUSY, Answer, EngineResult, Explained
 from addon.proxy.view import View, build_view
 from addon.routing.fallback import AttemptRecord, Outcome, OutcomeKind
 from addon.state.ratelimits import LocalRateLimits
 
 ENV = {"KA": "sk-a", "KB": "sk-b"}
-APIS = ["chat", "completions", "messages"]
+APIS = ["chat", "completions", "messages", "responses"]
 USAGE = {"prompt_tokens": 7, "completion_tokens": 5}
 
 
 def make_view(tmp: Path, *, clients: list[dict[str, Any]] | None = None,
               default: dict[str, Any] | None = None, alpha: dict[str, Any] | None = None,
-              policy: dict[str, Any] | None = None) -> View:  # fmt: skip
+              policy: dict[str, Any] | None = None,
+              beta: dict[str, Any] | None = None) -> View:  # fmt: skip
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "rules").mkdir(exist_ok=True)
     providers: dict[str, Any] = {
@@ -38,6 +40,8 @@ def make_view(tmp: Path, *, clients: list[dict[str, Any]] | None = None,
     }
     if alpha is not None:
         providers["alpha"]["limits"] = alpha
+    if beta is not None:
+        providers["beta"]["limits"] = beta
     settings: dict[str, Any] = {"intercept": ["api.openai.com"], "default_profile": "balanced",
                                 "providers": providers, "admin": {"enabled": False},
                                 "data": {"ledger": str(tmp / "ledger.db")}}  # fmt: skip
@@ -69,15 +73,20 @@ class Clock:
 
 
 def dispatcher(view: View, served: Counter[str], clock: Clock) -> Dispatcher:
-    """A dispatcher whose engine answers from the first target it may claim."""
+    """A dispatcher whose engine answers from the first target it may claim (and, as the
+    real one, notes why it skipped the others)."""
     d = Dispatcher(view, None)
     d.limits.limits = LocalRateLimits(clock)
+    d.limits.clock = clock
     d.limits.metrics = d.metrics = Metrics(dict)
 
     async def run(plan: Any, *, on_outcome: Any, acquire: Any = None) -> EngineResult:
+        skipped = []
         for t in plan:
             c = t.candidate
             if acquire is not None and not await acquire(c):
+                told = plan.refusals if isinstance(plan, Explained) else {}
+                skipped.append((c.key, told.get(c.key) or BREAKER_BUSY))
                 continue
             served[c.provider] += 1
             a = AttemptRecord(c.provider, c.provider_model_id, Outcome(OutcomeKind.OK, 200),
@@ -85,8 +94,8 @@ def dispatcher(view: View, served: Counter[str], clock: Clock) -> Dispatcher:
             body = json.dumps({"id": "x", "object": "chat.completion", "model": c.model_id,
                                "choices": [], "usage": USAGE}).encode()  # fmt: skip
             return EngineResult(Answer(t, 200, [("content-type", "application/json")], body),
-                                [a], a.outcome)  # fmt: skip
-        return EngineResult(None)
+                                [a], a.outcome, skipped=skipped)  # fmt: skip
+        return EngineResult(None, skipped=skipped)
 
     d.engine.run = run  # type: ignore[method-assign]
     return d
@@ -98,6 +107,8 @@ def call(d: Dispatcher, *, client: str | None = None, addr: str = "10.0.0.1",
     if path.endswith("/messages"):
         body: dict[str, Any] = {"model": "m-a", "max_tokens": max_tokens or 100,
                                 "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+    elif path.endswith("/responses"):
+        body = {"model": "m-a", "input": "hi", "max_output_tokens": max_tokens or 100}
     else:
         body = {"model": "m-a", "messages": [{"role": "user", "content": "hi"}]}
         if max_tokens is not None:
@@ -196,8 +207,12 @@ def test_a_provider_at_its_limit_is_skipped_for_the_next_one(tmp_path: Path) -> 
     d = dispatcher(make_view(tmp_path, alpha={"rpm": 3}), served, clock)
     pendings = [call(d)[1] for _ in range(6)]
     assert served == Counter({"alpha": 3, "beta": 3})
-    # the 4th was turned away at its attempt; from then on routing leaves alpha out
-    assert any("rate limit reached for provider alpha" in r for r in pendings[3].reasons)
+    # the 4th was turned away at its attempt, and the skip says why (not a breaker's
+    # probe); from then on routing leaves alpha out
+    assert "skipped alpha:m-a: provider rate limit: 3 rpm reached, resets in 60 s" in (
+        pendings[3].reasons
+    )
+    assert not any(BREAKER_BUSY in r for r in pendings[3].reasons)
     assert any("provider alpha at its rate limit: not tried" in r for r in pendings[5].reasons)
     assert all(r.status == 200 for r in (call(d)[0],))
     clock.t += 61
@@ -224,3 +239,84 @@ def test_status_rows(tmp_path: Path) -> None:
     assert rows[("client", "app")]["remaining_requests"] == 9
     assert rows[("client", "app")]["tokens"] == 12
     assert rows[("provider", "alpha")]["requests"] == 1
+
+
+SKIP_TEXT = [
+    ({"rpm": 3}, {}, "provider rate limit: 3 rpm reached, resets in 60 s"),
+    # each call holds 158 (the prompt's 8 + max_tokens 150) and ends holding the 12 it used
+    ({"tpm": 200}, {"max_tokens": 150}, "provider rate limit: 200 tpm reached (48 in use, this "
+     "request needs 158), resets in 60 s"),
+    ({"tpm": 100}, {"max_tokens": 150}, "provider rate limit: this request may use 158 tokens, "
+     "over the 100 tpm limit"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("limit", "ask", "text"), SKIP_TEXT, ids=["rpm", "tpm", "never"])
+def test_the_skip_names_the_providers_limit(tmp_path: Path, limit: dict[str, int],
+                                            ask: dict[str, int], text: str) -> None:  # fmt: skip
+    served: Counter[str] = Counter()
+    d = dispatcher(make_view(tmp_path, alpha=limit), served, Clock())
+    last = None
+    for _ in range(20):
+        out, last = call(d, **ask)
+        assert out.status == 200
+        if any("provider rate limit" in r for r in last.reasons):
+            break
+    assert last is not None and f"skipped alpha:m-a: {text}" in last.reasons, last.reasons
+    assert served["beta"] == 1  # the skipped call went to the next provider
+
+
+BODIES = {
+    "/v1/chat/completions": ("requests", "rate_limit_exceeded"),
+    "/v1/responses": ("requests", "rate_limit_exceeded"),
+    "/v1/messages": ("rate_limit_error", None),
+}
+
+
+@pytest.mark.parametrize("path", list(BODIES))
+def test_every_provider_at_its_limit_is_a_429_in_the_apis_format(tmp_path: Path,
+                                                                path: str) -> None:  # fmt: skip
+    served: Counter[str] = Counter()
+    clock = Clock()
+    d = dispatcher(make_view(tmp_path, alpha={"rpm": 1}, beta={"rpm": 1}), served, clock)
+    assert call(d, path=path)[0].status == 200  # alpha's one call, at 5000
+    clock.t += 5
+    assert call(d, path=path)[0].status == 200  # alpha refused it: beta's, at 5005
+    assert served == Counter({"alpha": 1, "beta": 1})
+    clock.t += 15
+    # the 3rd: alpha left out by routing, beta refused at its attempt: nothing was tried;
+    # the 4th: routing leaves both out. Each is the client's 429, never a 503.
+    for n in (3, 4):
+        out, _ = call(d, path=path)
+        assert isinstance(out, Reply) and out.status == 429, (n, out.body)
+        h = dict(out.headers)
+        assert h["retry-after"] == "40"  # alpha frees up first: its call leaves at 5060
+        assert h["x-ratelimit-limit-requests"] == "1"
+        assert h["x-ratelimit-remaining-requests"] == "0"
+        assert h["x-ratelimit-reset-requests"] in ("40s", "39.9s", "40.1s")
+        assert h["x-orchestrator-rate-limit"] == "provider"
+        body = json.loads(out.body)
+        kind, code = BODIES[path]
+        err = body["error"]
+        assert err["type"] == kind and err.get("code") == code
+        assert err["message"] == ("every target for this request is at its provider's rate "
+                                  "limit; rate limit reached for provider alpha: 1 requests "
+                                  "per minute; retry in 40s")  # fmt: skip
+        if path.endswith("/messages"):
+            assert body["type"] == "error"
+    assert sum(served.values()) == 2  # no upstream saw the refused calls
+    clock.t += 40
+    assert call(d, path=path)[0].status == 200  # alpha's window slid: routed again
+    assert served["alpha"] == 2
+
+
+def test_a_request_too_large_for_a_providers_tpm_never_blocks_the_provider(
+    tmp_path: Path,
+) -> None:
+    served: Counter[str] = Counter()
+    d = dispatcher(make_view(tmp_path, alpha={"tpm": 100}), served, Clock())
+    big, _ = call(d, max_tokens=150)  # 158 tokens can never fit 100: beta answers it
+    assert big.status == 200 and served == Counter({"beta": 1})
+    small, pending = call(d, max_tokens=20)  # alpha is not full: routing still tries it
+    assert small.status == 200 and served == Counter({"beta": 1, "alpha": 1})
+    assert not any("at its rate limit: not tried" in r for r in pending.reasons)

@@ -212,7 +212,7 @@ class Dispatcher(Health):
         res = view.config.settings.resilience
         up, usable = state_filter(ok, self.breakers, self.provider_breakers, self.cooldown,
                                   time.monotonic(), res.breaker.cooldown_s)  # fmt: skip
-        usable = self.limits.filter(view, usable, pending.reasons)  # providers at their limit
+        usable = self.limits.filter(view, usable, pending)  # providers at their limit
 
         def again(r: decide.RoutingRequest) -> decide.RoutingDecision | decide.NoRoute:
             # a few spare targets beyond max_attempts: a context-length failure skips ahead
@@ -222,6 +222,9 @@ class Dispatcher(Health):
 
         decision = again(req)
         if isinstance(decision, decide.NoRoute):
+            full = self.limits.no_room(pending, decision)  # left out for their limits
+            if full is not None:  # 429, as for the client's own limit
+                return full
             msg = decision.message if pin is None else f"{pin.reason}, but: {decision.message}"
             return _refuse(Refusal(decision.status, msg, decision.code), pending)
         limited = None if ep.count_tokens else await self.limits.admit(view, pending, req, decision)
@@ -255,8 +258,13 @@ class Dispatcher(Health):
         async def acquire(c: catmod.Candidate) -> bool:
             if not await self._acquire(c):
                 return False
-            if (await budgetgate.topup(self.budgets, pending, c, features)
-                    and await self.limits.claim(view, pending, c, features)):  # fmt: skip
+            mark = len(pending.reasons)
+            if not await budgetgate.topup(self.budgets, pending, c, features):
+                why = pending.reasons.pop() if len(pending.reasons) > mark else "budget"
+                plan.refusals[c.key] = why.removeprefix(f"skipped {c.key}: ")  # said once
+            elif (limited := await self.limits.claim(view, pending, c, features)) is not None:
+                plan.refusals[c.key] = limited  # its provider's rate limit
+            else:
                 return True
             self.breakers.release(c.key)  # give back any half-open probe just claimed
             self.provider_breakers.release(c.provider)
@@ -270,6 +278,8 @@ class Dispatcher(Health):
         self.cache.ran(pending, result, view)  # `x-orchestrator-cache: miss`; record the answer
         pending.reasons.extend(f"skipped {key}: {why}" for key, why in result.skipped)
         pending.attempts = result.attempts
+        if not result.attempts and (full := self.limits.exhausted(pending)) is not None:
+            return full  # nothing tried, some for their provider's limit: 429, not 503
         return await self._answer(view, pending, result, decision, inject_usage,
                                   tried=shaped.targets, acquire=claim)  # fmt: skip
 

@@ -46,10 +46,13 @@ class Shape:
 
 
 class Plan(Sequence[Target]):
-    """The chain's targets, each built (headers, rewritten body) only when it is tried."""
+    """The chain's targets, each built (headers, rewritten body) only when it is tried;
+    `refusals` (`upstream.Explained`) holds why the request's `acquire` refused a target
+    (its provider's rate limit, the budget), for the engine's skip list."""
 
     def __init__(self, view: View, chain: Sequence[Scored], shape: Shape, pending: Pending) -> None:
         self._view, self._chain, self._shape, self._pending = view, chain, shape, pending
+        self.refusals: dict[str, str] = {}  # target key -> why it was not acquired
         self._built: dict[int, Target] = {}
         self._stripped: tuple[ParsedBody, int] | None = None
 

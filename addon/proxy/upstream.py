@@ -20,17 +20,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import ThreadedResolver
 
-from addon.config.schema import Resilience, address_kind
+from addon.config.schema import Resilience
 from addon.proxy.outbound import HOP_BY_HOP
+from addon.proxy.resolver import GuardedResolver
 from addon.routing.catalog import Candidate
 from addon.routing.domains import Judgement, RuledOut
 from addon.routing.fallback import (
@@ -47,6 +46,8 @@ from addon.routing.scoring import Scored
 from addon.wire.sse import SSEEvent, SSEParser
 
 log = logging.getLogger("orchestrator")
+
+BREAKER_BUSY = "breaker half-open, probe in flight"  # why `acquire` refused, unless told
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,13 @@ class Answer:
     stream: LiveStream | None = None
 
 
+@runtime_checkable
+class Explained(Protocol):
+    """A plan whose `acquire` notes why it refused a target (target key -> why)."""
+
+    refusals: dict[str, str]
+
+
 @dataclass
 class EngineResult:
     """How a walk of the plan ended: the answer (if any), every attempt, the last outcome."""
@@ -114,36 +122,6 @@ class EngineResult:
 
 def _response_headers(resp: aiohttp.ClientResponse) -> list[tuple[str, str]]:
     return [(k, v) for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP]
-
-
-class GuardedResolver(AbstractResolver):
-    """DNS answers are checked when a connection is made, not only at config load: a provider
-    host that resolves (or re-binds) to a loopback, private or link-local address is refused
-    unless that provider is marked `local: true`."""
-
-    def __init__(self, internal_ok: Callable[[str], bool], inner: AbstractResolver | None = None):
-        self.internal_ok = internal_ok
-        self._inner = inner
-
-    async def resolve(self, host: str, port: int = 0,
-                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:  # fmt: skip
-        """Resolve `host`; refuse internal addresses unless `internal_ok(host)`."""
-        if self._inner is None:
-            self._inner = ThreadedResolver()
-        infos = await self._inner.resolve(host, port, family)
-        if self.internal_ok(host):
-            return infos
-        for info in infos:
-            kind = address_kind(info["host"])
-            if kind:
-                raise OSError(f"{host} resolves to {kind} address {info['host']}; only providers "
-                              "marked `local: true` may reach internal addresses")  # fmt: skip
-        return infos
-
-    async def close(self) -> None:
-        """Close the wrapped resolver."""
-        if self._inner is not None:
-            await self._inner.close()
 
 
 class Engine:
@@ -199,9 +177,10 @@ class Engine:
     ) -> EngineResult:
         """Walk `plan` until a target answers. A target is skipped (`EngineResult.skipped`)
         when this request's attempts so far rule it out (`domains.RuledOut`) or when
-        `acquire(candidate)`, asked before its first attempt, refuses (a breaker: e.g. another
-        request holds its half-open probe). `on_outcome(candidate, outcome, ms, judgement)`
-        is called after each attempt."""
+        `acquire(candidate)`, asked before its first attempt, refuses: a plan that is
+        `Explained` says why (its provider's rate limit, the budget); else, or when it says
+        nothing, a breaker refused (another request holds its half-open probe).
+        `on_outcome(candidate, outcome, ms, judgement)` is called after each attempt."""
         res = self.resilience
         result = EngineResult(None)
         deadline = time.monotonic() + res.total_timeout_ms / 1000
@@ -214,7 +193,8 @@ class Engine:
             if tries_on_target == 0:
                 why = ruled.skip(c)
                 if why is None and acquire is not None and not await acquire(c):
-                    why = "breaker half-open, probe in flight"
+                    told = plan.refusals if isinstance(plan, Explained) else {}
+                    why = told.get(c.key) or BREAKER_BUSY
                 if why is not None:
                     result.skipped.append((c.key, why))
                     idx += 1

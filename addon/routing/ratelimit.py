@@ -110,42 +110,49 @@ def _describe(s: Scope) -> str:
     return f"client {s.key}"
 
 
-class SlidingLog:
-    """The entries of one scope's window, oldest first, with running totals. Each entry is
-    `[time, tokens, id]`; `adjust` changes an entry's tokens in place (found by id)."""
+Entry = list[float]  # one admitted request in a window: [time, tokens held, 1 live | 0 gone]
 
-    __slots__ = ("_by_id", "entries", "requests", "tokens")
+
+class SlidingLog:
+    """The entries of one scope's window, oldest first, with running totals. `add` gives
+    back the request's entry; `adjust` and `remove` take it (no lookup by id: the caller
+    keeps the entry, and an entry that left the window is marked gone, so changing it
+    later changes nothing)."""
+
+    __slots__ = ("entries", "requests", "tokens")
 
     def __init__(self) -> None:
-        self.entries: deque[list[float]] = deque()
+        self.entries: deque[Entry] = deque()
         self.requests = 0
         self.tokens = 0
-        self._by_id: dict[int, list[float]] = {}
 
     def expire(self, now: float) -> None:
         """Drop entries that left the window (older than `now - WINDOW_S`)."""
         cut = now - WINDOW_S
         e = self.entries
         while e and e[0][0] <= cut:
-            _, tok, rid = e.popleft()
+            entry = e.popleft()
+            entry[2] = 0
             self.requests -= 1
-            self.tokens -= int(tok)
-            self._by_id.pop(int(rid), None)
+            self.tokens -= int(entry[1])
 
     def check(self, scope: Scope, need: int, now: float) -> Limited | None:
         """Whether one more request holding `need` tokens fits `scope` at `now` (expired
         entries dropped first); the refusal when it does not."""
-        self.expire(now)
-        if scope.rpm is not None and self.requests + 1 > scope.rpm:
+        e = self.entries
+        if e and e[0][0] <= now - WINDOW_S:
+            self.expire(now)
+        rpm, tpm = scope.rpm, scope.tpm
+        if rpm is not None and self.requests >= rpm:
             # the request fits once the oldest `requests - rpm + 1` entries have left
-            oldest = self.entries[self.requests - scope.rpm][0]
+            oldest = e[self.requests - rpm][0]
             wait = oldest + WINDOW_S - now
             return Limited(self.usage(scope, now), "requests", wait, need)
-        if scope.tpm is not None and self.tokens + need > scope.tpm:
-            if need > scope.tpm:
+        if tpm is not None and self.tokens + need > tpm:
+            if need > tpm:
                 return Limited(self.usage(scope, now), "tokens", math.inf, need)
-            over, wait = self.tokens + need - scope.tpm, 0.0
-            for t, tok, _ in self.entries:
+            over, wait = self.tokens + need - tpm, 0.0
+            for t, tok, _ in e:
                 over -= int(tok)
                 if over <= 0:
                     wait = t + WINDOW_S - now
@@ -153,25 +160,24 @@ class SlidingLog:
             return Limited(self.usage(scope, now), "tokens", wait, need)
         return None
 
-    def add(self, rid: int, need: int, now: float) -> None:
-        """Log an admitted request `rid` holding `need` tokens at `now` (after `check`)."""
-        entry = [now, float(need), float(rid)]
+    def add(self, need: int, now: float) -> Entry:
+        """Log an admitted request holding `need` tokens at `now` (after `check`)."""
+        entry = [now, need, 1]
         self.entries.append(entry)
-        self._by_id[rid] = entry
         self.requests += 1
         self.tokens += need
+        return entry
 
-    def adjust(self, rid: int, tokens: int) -> None:
-        """Set the tokens request `rid` holds (its real usage); nothing once it expired."""
-        entry = self._by_id.get(rid)
-        if entry is not None:
+    def adjust(self, entry: Entry, tokens: int) -> None:
+        """Set the tokens `entry` holds (its request's real usage); nothing once it left."""
+        if entry[2]:
             self.tokens += tokens - int(entry[1])
-            entry[1] = float(tokens)
+            entry[1] = tokens
 
-    def remove(self, rid: int) -> None:
-        """Take request `rid` out of the window (it was never sent)."""
-        entry = self._by_id.pop(rid, None)
-        if entry is not None:
+    def remove(self, entry: Entry) -> None:
+        """Take `entry` out of the window (its request was never sent)."""
+        if entry[2]:
+            entry[2] = 0
             self.entries.remove(entry)
             self.requests -= 1
             self.tokens -= int(entry[1])

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from addon.routing.ratelimit import Limited, Scope, SlidingLog, status_row
+from addon.routing.ratelimit import Entry, Limited, Scope, SlidingLog, status_row
 
 MAX_STATUS_ROWS = 100  # /status lists the busiest accounts, at most this many
 SWEEP_EVERY = 1024  # reserves between sweeps of accounts whose window emptied
@@ -27,11 +27,13 @@ SWEEP_EVERY = 1024  # reserves between sweeps of accounts whose window emptied
 
 @dataclass(slots=True)
 class Hold:
-    """An admitted request's entry (`id`) in each of `scopes`, holding `tokens`."""
+    """An admitted request's entry (`id`) in each of `scopes`, holding `tokens`; in process,
+    also each scope's window and the request's entry in it (`logged`)."""
 
     id: int
     scopes: tuple[Scope, ...]
     tokens: int
+    logged: tuple[tuple[SlidingLog, Entry], ...] = ()
 
 
 class RateLimits(Protocol):
@@ -76,42 +78,45 @@ class LocalRateLimits:
     def reserve_now(self, scopes: Sequence[Scope], need: int) -> Hold | Limited:
         """`reserve` without the coroutine (the Redis fallback and the bench call it)."""
         now = self.clock()
-        logs = []
+        logs, known = self.logs, self.scopes
+        found = []
         for s in scopes:
-            log = self.logs.get(s.id)
+            sid = s.id
+            log = logs.get(sid)
             if log is None:
-                log = self.logs[s.id] = SlidingLog()
-            self.scopes[s.id] = s
+                log = logs[sid] = SlidingLog()
+            if known.get(sid) is not s:
+                known[sid] = s
             refused = log.check(s, need, now)
             if refused is not None:
-                self._free_at[s.id] = now + refused.retry_after_s
+                if not refused.never:  # a request too large for the limit leaves it open
+                    self._free_at[sid] = now + refused.retry_after_s
                 return refused
-            logs.append(log)
-        rid = next(self._ids)
-        for log in logs:
-            log.add(rid, need, now)
+            found.append(log)
+        hold = Hold(next(self._ids), tuple(scopes), need,
+                    tuple([(log, log.add(need, now)) for log in found]))  # fmt: skip
         self._reserves += 1
         if self._reserves % SWEEP_EVERY == 0:
             self.sweep(now)
-        return Hold(rid, tuple(scopes), need)
+        return hold
 
     def settle(self, hold: Hold, tokens: int) -> None:
         """Set the hold to `tokens` in every scope it is still in the window of."""
         if tokens == hold.tokens:
             return
-        for s in hold.scopes:
-            log = self.logs.get(s.id)
-            if log is not None:
-                log.adjust(hold.id, tokens)
-            if tokens < hold.tokens and self._free_at:
+        for log, entry in hold.logged:  # `SlidingLog.adjust`, inlined (once per scope)
+            if entry[2]:
+                log.tokens += tokens - int(entry[1])
+                entry[1] = tokens
+        if tokens < hold.tokens and self._free_at:
+            for s in hold.scopes:
                 self._free_at.pop(s.id, None)  # room may be back: the next check says
 
     def release(self, hold: Hold) -> None:
         """Take the hold's entry out of every scope."""
+        for log, entry in hold.logged:
+            log.remove(entry)
         for s in hold.scopes:
-            log = self.logs.get(s.id)
-            if log is not None:
-                log.remove(hold.id)
             self._free_at.pop(s.id, None)
 
     def any_blocked(self) -> bool:

@@ -194,7 +194,8 @@ class RedisRateLimits:
             usage = Usage(s, count, total, reset, reset if total > 0 else 0.0)
             wait = math.inf if kind == 3 else max(0.0, wait_ms / 1000)
             self._seen[s.id] = (usage, mono)
-            self._free_at[s.id] = mono + wait
+            if kind != 3:  # a request too large for the limit leaves it open to others
+                self._free_at[s.id] = mono + wait
             return Limited(usage, "requests" if kind == 1 else "tokens", wait, need)
         rid = r[0]
         for j, s in enumerate(scopes):
