@@ -124,7 +124,8 @@ class Router:
     def engine(self, run: Callable[[list[Target]], Awaitable[EngineResult]]) -> None:
         """Replace the attempt engine's network walk with `run(plan)`."""
 
-        async def fake_run(plan: Any, *, on_outcome: Any, acquire: Any = None) -> EngineResult:
+        async def fake_run(plan: Any, *, on_outcome: Any, acquire: Any = None,
+                           traceparent: Any = None) -> EngineResult:  # fmt: skip
             self.sent.append(plan[0])
             return await run(list(plan))
 

@@ -236,7 +236,8 @@ def test_who_can_read_encrypted_reasoning(
 def _dispatcher(view: View, seen: list[Target], answer: bytes, status: int = 200) -> Dispatcher:
     d = Dispatcher(view, None)
 
-    async def run(plan: Any, *, on_outcome: Any, acquire: Any = None) -> EngineResult:
+    async def run(plan: Any, *, on_outcome: Any, acquire: Any = None,
+                  traceparent: Any = None) -> EngineResult:  # fmt: skip
         seen.extend(plan)
         t = plan[0]
         a = AttemptRecord(t.candidate.provider, t.candidate.provider_model_id,

@@ -230,11 +230,6 @@ def test_receiver_down_requests_succeed_and_drops_are_counted(
     assert "telemetry: cannot export to http://127.0.0.1:" in p.log()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the attempt engine does not send the attempt span's "
-    "traceparent yet (addon/proxy/upstream.py: see the telemetry change's report)",
-)
 def test_upstream_gets_the_attempt_span_as_its_parent(
     proxy: ProxyProcess, receiver: OtlpReceiver, ups: dict[str, FakeUpstream],
     monkeypatch: pytest.MonkeyPatch,

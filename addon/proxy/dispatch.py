@@ -274,7 +274,8 @@ class Dispatcher(Health):
         streaming = features.stream and not ep.count_tokens
         on_outcome = self._on_stream_outcome if streaming else self._on_outcome
         claim, told = self.balancing.track(pending.id, acquire, on_outcome, streaming)
-        result = await self.engine.run(plan, on_outcome=told, acquire=claim)
+        trace = self.telemetry.trace(pending).attempt_traceparent if self.telemetry else None
+        result = await self.engine.run(plan, on_outcome=told, acquire=claim, traceparent=trace)
         self.cache.ran(pending, result, view)  # `x-orchestrator-cache: miss`; record the answer
         pending.reasons.extend(f"skipped {key}: {why}" for key, why in result.skipped)
         pending.attempts = result.attempts

@@ -18,6 +18,7 @@ aiohttp is used here (not httpx) because it costs ~3 ms CPU per proxied call aga
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -174,6 +175,7 @@ class Engine:
         *,
         on_outcome: Callable[[Candidate, Outcome, float, Judgement], None],
         acquire: Callable[[Candidate], Awaitable[bool]] | None = None,
+        traceparent: Callable[[int], str] | None = None,
     ) -> EngineResult:
         """Walk `plan` until a target answers. A target is skipped (`EngineResult.skipped`)
         when this request's attempts so far rule it out (`domains.RuledOut`) or when
@@ -201,7 +203,9 @@ class Engine:
                     continue
             tries_on_target += 1
             started = time.monotonic()
-            answer, outcome = await self._attempt(target, deadline)
+            n = len(result.attempts)  # this attempt's index: its span's traceparent upstream
+            sent = target if traceparent is None else _traced(target, traceparent(n))
+            answer, outcome = await self._attempt(sent, deadline)
             elapsed = (time.monotonic() - started) * 1000
             result.attempts.append(AttemptRecord(c.provider, c.provider_model_id, outcome,
                                                  started, round(elapsed, 1)))  # fmt: skip
@@ -360,6 +364,12 @@ class Engine:
                 return Answer(t, resp.status, _response_headers(resp), stream=live), Outcome(
                     OutcomeKind.OK, resp.status
                 )
+
+
+def _traced(t: Target, traceparent: str) -> Target:
+    """`t` with `traceparent` naming its attempt's span (in place of the client's)."""
+    kept = tuple((k, v) for k, v in t.headers if k.lower() != "traceparent")
+    return dataclasses.replace(t, headers=(*kept, ("traceparent", traceparent)))
 
 
 def _next_larger(plan: Sequence[Target], idx: int) -> int:
