@@ -335,5 +335,6 @@ class Runtime:
             "state": io["state"],
             "response_homes": self.dispatcher.homes.health(),
             "rate_limits": self.dispatcher.limits.snapshot(),  # addon.proxy.ratelimitgate
+            "cache": self.dispatcher.cache.health(),  # addon.proxy.cachegate: kind, where, errors
             "telemetry": self.telemetry.health() if self.telemetry is not None else None,
         }  # fmt: skip
