@@ -139,8 +139,8 @@ class CacheGate:
         if entry is None:
             return None
         age = max(0.0, time.time() - entry.created)
-        del self._open[pending.id]
-        self._hits[pending.id] = entry
+        if self._open.pop(pending.id, None) is not None:  # else `finished` ran meanwhile
+            self._hits[pending.id] = entry
         pending.answered_by = chain[0]
         pending.reasons.append(f"cache: hit at {chain[0].candidate.key}, {age:.0f}s old")
         out = [*entry.headers,
