@@ -80,7 +80,8 @@ def dispatcher(view: View, served: Counter[str], clock: Clock) -> Dispatcher:
     d.limits.clock = clock
     d.limits.metrics = d.metrics = Metrics(dict)
 
-    async def run(plan: Any, *, on_outcome: Any, acquire: Any = None) -> EngineResult:
+    async def run(plan: Any, *, on_outcome: Any, acquire: Any = None,
+                  traceparent: Any = None) -> EngineResult:  # fmt: skip
         skipped = []
         for t in plan:
             c = t.candidate
