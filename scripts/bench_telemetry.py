@@ -1,13 +1,14 @@
 """OpenTelemetry export: the per-request cost of `telemetry:` on against off, side by side.
 
-Two real `orchestrator run` processes on the same config, one without `telemetry:` and one
-exporting to a loopback OTLP/HTTP receiver (up, answering at once), both in front of one
-loopback fake upstream. Each round sends a block of requests through each proxy in turn
+Three real `orchestrator run` processes on the same config: one without `telemetry:`
+("off"), one exporting to a loopback OTLP/HTTP receiver (up, answering at once: "on") and
+one exporting to a loopback port nobody listens on (the receiver is down: "down", every
+send fails and is dropped), all in front of one loopback fake upstream. Each round sends a block of requests through each proxy in turn
 (the order alternates between rounds, so both see the same machine), whole and streamed,
 with one keep-alive HTTP client per proxy; it measures each request's latency and the
 proxy process's CPU time (utime + stime of all its threads, from /proc/PID/stat: the
 exporter thread's work is counted). Prints p50/p95 latency and CPU per request for each,
-and the on/off ratios; no target is asserted (README → Performance). At the end, the
+and the on/off and down/off ratios; no target is asserted (README → Performance). At the end, the
 receiver must hold one request span and one attempt span per request sent to the
 exporting proxy ("export check").
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import sys
 import tempfile
@@ -43,6 +45,14 @@ MODEL = {"id": "m-fake", "provider": "fake", "input_per_mtok": 1, "output_per_mt
 RULES = {"profiles.yaml": {"profiles": {"balanced": {"weights": {"quality": 1}}}},
          "models.yaml": {"models": [MODEL]}}  # fmt: skip
 KINDS = ("whole", "streamed")
+STATES = ("off", "on", "down")
+
+
+def _closed_port_url() -> str:
+    """An OTLP endpoint on a loopback port that was just free: the receiver is down."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 def _config(up: FakeUpstream, endpoint: str | None) -> dict[str, Any]:
@@ -96,12 +106,13 @@ def run(rounds: int, n: int) -> dict[str, Any]:
     receiver = OtlpReceiver().start()
     env = {"ORQ_BENCH_KEY": KEY}
     data: dict[str, dict[str, dict[str, Any]]] = {
-        k: {s: {"ms": [], "cpu_s": 0.0, "n": 0} for s in ("off", "on")} for k in KINDS
+        k: {s: {"ms": [], "cpu_s": 0.0, "n": 0} for s in STATES} for k in KINDS
     }
     with tempfile.TemporaryDirectory() as tmp:
         proxies = {
             "off": ProxyProcess(Path(tmp) / "off", _config(up, None), RULES, env),
             "on": ProxyProcess(Path(tmp) / "on", _config(up, receiver.url), RULES, env),
+            "down": ProxyProcess(Path(tmp) / "down", _config(up, _closed_port_url()), RULES, env),
         }
         try:
             for p in proxies.values():
@@ -112,7 +123,7 @@ def run(rounds: int, n: int) -> dict[str, Any]:
                 for stream in (False, True):
                     _block(c, _pid(proxies[s]), 10, stream)
             for r in range(rounds):
-                order = ("off", "on") if r % 2 == 0 else ("on", "off")
+                order = STATES[r % 3 :] + STATES[: r % 3]  # each state leads in turn
                 for kind in KINDS:
                     for s in order:
                         ms, cpu = _block(clients[s], _pid(proxies[s]), n, kind == "streamed")
@@ -146,7 +157,8 @@ def _pid(p: ProxyProcess) -> int:
 
 
 def report(res: dict[str, Any]) -> None:
-    print(f"telemetry export cost per request: off vs on (receiver up), {res['rounds']} rounds "
+    print(f"telemetry export cost per request: off vs on (receiver up) vs down (receiver "
+          f"down), {res['rounds']} rounds "
           f"x {res['requests']} requests per kind, sequential, side by side")  # fmt: skip
     print(f"{'kind':<9} {'telemetry':<9} {'p50':>8} {'p95':>8} {'CPU/req':>9}")
     for kind, by in res["kinds"].items():
@@ -154,12 +166,16 @@ def report(res: dict[str, Any]) -> None:
             print(f"{kind:<9} {s:<9} {r['p50_ms']:>6.2f}ms {r['p95_ms']:>6.2f}ms "
                   f"{r['cpu_ms_per_req']:>7.2f}ms")  # fmt: skip
     for kind, by in res["kinds"].items():
-        on, off = by["on"], by["off"]
-        cpu = (
-            on["cpu_ms_per_req"] / off["cpu_ms_per_req"] if off["cpu_ms_per_req"] else float("nan")
-        )
-        print(f"{kind}: on/off p50 {on['p50_ms'] / off['p50_ms']:.2f}x, "
-              f"p95 {on['p95_ms'] / off['p95_ms']:.2f}x, proxy CPU/req {cpu:.2f}x")  # fmt: skip
+        off = by["off"]
+        for s in ("on", "down"):
+            on = by[s]
+            cpu = (
+                on["cpu_ms_per_req"] / off["cpu_ms_per_req"]
+                if off["cpu_ms_per_req"]
+                else float("nan")
+            )
+            print(f"{kind}: {s}/off p50 {on['p50_ms'] / off['p50_ms']:.2f}x, "
+                  f"p95 {on['p95_ms'] / off['p95_ms']:.2f}x, proxy CPU/req {cpu:.2f}x")  # fmt: skip
     ec = res["export_check"]
     ok = ec["spans"] == 2 * ec["requests"]
     print(f"export check: {ec['spans']} spans for {ec['requests']} requests "

@@ -148,13 +148,14 @@ def test_bench_cache_quick(tmp_path: Path) -> None:
 def test_bench_telemetry_quick(tmp_path: Path) -> None:
     out_json = tmp_path / "telemetry.json"
     out = _run("bench_telemetry.py", "--quick", "--json", str(out_json), timeout=180)
-    assert "telemetry export cost per request: off vs on (receiver up)" in out
+    assert "telemetry export cost per request: off vs on (receiver up) vs down" in out
     for kind in ("whole", "streamed"):
-        assert f"{kind}: on/off p50 " in out and "proxy CPU/req" in out
+        assert f"{kind}: on/off p50 " in out and f"{kind}: down/off p50 " in out
+        assert "proxy CPU/req" in out
     assert "(one request + one attempt span each)" in out and "MISMATCH" not in out
     data = json.loads(out_json.read_text())
     assert data["export_check"]["spans"] == 2 * data["export_check"]["requests"] > 0
     for kind in ("whole", "streamed"):
-        for state in ("off", "on"):
+        for state in ("off", "on", "down"):
             r = data["kinds"][kind][state]
             assert r["p95_ms"] >= r["p50_ms"] > 0 and r["cpu_ms_per_req"] >= 0
