@@ -58,7 +58,7 @@ if str(REPO) not in sys.path:  # run from a checkout without `pip install -e .`
 from addon.config import loader  # noqa: E402
 from addon.proxy.outbound import has_client_key  # noqa: E402
 from addon.proxy.view import View, build_view  # noqa: E402
-from addon.routing import breaker, classify, decide, difficulty, ranking  # noqa: E402
+from addon.routing import breaker, classify, decide, difficulty, ranking, scoring  # noqa: E402
 from addon.routing.catalog import Candidate  # noqa: E402
 from addon.store.benchmarks import BUNDLED_DB  # noqa: E402
 from addon.wire.request import parse_request, rewrite  # noqa: E402
@@ -427,7 +427,7 @@ def rerank_cost(view: View) -> tuple[float, float, float]:
     parsed = parse_request(sc.body)
     f = classify.features(parsed.data, requested_model=parsed.model)
     keyed = view.keyed("api.openai.com")
-    args = ("balanced", f.complexity_class, keyed, f, 0, None, False)
+    args = ("balanced", scoring.level(f.complexity), keyed, f, 0, None, False)
     view.router.walk(*args)  # the base walk exists: the proxy has served before
     observed = {c.key: 100.0 + i for i, c in enumerate(cat.candidates[:50])}
     done = {}
@@ -634,7 +634,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"routing work per request — catalog {len(cat.candidates):,} offerings from "
             f"{len(cat.providers)} providers ({Path(cat.source.removeprefix('bundled:')).name}), "
-            f"{len(view.config.profiles)} profiles x {len(ranking.CLASSES)} complexity classes "
+            f"{len(view.config.profiles)} profiles x {scoring.LEVELS} weight levels "
+            f"({len(set(map(id, view.router.base.values())))} distinct rankings) "
             f"pre-ranked; python {sys.version.split()[0]}, GC on; {os.cpu_count()} CPUs, "
             f"load average {os.getloadavg()[0]:.2f} at start"
         )

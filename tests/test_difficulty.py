@@ -66,6 +66,39 @@ def test_tokens_fold_case_and_digits_and_strip_punctuation() -> None:
     assert difficulty.pairs([b"a", b"b", b"a", b"b"]) == {b"a b", b"b a"}
 
 
+def _reference(m: difficulty.DifficultyModel, text: str) -> float:
+    """p the slow way, as the module docstring words it: each distinct word and each distinct
+    "word word" pair looked up in `words` (the artifact's keys), then the dense features."""
+    raw = difficulty.encode(difficulty.sample(text, m.sample_chars))
+    toks = [t.strip(difficulty._PUNCT) for t in raw.lower().translate(difficulty._DIGITS).split()]
+    z = m.bias + sum(m.words.get(g, 0.0) for g in set(toks) | difficulty.pairs(toks))
+    for x, (mean, scale, w) in zip(difficulty.dense_features(raw, toks, len(text)), m.dense,
+                                   strict=True):  # fmt: skip
+        z += w * (x - mean) / scale
+    return 1 / (1 + math.exp(-z))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "prove it step by step",
+        "Step BY step: 12 + 30 = ?",
+        "? ? step by",  # pairs with an empty word (punctuation only)
+        "",
+        "x",
+        "Café naïve 😀 step by step " * 40,  # longer than two samples: head and tail
+    ],
+)
+def test_the_fast_lookup_equals_the_documented_formula(text: str) -> None:
+    tiny = difficulty.from_dict(_tiny(words={"prove": 2.0, "step by": 0.5, " step": -0.3, "": 0.2,
+                                             "0 +": 0.7}, sample_chars=50))  # fmt: skip
+    assert difficulty.probability(tiny, text) == pytest.approx(_reference(tiny, text), abs=1e-12)
+    bundled = scorer_store.load()
+    assert difficulty.probability(bundled, text) == pytest.approx(
+        _reference(bundled, text), abs=1e-12
+    )
+
+
 @pytest.mark.parametrize(
     ("p", "c"),
     [(0.0, 0.0), (0.1, 0.165), (0.2, 0.33), (0.4, 0.495), (0.6, 0.66), (0.8, 0.83), (1.0, 1.0)],

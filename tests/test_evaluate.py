@@ -15,6 +15,7 @@ from addon.config import loader
 from addon.errors import OrchestratorError
 from addon.evaluate import metrics, replay, run, workload
 from addon.evaluate.metrics import Outcome, Point
+from addon.routing import scoring
 from addon.store import benchmarks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,8 +96,10 @@ def test_mean_summary_averages_and_keeps_unreached_as_none() -> None:
 
 
 def test_sweep_refuses_mismatched_input() -> None:
-    with pytest.raises(ValueError, match="one outcome triple per complexity"):
+    with pytest.raises(ValueError, match=r"one outcome per level \(3\) for each complexity"):
         metrics.sweep([0.1, 0.2], [(W(0), W(0), S(1))])
+    with pytest.raises(ValueError, match=r"one outcome per level \(2\) for each complexity"):
+        metrics.sweep([0.1], [(W(0), W(0), S(1))], cuts=(0.5,))
 
 
 # --------------------------------------------------------------------------- the format
@@ -166,8 +169,13 @@ def test_replay_routes_through_the_real_router_with_real_prices(cfg: loader.Conf
                for c in setup.router.catalog.candidates)  # fmt: skip
     r = replay.Replayer(setup, 100)
     f = replay.features(items[0])
-    simple, _medium, complex_ = r.outcomes(items[0], f)
+    levels = r.outcomes(items[0], f)
+    assert len(levels) == scoring.LEVELS
+    simple, complex_ = levels[0], levels[-1]
     assert complex_.strong  # the quality profile sends a complex request to GPT-4
+    # a stronger model is chosen from some level up, never lost again above it
+    strong = [o.strong for o in levels]
+    assert strong == sorted(strong)
     # cost = the chosen offering's price x (prompt estimate + 100 completion tokens)
     gpt4 = next(c for c in setup.router.catalog.candidates if setup.model(c) == STRONG)
     expected = (

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter
 from dataclasses import replace
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import yaml
 
 from addon.config import loader
 from addon.config.loaded import Config
-from addon.config.rules import DeclaredModel
+from addon.config.rules import DeclaredModel, Profile, Weights
 from addon.routing import catalog as catmod
 from addon.routing import classify, decide, ranking, scoring
 from addon.routing.catalog import Candidate, OfferingRow
@@ -247,6 +249,93 @@ def test_complexity_shifts_weight(router: ranking.Router, cls: str, dq: float, d
     assert w.quality == pytest.approx(0.4 + dq) and w.cost == pytest.approx(0.3 + dc)
 
 
+@pytest.mark.parametrize(
+    ("complexity", "lvl", "quality", "cost"),
+    [
+        (0.0, 0, 0.25, 0.45),  # the whole shift to cost
+        (1 / 6, 0, 0.25, 0.45),  # the middle of "simple": the three-class weights
+        (0.25, 1, 0.2875, 0.4125),  # 3/4 of it
+        (0.33, 2, 0.325, 0.375),  # the class cut: half
+        (0.45, 3, 0.3625, 0.3375),
+        (0.5, 4, 0.4, 0.3),  # the profile as written
+        (0.55, 5, 0.4375, 0.2625),
+        (0.66, 6, 0.475, 0.225),
+        (0.75, 7, 0.5125, 0.1875),
+        (5 / 6, 8, 0.55, 0.15),  # the middle of "complex"
+        (1.0, 8, 0.55, 0.15),
+    ],
+)
+def test_complexity_moves_weight_continuously(
+    router: ranking.Router, complexity: float, lvl: int, quality: float, cost: float
+) -> None:
+    p = router.config.profiles["balanced"]
+    w = scoring.effective_weights(p, complexity)
+    assert (w.level, w.quality, w.cost, w.latency) == (
+        lvl, pytest.approx(quality), pytest.approx(cost), 0.3
+    )  # fmt: skip
+    assert w.shift == pytest.approx(quality - 0.4)
+    assert scoring.level(complexity) == lvl
+
+
+def test_the_shift_is_monotone_and_never_takes_a_weight_below_zero() -> None:
+    p = Profile(weights=Weights(quality=0.05, latency=0.5, cost=0.1))
+    grid = [scoring.effective_weights(p, i / 100) for i in range(101)]
+    assert all(a.quality <= b.quality and a.cost >= b.cost for a, b in pairwise(grid))
+    assert (grid[0].quality, grid[0].cost) == (0.0, pytest.approx(0.15))  # capped at quality's 0.05
+    assert (grid[-1].quality, grid[-1].cost) == (pytest.approx(0.15), 0.0)  # and at cost's 0.1
+    off = Profile(weights=Weights(quality=0.05, latency=0.5, cost=0.1), complexity_adjust=False)
+    assert {scoring.effective_weights(off, i / 10).as_tuple() for i in range(11)} == {
+        (0.05, 0.5, 0.1, 0.0)
+    }
+
+
+def test_levels_with_the_same_weights_share_one_ranking(tmp_path: Path) -> None:
+    profiles = {**PROFILES, "flat": {"weights": {"quality": 1.0}, "complexity_adjust": False}}
+    cfg = write_tree(tmp_path, **{"profiles.yaml": {"profiles": profiles}})
+    router = ranking.build_router(cfg, catmod.build_catalog(cfg, [], ENV), {})
+    assert len({id(router.base[("flat", k)]) for k in range(scoring.LEVELS)}) == 1
+    assert len({id(router.base[("balanced", k)]) for k in range(scoring.LEVELS)}) == scoring.LEVELS
+    # a class name reads its middle's level; the cli and /rankings ask by class
+    assert router.ranking("balanced", "simple") is router.base[("balanced", 0)]
+    assert router.ranking("balanced", "complex") is router.base[("balanced", 8)]
+
+
+def test_the_first_choice_moves_up_in_quality_as_complexity_rises(router: ranking.Router) -> None:
+    req = make_req()
+    chosen = []
+    for i in range(21):
+        f = dataclasses.replace(req.features, complexity=i / 20)
+        d = route(router, dataclasses.replace(req, features=f))
+        assert isinstance(d, decide.RoutingDecision)
+        chosen.append(d.chain[0].candidate)
+    qualities = [c.quality_norm for c in chosen]
+    assert qualities == sorted(qualities)
+    assert len({c.key for c in chosen}) >= 2  # some level between the class middles flips it
+
+
+@pytest.mark.parametrize(
+    ("complexity", "line"),
+    [
+        (0.0, "complexity 0.000 (simple): weights quality 0.25 latency 0.30 cost 0.45 context "
+              "0.00 (level 0 of 0..8, shift -0.150)"),
+        (0.55, "complexity 0.550 (medium): weights quality 0.44 latency 0.30 cost 0.26 context "
+               "0.00 (level 5 of 0..8, shift +0.037)"),
+    ],
+)  # fmt: skip
+def test_the_decision_names_the_complexity_and_the_weights(
+    router: ranking.Router, complexity: float, line: str
+) -> None:
+    req = make_req()
+    req = dataclasses.replace(
+        req, features=dataclasses.replace(req.features, complexity=complexity)
+    )
+    d = route(router, req)
+    assert isinstance(d, decide.RoutingDecision)
+    assert d.reasons[1] == line
+    # formatted at build (`Router.weights`) or on the spot, the line is the same
+    assert decide.complexity_reason(req.features, router.config.profiles["balanced"]) == line
+
+
 # --------------------------------------------------------------------------- filters
 
 
@@ -441,9 +530,7 @@ def test_provider_subset_matches_the_full_walk(router: ranking.Router) -> None:
     assert isinstance(full, decide.RoutingDecision) and isinstance(fast, decide.RoutingDecision)
     assert [s.candidate.key for s in fast.chain] == [s.candidate.key for s in full.chain]
     assert fast.filtered["no_key"] >= 1
-    assert router.ranking_for("quality", "simple", keyed) is router.ranking_for(
-        "quality", "simple", keyed
-    )
+    assert router.ranking_for("quality", 0, keyed) is router.ranking_for("quality", 0, keyed)
 
 
 def test_incremental_rerank_equals_a_full_ranking(tmp_path: Path) -> None:
@@ -477,7 +564,7 @@ def reference_decide(
     chain: list[str] = []
     counts: dict[str, int] = {}
     taken: set[tuple[str, str]] = set()
-    for s in router.rankings[(name, req.features.complexity_class)]:
+    for s in router.rankings[(name, scoring.level(req.features.complexity))]:
         c = s.candidate
         needs = ranking.Needs.of(req.features, min_ctx)
         static = ranking.static_reason(c, needs, constraints, budgeted)
@@ -629,16 +716,16 @@ def test_reranked_memos_equal_a_fresh_build(tmp_path: Path, seed: int) -> None:
                     cat.candidates, scoring.effective_weights(p, c), norms, latency
                 )
                 for n, p in cfg.profiles.items()
-                for c in ranking.CLASSES
+                for c in range(scoring.LEVELS)
             }
 
-        def ranking_for(self, name: str, cls: str, providers: frozenset[str]) -> list[Any]:
+        def ranking_for(self, name: str, cls: int, providers: frozenset[str]) -> list[Any]:
             return [s for s in self.rankings[(name, cls)] if s.candidate.provider in providers]
 
-        def position(self, name: str, cls: str) -> dict[str, Any]:
+        def position(self, name: str, cls: int) -> dict[str, Any]:
             return {s.candidate.key: s for s in self.rankings[(name, cls)]}
 
-        def walk(self, name: str, cls: str, providers: Any, f: Any, min_ctx: int, cons: Any,
+        def walk(self, name: str, cls: int, providers: Any, f: Any, min_ctx: int, cons: Any,
                  budgeted: bool) -> ranking.Walk:  # fmt: skip
             full = self.rankings[(name, cls)]
             order = full if providers is None else self.ranking_for(name, cls, providers)

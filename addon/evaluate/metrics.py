@@ -3,10 +3,12 @@
 The curve
     Each method gives every item a complexity c (0..1). An operating point is an offset δ
     added to every c (clamped to 0..1): the item is then routed as a request of that
-    complexity class would be (`sweep` takes what the router decided for each item in each
-    class). Sweeping δ from -1 (every item "simple") to +1 (every item "complex") moves the
-    items up one class at a time, in the order of c; every distinct δ where some item moves
-    is a point of the curve: (share of calls to the strong model, mean quality, mean cost).
+    complexity would be. The router reads complexity through a few levels (the proxy's
+    weight levels, `addon.routing.scoring.CUTS`: level k from cut k on), so `sweep` takes
+    what the router decided for each item at each level. Sweeping δ from -1 (every item at
+    the lowest level) to +1 (every item at the highest) moves the items up one level at a
+    time, in the order of c; every distinct δ where some item moves is a point of the curve:
+    (share of calls to the strong model, mean quality, mean cost).
 
 PGR, APGR, CPT (RouteLLM, Ong et al. 2024, `routellm/evals/evaluate.py`)
     PGR(point)  = (quality - weak quality) / (strong quality - weak quality)
@@ -30,8 +32,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-SIMPLE_AT = 0.33  # the class cuts of addon.routing.classify.RequestFeatures.complexity_class
-COMPLEX_AT = 0.66
+CLASS_CUTS = (0.33, 0.66)  # the class cuts of classify.RequestFeatures.complexity_class
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,23 +69,24 @@ class Summary:
     default: Point | None
 
 
-def _class(c: float) -> int:
-    return 0 if c < SIMPLE_AT else 1 if c < COMPLEX_AT else 2
-
-
 def sweep(
-    complexities: Sequence[float], outcomes: Sequence[tuple[Outcome, Outcome, Outcome]]
+    complexities: Sequence[float],
+    outcomes: Sequence[Sequence[Outcome]],
+    cuts: Sequence[float] = CLASS_CUTS,
 ) -> list[Point]:
-    """The curve of items with these complexities and per-class outcomes (simple, medium,
-    complex), from offset -1 to +1 (see the module docstring)."""
+    """The curve of items with these complexities and per-level outcomes (one per level,
+    lowest first: len(cuts) + 1 of them; level k from complexity cuts[k - 1] on), from
+    offset -1 to +1 (see the module docstring)."""
     n = len(complexities)
-    if n == 0 or n != len(outcomes):
-        raise ValueError("sweep needs one outcome triple per complexity, and some items")
-    events: list[tuple[float, int, int]] = []  # (offset, item, class it moves into)
+    if n == 0 or n != len(outcomes) or any(len(o) != len(cuts) + 1 for o in outcomes):
+        raise ValueError(
+            f"sweep needs one outcome per level ({len(cuts) + 1}) for each complexity, "
+            "and some items"
+        )
+    events: list[tuple[float, int, int]] = []  # (offset, item, level it moves into)
     for i, c in enumerate(complexities):
         c = min(1.0, max(0.0, c))
-        events.append((round(SIMPLE_AT - c, 9), i, 1))
-        events.append((round(COMPLEX_AT - c, 9), i, 2))
+        events.extend((round(cut - c, 9), i, k) for k, cut in enumerate(cuts, 1))
     events.sort()
     score = sum(o[0].score for o in outcomes)
     cost = sum(o[0].cost for o in outcomes)

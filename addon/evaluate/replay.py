@@ -7,14 +7,16 @@ a known, non-zero price (a price of 0 in the DB is a local server's), plus the m
 config declares in `rules/models.yaml` under those ids. Policies and routes are left out:
 the eval measures a profile's scoring, not a deployment's pins.
 
-`outcomes` routes one item three times, as a "simple", a "medium" and a "complex" request
-(complexity 0.0, 0.5, 1.0; every other feature, the token estimate included, as
-`classify.features` reads the item's messages) with `decide.decide` under the profile, and
-reads off the model chosen, its score on the item and the call's cost: the real catalog
-prices of the chosen offering times the prompt-token estimate plus `output_tokens`
-completion tokens (the data carry no answer lengths). The routing code reads complexity only
-through its class, so these three decisions are every decision the router can make for the
-item; `metrics.sweep` turns them into a curve.
+`outcomes` routes one item once per weight level (`scoring.LEVELS`: 9), as a request of a
+complexity inside that level (`scoring.level_complexity`; every other feature, the token
+estimate included, as `classify.features` reads the item's messages) with `decide.decide`
+under the profile, and reads off the model chosen, its score on the item and the call's
+cost: the real catalog prices of the chosen offering times the prompt-token estimate plus
+`output_tokens` completion tokens (the data carry no answer lengths). Without policies the
+routing code reads complexity only through its weight level (the continuous weight mapping
+of `addon.routing.scoring`, quantized as the proxy quantizes it), so these decisions are
+every decision the router can make for the item; `metrics.sweep` turns them into a curve
+over `scoring.CUTS`, so the eval measures exactly the mapping the proxy applies.
 """
 
 from __future__ import annotations
@@ -29,13 +31,13 @@ from addon.errors import OrchestratorError
 from addon.evaluate.metrics import Outcome
 from addon.evaluate.workload import Item
 from addon.routing import catalog as catmod
-from addon.routing import classify, decide, ranking
+from addon.routing import classify, decide, ranking, scoring
 from addon.routing import cost as costmod
 from addon.routing.catalog import OfferingRow
 from addon.routing.difficulty import DifficultyModel
 from addon.wire.usage import Usage
 
-CLASS_COMPLEXITY = (0.0, 0.5, 1.0)  # one complexity inside each class: simple, medium, complex
+LEVEL_COMPLEXITY = tuple(scoring.level_complexity(k) for k in range(scoring.LEVELS))
 EVAL_HOST = "eval.invalid"  # the host of the replayed requests and of every eval provider
 
 
@@ -155,7 +157,7 @@ class Replayer:
         self._headers = {decide.PROFILE_HEADER: setup.profile}
 
     def _route(self, f: classify.RequestFeatures) -> catmod.Candidate:
-        key = (f.complexity_class, f.prompt_tokens, f.max_output_tokens, f.needs_tools,
+        key = (scoring.level(f.complexity), f.complexity_class, f.prompt_tokens, f.max_output_tokens, f.needs_tools,
                f.needs_vision, f.needs_json_schema, f.task, f.messages)  # fmt: skip
         got = self._memo.get(key)
         if got is None:
@@ -169,10 +171,11 @@ class Replayer:
             self._memo[key] = got
         return got
 
-    def outcomes(self, item: Item, f: classify.RequestFeatures) -> tuple[Outcome, Outcome, Outcome]:
-        """What the router does with `item` (features `f`) in each class."""
+    def outcomes(self, item: Item, f: classify.RequestFeatures) -> tuple[Outcome, ...]:
+        """What the router does with `item` (features `f`) at each weight level, lowest
+        first."""
         out = []
-        for c in CLASS_COMPLEXITY:
+        for c in LEVEL_COMPLEXITY:
             cand = self._route(dataclasses.replace(f, complexity=c))
             usage = Usage(prompt_tokens=f.prompt_tokens, completion_tokens=self.output_tokens)
             cost = costmod.cost(usage, cand.price)
@@ -183,7 +186,7 @@ class Replayer:
                     "or the catalog does not price"
                 )
             out.append(Outcome(item.scores[model], cost, model == self.setup.strong))
-        return out[0], out[1], out[2]
+        return tuple(out)
 
     def fixed(self, item: Item, f: classify.RequestFeatures, model: str) -> Outcome:
         """The outcome of sending `item` to `model` (its cheapest priced offering): the

@@ -21,6 +21,7 @@ from addon.evaluate import metrics
 from addon.evaluate.metrics import Outcome, Point, Summary
 from addon.evaluate.replay import Replayer, Setup, features
 from addon.evaluate.workload import Item
+from addon.routing import scoring
 from addon.routing.difficulty import DifficultyModel
 
 RANDOM_SEEDS = 10
@@ -62,12 +63,12 @@ class BenchResult:
 
 @dataclass(frozen=True)
 class Prepared:
-    """An item's replay: its complexities per method, outcomes per class and baselines."""
+    """An item's replay: its complexities per method, outcomes per weight level and baselines."""
 
     item: Item
     keyword: float
     learned: float | None
-    per_class: tuple[Outcome, Outcome, Outcome]
+    per_level: tuple[Outcome, ...]  # one per weight level (`addon.routing.scoring.LEVELS`)
     strong: Outcome
     weak: Outcome
 
@@ -96,10 +97,10 @@ def evaluate_group(name: str, group: Sequence[Prepared], setup: Setup) -> BenchR
     strong_q = _mean([p.strong.score for p in group])
     weak_q = _mean([p.weak.score for p in group])
     target = TARGET * strong_q
-    per_class = [p.per_class for p in group]
+    per_level = [p.per_level for p in group]
 
     def curve(label: str, cs: Sequence[float]) -> MethodResult:
-        pts = metrics.sweep(cs, per_class)
+        pts = metrics.sweep(cs, per_level, scoring.CUTS)
         return MethodResult(label, tuple(pts), metrics.summarize(pts, weak_q, strong_q, target))
 
     def fixed(label: str, pick: Callable[[Prepared], Outcome]) -> MethodResult:

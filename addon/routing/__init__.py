@@ -7,7 +7,8 @@
 - `scoring`   per-profile scores and each metric's contribution
 - `ranking`   the pre-ranked orders per profile, the filter walk, the router and its reranks
 - `moves`     observed re-ranking: moving the few observed candidates within an order
-- `decide`    profile selection, routes and pins, the chain of targets for one request
+- `selection` which profile and policy apply (RoutingRequest, select_profile)
+- `decide`    routes and pins, the chain of targets for one request
 - `fallback`  attempt outcomes and the next step after each
 - `domains`   how far a fault reaches (provider, model, request), what a request rules out
 - `chains`    chain diversity: providers interleaved, same-weights aliases recognized

@@ -210,6 +210,7 @@ class RequestFeatures:
     complexity: float
     messages: int
     hosted_tools: tuple[str, ...] = ()  # built-in tool types the provider must run (sorted)
+    difficulty: float | None = None  # the learned scorer's p (0..1); None under keyword
 
     @property
     def complexity_class(self) -> str:
@@ -348,8 +349,8 @@ def _features(requested_model: str | None, stream: bool, prompt_tokens: int, max
               difficulty: DifficultyModel | None = None) -> RequestFeatures:  # fmt: skip
     """The features of a request of any API: task and complexity from the last user turn
     (see the module docstring), the rest as read."""
-    learned = None if difficulty is None else learned_complexity(
-        difficulty, difficulty_of(difficulty, last_user))  # fmt: skip
+    p = None if difficulty is None else difficulty_of(difficulty, last_user)
+    learned = None if p is None or difficulty is None else learned_complexity(difficulty, p)
     if len(last_user) > 2 * SAMPLE_CHARS:  # keyword features: the head and tail suffice
         last_user = last_user[:SAMPLE_CHARS] + "\n" + last_user[-SAMPLE_CHARS:]
     low = _ascii_lower(last_user)
@@ -369,6 +370,7 @@ def _features(requested_model: str | None, stream: bool, prompt_tokens: int, max
         max_output_tokens=max_out, needs_tools=needs_tools, needs_vision=needs_vision,
         needs_json_schema=needs_json_schema, task=_task(low, found),
         complexity=round(min(1.0, complexity), 3), messages=turns, hosted_tools=hosted_tools,
+        difficulty=None if p is None else round(p, 4),
     )  # fmt: skip
 
 

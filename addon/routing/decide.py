@@ -1,9 +1,15 @@
 """decide(request) -> RoutingDecision: profile, policy, and the ordered chain of targets. Pure.
 
-Rankings are computed per (profile, complexity class) when the router is built (config load;
+Rankings are computed per (profile, weight level) when the router is built (config load;
 live latency stats only move the candidates observed: see `addon.ranking`); per request the
-work is a walk down one pre-ranked list, already rid of the candidates the request's needs
-rule out, applying the size and state filters until the chain is full.
+work is a walk down one pre-ranked list — the profile's at the request's complexity level
+(`addon.routing.scoring.level`) — already rid of the candidates the request's needs rule
+out, applying the size and state filters until the chain is full. Which profile and policy
+apply is `addon.routing.selection`'s (re-exported here).
+
+The decision's reasons name the request's complexity, its class, the learned scorer's p
+when the features carry it, and the profile's effective weights at that level
+(`complexity_reason`).
 
 Every request is for one API (`RoutingRequest.api`: chat, completions, responses, messages,
 embeddings). The caller passes the providers a request may go to (`providers`: keyed, and
@@ -15,40 +21,27 @@ to another model, and a generation request never to an embedding model (`embeddi
 
 from __future__ import annotations
 
-import ipaddress
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from addon.config.loaded import Config
-from addon.config.rules import Constraints, Policy
+from addon.config.rules import Constraints, Profile
 from addon.routing import chains, price_cap
 from addon.routing import cost as costmod
 from addon.routing.api_notes import api_hint, api_reason
 from addon.routing.catalog import Candidate, requested_candidate
 from addon.routing.classify import RequestFeatures
-from addon.routing.ranking import Needs, Router, glob, static_reason
-from addon.routing.scoring import Scored
+from addon.routing.ranking import Needs, Router, static_reason
+from addon.routing.scoring import Scored, effective_weights, level
+from addon.routing.selection import ALIAS_PREFIX as ALIAS_PREFIX
+from addon.routing.selection import AUTO as AUTO
+from addon.routing.selection import PROFILE_HEADER as PROFILE_HEADER
+from addon.routing.selection import NoRoute as NoRoute
+from addon.routing.selection import RoutingRequest as RoutingRequest
+from addon.routing.selection import policy_matches as policy_matches
+from addon.routing.selection import select_profile as select_profile
 
-PROFILE_HEADER = "x-orchestrator-profile"
-ALIAS_PREFIX = "orchestrator/"
-AUTO = "auto"
 DEFAULT_MAX_OUTPUT = 1024  # assumed completion size for cost caps when the client sets none
-
-
-@dataclass(frozen=True)
-class RoutingRequest:
-    """What routing knows of one request: its features and where and from whom it came."""
-
-    features: RequestFeatures
-    host: str
-    path: str
-    headers: Mapping[str, str]  # lower-case names
-    client_addr: str
-    client_key: bool  # the client sent its own API key (usable only at `host`)
-    client_name: str | None = None  # authenticated router client (`clients:`), if any
-    allowed_policies: frozenset[str] | None = None  # that client's `policies:`, None = all
-    api: str = "chat"  # the API the request speaks (`addon.config.schema.ENDPOINTS`)
 
 
 @dataclass(frozen=True)
@@ -64,86 +57,6 @@ class RoutingDecision:
     filtered: Mapping[str, int]
     mode: str  # "scored" | "route" | "pin" | "space"
     reasons: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class NoRoute:
-    """No target may serve the request: the status to answer (400 the request, 503 the
-    router's state) and a message naming what filtered the candidates out."""
-
-    status: int
-    message: str
-    code: str
-    profile: str | None = None
-    policy: str | None = None
-    filtered: Mapping[str, int] = field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------- policy & profile
-
-
-def _in_network(addr: str, net: str) -> bool:
-    try:
-        return ipaddress.ip_address(addr.split("%")[0]) in ipaddress.ip_network(net, strict=False)
-    except ValueError:
-        return False
-
-
-def policy_matches(p: Policy, req: RoutingRequest) -> bool:
-    """Every condition of the policy's `match` holds (the cheap equality checks first)."""
-    m = p.match
-    f = req.features
-    if m.task is not None and m.task != f.task:
-        return False
-    if m.complexity is not None and m.complexity != f.complexity_class:
-        return False
-    for name, pat in m.headers.items():
-        value = req.headers.get(name.lower())
-        if value is None or not glob(pat, value):
-            return False
-    if m.host is not None and not glob(m.host, req.host):
-        return False
-    if m.path is not None and not glob(m.path, req.path):
-        return False
-    if m.model is not None and not glob(m.model, f.requested_model or ""):
-        return False
-    return m.client is None or m.client == req.client_name or _in_network(req.client_addr, m.client)
-
-
-def select_profile(cfg: Config, req: RoutingRequest) -> tuple[str, str, Policy | None] | NoRoute:
-    """(profile, why, matching policy) — header > model alias > policy > default."""
-    allowed = req.allowed_policies
-    policy = next(
-        (p for p in cfg.policies
-         if (allowed is None or p.name in allowed) and policy_matches(p, req)),
-        None,
-    )  # fmt: skip
-    header = req.headers.get(PROFILE_HEADER)
-    if header:
-        if header not in cfg.profiles:
-            known = ", ".join(sorted(cfg.profiles))
-            return NoRoute(
-                400,
-                f"unknown profile {header!r} in X-Orchestrator-Profile; use one of: {known}",
-                "unknown_profile",
-            )
-        return header, "header X-Orchestrator-Profile", policy
-    model = req.features.requested_model or ""
-    if model.startswith(ALIAS_PREFIX):
-        name = model[len(ALIAS_PREFIX) :]
-        if name not in cfg.profiles:
-            return NoRoute(
-                400,
-                f"unknown profile {name!r} in model {model!r}; use one of: "
-                f"{', '.join(ALIAS_PREFIX + k for k in sorted(cfg.profiles))}",
-                "unknown_profile",
-            )
-        return name, f"model alias {model}", policy
-    if policy and policy.profile:
-        return policy.profile, f"policy {policy.name}", policy
-    if model == AUTO:
-        return cfg.settings.default_profile, "model alias auto (default profile)", policy
-    return cfg.settings.default_profile, "default_profile", policy
 
 
 # --------------------------------------------------------------------------- filters
@@ -195,12 +108,27 @@ def embedding_model(c: Candidate) -> bool:
     return "embed" in c.model_id.lower() or "embed" in c.provider_model_id.lower()
 
 
+def complexity_reason(f: RequestFeatures, profile: Profile, weights: str | None = None) -> str:
+    """The reasons' line on the request's complexity and the weights it gave, e.g.
+    ``complexity 0.720 (complex; learned p 0.212): weights quality 0.51 latency 0.30 cost
+    0.19 context 0.00 (level 7 of 0..8, shift +0.112)``; `weights` is that level's
+    `Weights.describe` when the router has it (`Router.weights`, formatted at build)."""
+    p = getattr(f, "difficulty", None)  # the learned scorer's p, when classify carries it
+    learned = f"; learned p {p:.3f}" if p is not None else ""
+    if weights is None:
+        weights = effective_weights(profile, level(f.complexity)).describe()
+    adjust = "" if profile.complexity_adjust else " (complexity_adjust: false)"
+    return (
+        f"complexity {f.complexity:.3f} ({f.complexity_class}{learned}): weights {weights}{adjust}"
+    )
+
+
 # --------------------------------------------------------------------------- decide
 
 
 def _left_out(
     router: Router,
-    key: tuple[str, str],
+    key: tuple[str, int],
     total: int,
     speaking: frozenset[str] | None,
     filtered: dict[str, int],
@@ -246,7 +174,7 @@ def decide(
     constraints = policy.constraints if policy else None
     budgeted = bool(policy and policy.budget)
     min_ctx = max(profile.min_context, (constraints.min_context or 0) if constraints else 0)
-    cls = req.features.complexity_class
+    lvl = level(req.features.complexity)
     filtered: dict[str, int] = {}
     model = req.features.requested_model or ""
     requested = requested_candidate(router.catalog, model, req.host)
@@ -258,10 +186,10 @@ def decide(
     chain: list[Scored] = []
     if space is not None or (not forced and (model in cfg.routes or (policy and policy.pin))):
         if providers is not None:
-            full = len(router.rankings[(profile_name, cls)])
-            left = full - len(router.ranking_for(profile_name, cls, providers))
-            _left_out(router, (profile_name, cls), left, speaking, filtered)
-        position = router.position(profile_name, cls)
+            full = len(router.rankings[(profile_name, lvl)])
+            left = full - len(router.ranking_for(profile_name, lvl, providers))
+            _left_out(router, (profile_name, lvl), left, speaking, filtered)
+        position = router.position(profile_name, lvl)
         targets: list[Candidate] = list(space or ())
         if space is not None:
             mode = "space"
@@ -298,9 +226,9 @@ def decide(
             chain.sort(key=lambda s: -s.score)
     else:
         f = req.features
-        walk = router.walk(profile_name, cls, providers, f, min_ctx, constraints, budgeted)
+        walk = router.walk(profile_name, lvl, providers, f, min_ctx, constraints, budgeted)
         if walk.no_key:
-            _left_out(router, (profile_name, cls), walk.no_key, speaking, filtered)
+            _left_out(router, (profile_name, lvl), walk.no_key, speaking, filtered)
         max_cost = constraints.max_cost_usd if constraints else None
         need = f.prompt_tokens + (f.max_output_tokens or 0)
         generation = req.api != "embeddings"
@@ -367,6 +295,9 @@ def decide(
             filtered,
         )
     best = chain[0]
+    note = None
+    if mode == "scored":  # the complexity and the weights it gave (a pinned chain has none)
+        note = complexity_reason(req.features, profile, router.weights.get((profile_name, lvl)))
     return RoutingDecision(
         profile=profile_name,
         profile_reason=why,
@@ -377,6 +308,7 @@ def decide(
         mode=mode,
         reasons=(
             f"profile {profile_name} ({why})",
+            *([note] if note else []),
             *api_reason(router, req.api, speaking, filtered),
             *([cap.note(filtered.get(price_cap.FILTER, 0))] if cap else []),
             *([cap_note] if cap_note else []),

@@ -25,8 +25,10 @@ From p to complexity (the 0..1 value `RequestFeatures.complexity` carries)
     from it up goes to the strong model, and `p_complex` as the 90th percentile of p there
     (both over out-of-fold predictions, so they are not flattered by the fit).
 
-Cost: a split, a strip and two dict lookups a word, and a few byte counts, over at most
-2·`sample_chars` characters whatever the prompt's size (see `scripts/bench_routing.py`).
+Cost: one translate, a split and a strip a word, one set of words and adjacent word pairs
+looked up in one dict (pairs keyed as tuples, so no pair is joined into new bytes), and a
+few byte counts, over at most 2·`sample_chars` characters whatever the prompt's size (see
+`scripts/bench_routing.py`, "learned difficulty scorer alone").
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ SIMPLE_AT = 0.33  # complexity where "simple" ends (RequestFeatures.complexity_c
 COMPLEX_AT = 0.66  # and where "complex" begins
 
 _DIGITS = bytes.maketrans(b"0123456789", b"0000000000")
+# ASCII letters lower-cased and digits read as "0" in one pass (bytes.lower touches ASCII only)
+_FOLD = bytes.maketrans(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", b"abcdefghijklmnopqrstuvwxyz0000000000"
+)
 _PUNCT = b"!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"  # stripped from both ends of a word
 _NOT = lambda keep: bytes(b for b in range(256) if b not in keep)  # noqa: E731
 _NOT_UPPER = _NOT(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -79,6 +85,17 @@ class DifficultyModel:
     p_complex: float
     sample_chars: int = 300
     meta: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    # `words` as `probability` looks them up: a word as bytes, a pair as a (word, word) tuple
+    grams: Mapping[bytes | tuple[bytes, bytes], float] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        grams: dict[bytes | tuple[bytes, bytes], float] = {}
+        for k, w in self.words.items():
+            first, space, second = k.partition(b" ")
+            grams[(first, second) if space else k] = w
+        object.__setattr__(self, "grams", grams)
 
 
 def sample(text: str, chars: int) -> str:
@@ -97,7 +114,7 @@ def encode(part: str) -> bytes:
 def tokens(raw: bytes) -> list[bytes]:
     """The words of `raw`: split at white space, ASCII letters lower-cased, digits read as
     "0", ASCII punctuation stripped from both ends (b"April," is b"april"; b"?" is b"")."""
-    return list(map(bytes.strip, raw.lower().translate(_DIGITS).split(), repeat(_PUNCT)))
+    return list(map(bytes.strip, raw.translate(_FOLD).split(), repeat(_PUNCT)))
 
 
 def pairs(toks: Sequence[bytes]) -> set[bytes]:
@@ -131,10 +148,9 @@ def probability(model: DifficultyModel, text: str) -> float:
     `text` (see the module docstring)."""
     raw = encode(sample(text, model.sample_chars))
     toks = tokens(raw)
-    get = model.words.get
-    z = model.bias + sum(filter(None, map(get, set(toks))))
-    if len(toks) > 1:
-        z += sum(filter(None, map(get, pairs(toks))))
+    grams: set[bytes | tuple[bytes, bytes]] = set(toks)
+    grams.update(pairwise(toks))
+    z = model.bias + sum(filter(None, map(model.grams.get, grams)))
     for x, (mean, scale, w) in zip(dense_features(raw, toks, len(text)), model.dense, strict=True):
         z += w * (x - mean) / scale
     if z >= 0:

@@ -1,6 +1,7 @@
-"""Rankings per (profile, complexity class) and the request-independent filter pass. Pure.
+"""Rankings per (profile, weight level) and the request-independent filter pass. Pure.
 
-`build_router` scores every candidate per (profile, class) once, at config load, with the
+`build_router` scores every candidate per (profile, weight level: the complexity
+adjustment's `addon.routing.scoring.LEVELS` steps) once, at config load, with the
 latency prior (`addon.routing.scoring.latency_prior`): the *base* orders. Observed latencies move only the candidates they
 were observed for, so `rerank` never rescores the catalog: it takes those few out of each
 base order and bisects them back in, re-scored (`addon.routing.moves.Moves`). Everything
@@ -25,11 +26,20 @@ from addon.config.rules import Constraints
 from addon.routing.catalog import Candidate, Catalog
 from addon.routing.classify import RequestFeatures
 from addon.routing.moves import Moves
-from addon.routing.scoring import ORDER, Norms, Scored, effective_weights, rank, static_norms
+from addon.routing.scoring import (
+    LEVELS,
+    ORDER,
+    Norms,
+    Scored,
+    effective_weights,
+    level_of,
+    rank,
+    static_norms,
+)
 
 CLASSES = ("simple", "medium", "complex")
 
-RankKey = tuple[str, str]  # (profile, complexity class)
+RankKey = tuple[str, int]  # (profile, weight level 0..LEVELS-1)
 
 
 # --------------------------------------------------------------------------- filters
@@ -186,7 +196,7 @@ class Lineage:
     """Memos over the base orders, shared by a router and every rerank of it (the base
     orders change only with the config, which builds a new router and a new lineage)."""
 
-    subsets: dict[tuple[str, str, frozenset[str]], tuple[Scored, ...]] = field(default_factory=dict)
+    subsets: dict[tuple[str, int, frozenset[str]], tuple[Scored, ...]] = field(default_factory=dict)
     walks: dict[tuple[object, ...], Walk] = field(default_factory=dict)
     index: dict[RankKey, dict[str, Scored]] = field(default_factory=dict)
 
@@ -195,7 +205,7 @@ class Lineage:
 class Router:
     """The rankings of one config and catalog, and memos of what is derived from them.
 
-    `base` holds each (profile, class) order with the latency prior, `rankings` the
+    `base` holds each (profile, weight level) order with the latency prior, `rankings` the
     same orders with observed latencies, `moves` the edit from one to the other. A config
     load builds a new router (`build_router`), a rerank a copy (`with_rankings`); the
     memos are caches, left out of comparisons.
@@ -207,10 +217,11 @@ class Router:
     base: Mapping[RankKey, tuple[Scored, ...]]  # with the latency prior
     rankings: Mapping[RankKey, tuple[Scored, ...]]  # with observed latencies
     moves: Mapping[RankKey, Moves] = field(default_factory=dict)  # base -> rankings
+    weights: Mapping[RankKey, str] = field(default_factory=dict)  # `Weights.describe` of each
     lineage: Lineage = field(default_factory=Lineage, compare=False, repr=False)
     # this router's memos (the rankings with its latencies): the ranking restricted to the
     # providers with a usable key for a request, key -> entry, the filter pass, explanations
-    _subsets: dict[tuple[str, str, frozenset[str]], tuple[Scored, ...]] = field(
+    _subsets: dict[tuple[str, int, frozenset[str]], tuple[Scored, ...]] = field(
         default_factory=dict, compare=False, repr=False
     )
     _positions: dict[RankKey, dict[str, Scored]] = field(
@@ -229,28 +240,30 @@ class Router:
             self.lineage.index[key] = got
         return got
 
-    def position(self, profile: str, cls: str) -> dict[str, Scored]:
+    def position(self, profile: str, lvl: int) -> dict[str, Scored]:
         """candidate key -> its Scored entry in a ranking (memoized)."""
-        got = self._positions.get((profile, cls))
+        got = self._positions.get((profile, lvl))
         if got is None:
-            got = self.base_index((profile, cls))
-            moves = self.moves.get((profile, cls))
+            got = self.base_index((profile, lvl))
+            moves = self.moves.get((profile, lvl))
             if moves is not None:
                 got = got | {s.candidate.key: s for s in moves.new}
-            self._positions[(profile, cls)] = got
+            self._positions[(profile, lvl)] = got
         return got
 
-    def ranking(self, profile: str, complexity_class: str = "medium") -> tuple[Scored, ...]:
-        """The ranking of `profile` for a request of `complexity_class`, best first."""
-        return self.rankings[(profile, complexity_class)]
+    def ranking(self, profile: str, complexity: str | float | int = "medium") -> tuple[Scored, ...]:
+        """The ranking of `profile` for a request of `complexity` (a class name: its middle,
+        a 0..1 complexity, or a weight level as an int), best first."""
+        lvl = complexity if isinstance(complexity, int) else level_of(complexity)
+        return self.rankings[(profile, lvl)]
 
-    def ranking_for(self, profile: str, cls: str, providers: frozenset[str]) -> tuple[Scored, ...]:
+    def ranking_for(self, profile: str, lvl: int, providers: frozenset[str]) -> tuple[Scored, ...]:
         """The ranking restricted to `providers` (memoized)."""
-        key = (profile, cls, providers)
+        key = (profile, lvl, providers)
         got = self._subsets.get(key)
         if got is None:
             got = self._base_subset(key)
-            moves = self.moves.get((profile, cls))
+            moves = self.moves.get((profile, lvl))
             if moves is not None:
                 got = tuple(moves.apply(got, lambda s: s.candidate.provider in providers))
             if len(self._subsets) > 256:
@@ -258,12 +271,12 @@ class Router:
             self._subsets[key] = got
         return got
 
-    def _base_subset(self, key: tuple[str, str, frozenset[str]]) -> tuple[Scored, ...]:
+    def _base_subset(self, key: tuple[str, int, frozenset[str]]) -> tuple[Scored, ...]:
         memo = self.lineage.subsets
         got = memo.get(key)
         if got is None:
-            profile, cls, providers = key
-            got = tuple(s for s in self.base[(profile, cls)] if s.candidate.provider in providers)
+            profile, lvl, providers = key
+            got = tuple(s for s in self.base[(profile, lvl)] if s.candidate.provider in providers)
             if len(memo) > 256:
                 memo.clear()
             memo[key] = got
@@ -283,7 +296,7 @@ class Router:
     def walk(
         self,
         profile: str,
-        cls: str,
+        lvl: int,
         providers: frozenset[str] | None,
         f: RequestFeatures,
         min_context: int,
@@ -294,13 +307,13 @@ class Router:
         request with these needs may be routed to before its size and the router's state
         are looked at."""
         # constraints belong to this router's config (a policy's), so their identity is stable
-        key = (profile, cls, providers, f.needs_tools, f.needs_vision, f.needs_json_schema,
+        key = (profile, lvl, providers, f.needs_tools, f.needs_vision, f.needs_json_schema,
                min_context, id(constraints), budgeted)  # fmt: skip
         got = self._walks.get(key)
         if got is None:
             needs = Needs.of(f, min_context)
-            got = self._base_walk(key, (profile, cls), providers, needs, constraints, budgeted)
-            moves = self.moves.get((profile, cls))
+            got = self._base_walk(key, (profile, lvl), providers, needs, constraints, budgeted)
+            moves = self.moves.get((profile, lvl))
             if moves is not None:
                 got = got.moved(moves, needs, constraints, budgeted, providers)
             if len(self._walks) > 512:
@@ -331,15 +344,23 @@ class Router:
 
 
 def build_router(config: Config, catalog: Catalog, latency_ms: Mapping[str, float]) -> Router:
-    """Rank every candidate per (profile, complexity class) with the latency prior,
-    then move the few candidates the proxy has observed to their places."""
+    """Rank every candidate per (profile, weight level) with the latency prior, then move
+    the few candidates the proxy has observed to their places. Levels whose weights are the
+    same (a profile with `complexity_adjust: false`, a shift clamped at a zero weight) share
+    one ranking."""
     norms = static_norms(catalog.candidates)
-    base = {
-        (name, cls): tuple(rank(catalog.candidates, effective_weights(p, cls), norms, {}))
-        for name, p in config.profiles.items()
-        for cls in CLASSES
-    }
-    return rerank(Router(config, catalog, norms, base, base), latency_ms)
+    base: dict[RankKey, tuple[Scored, ...]] = {}
+    described: dict[RankKey, str] = {}
+    for name, p in config.profiles.items():
+        done: dict[tuple[float, ...], tuple[Scored, ...]] = {}
+        for lvl in range(LEVELS):
+            w = effective_weights(p, lvl)
+            same = (*w.as_tuple(), w.free_penalty, float(w.price_prior))
+            if same not in done:
+                done[same] = tuple(rank(catalog.candidates, w, norms, {}))
+            base[(name, lvl)] = done[same]
+            described[(name, lvl)] = w.describe()
+    return rerank(Router(config, catalog, norms, base, base, weights=described), latency_ms)
 
 
 def reranked(

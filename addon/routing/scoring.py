@@ -16,13 +16,28 @@ score = Σ weight·norm / Σ weight − free_penalty for an OpenRouter `:free` v
 default: they are heavily rate-limited, so they serve as fallbacks rather than first
 choices); each weighted term (and the penalty, as `free`) is kept for explanations.
 
-Complexity adjustment: for a "simple" request 0.15 of weight moves from quality to cost;
-for a "complex" one 0.15 moves from cost to quality (never below 0). A profile can opt out
-with `complexity_adjust: false`.
+Complexity adjustment (continuous): a request of complexity c (0..1; the learned scorer's
+p mapped through its knots, or the keyword heuristic, plus the structure terms: see
+`addon.routing.classify`) moves weight between quality and cost by
+
+    shift(c) = COMPLEXITY_SHIFT · clamp((c − 0.5) / RAMP, −1, 1)      (0.15, RAMP 1/3)
+
+from cost to quality when positive (never taking cost below 0), from quality to cost when
+negative (never taking quality below 0); latency and context keep their weights. So c = 0.5
+leaves the profile's weights as written, c = 1/6 and below (the middle of "simple") moves
+the full 0.15 to cost, c = 5/6 and up (the middle of "complex") the full 0.15 to quality, and
+at the class cuts 0.33 / 0.66 about half of it moves. The shift is applied in `LEVELS` (9)
+steps of 0.15 / `STEPS` (0.0375 of weight): level k = the number of `CUTS` at or below c
+(c rounded to the nearest step of RAMP / STEPS), shift = 0.15 · (k − 4) / 4, one pre-ranked
+order per (profile, level) at config load (`addon.routing.ranking`). A profile opts out with
+`complexity_adjust: false` (every level keeps the profile's weights). The class names
+map to their middles: simple 1/6 (level 0), medium 0.5 (level 4), complex 5/6 (level 8),
+which are the weights the three-class adjustment gave.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import operator
 from collections.abc import Iterable, Mapping
@@ -31,7 +46,13 @@ from dataclasses import dataclass, field
 from addon.config.rules import Profile
 from addon.routing.catalog import Candidate
 
-COMPLEXITY_SHIFT = 0.15
+COMPLEXITY_SHIFT = 0.15  # the most weight the complexity adjustment moves
+RAMP = 1 / 3  # the distance of c from 0.5 at which the whole shift applies
+STEPS = 4  # levels on each side of 0.5
+LEVELS = 2 * STEPS + 1
+# CUTS[k - 1]: the complexity from which a request is at level k (k = 1..LEVELS-1)
+CUTS = tuple(0.5 + RAMP * (k - STEPS - 0.5) / STEPS for k in range(1, LEVELS))
+CLASS_COMPLEXITY = {"simple": 1 / 6, "medium": 0.5, "complex": 5 / 6}  # each class's middle
 CONTEXT_FLOOR = 4096
 CONTEXT_CEIL = 2_000_000
 METRICS = ("quality", "latency", "cost", "context")
@@ -65,7 +86,8 @@ ORDER = operator.attrgetter("order")  # the sort key of a ranking, for sort and 
 @dataclass(frozen=True)
 class Weights:
     """A profile's metric weights after the complexity adjustment (any scale: `rank`
-    divides by their sum)."""
+    divides by their sum), and the adjustment's `shift` (weight moved from cost to
+    quality; negative: from quality to cost) at weight level `level`."""
 
     quality: float
     latency: float
@@ -73,25 +95,68 @@ class Weights:
     context: float
     free_penalty: float = 0.0  # subtracted from an OpenRouter `:free` variant's score
     price_prior: bool = False  # unobserved latency from the price prior, not 0.5
+    shift: float = 0.0
+    level: int = STEPS
 
     def as_tuple(self) -> tuple[float, float, float, float]:
         """(quality, latency, cost, context), the order `rank` reads them in."""
         return (self.quality, self.latency, self.cost, self.context)
 
+    def describe(self) -> str:
+        """The weights as `rank` uses them (normalized to sum 1), e.g. ``quality 0.47
+        latency 0.30 cost 0.23 context 0.00 (level 6 of 0..8, shift +0.075)``."""
+        total = sum(self.as_tuple()) or 1.0
+        q, lat, c, x = (w / total for w in self.as_tuple())
+        return (f"quality {q:.2f} latency {lat:.2f} cost {c:.2f} context {x:.2f} "
+                f"(level {self.level} of 0..{LEVELS - 1}, shift {self.shift:+.3f})")  # fmt: skip
 
-def effective_weights(profile: Profile, complexity_class: str) -> Weights:
-    """`profile`'s weights for a request of `complexity_class`, shifted as the module
-    docstring describes (unless the profile opts out)."""
+
+def level(complexity: float) -> int:
+    """The weight level (0..LEVELS-1) of a request of `complexity` (0..1): how many of
+    `CUTS` are at or below it."""
+    return bisect.bisect_right(CUTS, complexity)
+
+
+def level_of(complexity: float | str) -> int:
+    """`level` of a complexity, or of a class name's middle (`CLASS_COMPLEXITY`)."""
+    if isinstance(complexity, str):
+        return level(CLASS_COMPLEXITY[complexity])
+    return level(complexity)
+
+
+def level_complexity(lvl: int) -> float:
+    """A complexity inside level `lvl` (its middle; 0 and 1 for the outermost levels)."""
+    if lvl <= 0:
+        return 0.0
+    if lvl >= LEVELS - 1:
+        return 1.0
+    return 0.5 + RAMP * (lvl - STEPS) / STEPS
+
+
+def level_shift(lvl: int) -> float:
+    """The weight the adjustment moves from cost to quality at level `lvl` (see the module
+    docstring): COMPLEXITY_SHIFT · (lvl − STEPS) / STEPS."""
+    return COMPLEXITY_SHIFT * (lvl - STEPS) / STEPS
+
+
+def effective_weights(profile: Profile, complexity: float | str | int) -> Weights:
+    """`profile`'s weights for a request of `complexity` (a 0..1 float, a class name, or a
+    level as an int), shifted as the module docstring describes (unless the profile opts
+    out)."""
+    lvl = complexity if isinstance(complexity, int) else level_of(complexity)
+    lvl = min(max(lvl, 0), LEVELS - 1)
     w = profile.weights
     q, lat, c, ctx = w.quality, w.latency, w.cost, w.context
+    moved = 0.0
     if profile.complexity_adjust:
-        if complexity_class == "simple":
-            moved = min(COMPLEXITY_SHIFT, q)
-            q, c = q - moved, c + moved
-        elif complexity_class == "complex":
-            moved = min(COMPLEXITY_SHIFT, c)
-            q, c = q + moved, c - moved
-    return Weights(q, lat, c, ctx, profile.free_penalty, profile.latency_prior == "price")
+        s = level_shift(lvl)
+        if s < 0:
+            moved = -min(-s, q)
+        elif s > 0:
+            moved = min(s, c)
+        q, c = q + moved, c - moved
+    return Weights(q, lat, c, ctx, profile.free_penalty, profile.latency_prior == "price",
+                   moved, lvl)  # fmt: skip
 
 
 def blended_price(c: Candidate) -> float | None:
@@ -110,6 +175,7 @@ class Norms:
     cost: dict[str, float]
     context: dict[str, float]
     latency_prior: dict[str, float] = field(default_factory=dict)  # by key, see latency_prior
+    free: frozenset[str] = frozenset()  # keys of the OpenRouter `:free` variants
 
 
 def static_norms(candidates: Iterable[Candidate]) -> Norms:
@@ -132,6 +198,7 @@ def static_norms(candidates: Iterable[Candidate]) -> Norms:
             for c in cands
         },
         latency_prior={c.key: latency_prior(c) for c in cands},
+        free=frozenset(c.key for c in cands if free_variant(c)),
     )
 
 
@@ -164,18 +231,23 @@ def rank(
     total = sum(weights.as_tuple()) or 1.0
     wq, wl, wc, wx = (w / total for w in weights.as_tuple())
     prior = norms.latency_prior if weights.price_prior else {}
+    quality, cost, context = norms.quality, norms.cost, norms.context
+    penalty = weights.free_penalty
+    free = norms.free if penalty else frozenset()
     out = []
     for c in candidates:
-        seen = latency_ms.get(c.key)
-        lat = latency_norm(seen) if seen is not None else prior.get(c.key, 0.5)
-        parts: tuple[tuple[str, float], ...] = (
-            ("quality", wq * norms.quality[c.key]),
-            ("latency", wl * lat),
-            ("cost", wc * norms.cost[c.key]),
-            ("context", wx * norms.context[c.key]),
-        )
-        if weights.free_penalty and free_variant(c):
-            parts += (("free", -weights.free_penalty),)
-        out.append(Scored(c, round(sum(v for _, v in parts), 9), parts))
+        k = c.key
+        seen = latency_ms.get(k)
+        lat = latency_norm(seen) if seen is not None else prior.get(k, 0.5)
+        q, la, co, x = wq * quality[k], wl * lat, wc * cost[k], wx * context[k]
+        if k in free:
+            parts: tuple[tuple[str, float], ...] = (
+                ("quality", q), ("latency", la), ("cost", co), ("context", x), ("free", -penalty)
+            )  # fmt: skip
+            score = q + la + co + x - penalty
+        else:
+            parts = (("quality", q), ("latency", la), ("cost", co), ("context", x))
+            score = q + la + co + x
+        out.append(Scored(c, round(score, 9), parts))
     out.sort(key=ORDER)
     return out
