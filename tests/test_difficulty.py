@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from addon.config import loader
+from addon.config.rules import Profile
 from addon.errors import OrchestratorError
 from addon.evaluate import run, workload
 from addon.proxy import apis
 from addon.proxy.view import build_view
-from addon.routing import classify, difficulty
+from addon.routing import classify, decide, difficulty
 from addon.store import scorer as scorer_store
 from addon.wire.request import parse_request
 
@@ -160,7 +161,9 @@ def test_learned_complexity_feeds_the_request_features(bundled: difficulty.Diffi
     p = difficulty.probability(bundled, text)
     learned = classify.features(body, requested_model=None, difficulty=bundled)
     assert learned.complexity == round(difficulty.complexity(bundled, p), 3)
+    assert learned.difficulty == round(p, 4)  # carried for the explanation
     keyword = classify.features(body, requested_model=None)
+    assert keyword.difficulty is None
     assert keyword.complexity != learned.complexity  # the keyword heuristic calls this ~0
     # the structure terms stay: tools add 0.15 on top of the learned value
     tools = classify.features({**body, "tools": [{"type": "function", "function": {"name": "f"}}]},
@@ -216,3 +219,16 @@ def test_the_shipped_artifact_is_what_the_training_script_makes(
         assert difficulty.probability(fresh, it.last_user) == pytest.approx(
             difficulty.probability(bundled, it.last_user), abs=1e-3
         ), it.id
+
+
+def test_the_complexity_reason_names_the_learned_p(bundled: difficulty.DifficultyModel) -> None:
+    body = {
+        "messages": [{"role": "user", "content": "Prove that there are infinitely many primes."}]
+    }
+    f = classify.features(body, requested_model=None, difficulty=bundled)
+    line = decide.complexity_reason(
+        f, Profile(weights={"quality": 0.4, "cost": 0.3, "latency": 0.3})
+    )
+    assert f"({f.complexity_class}; learned p {f.difficulty:.3f}): weights quality " in line
+    plain = classify.features(body, requested_model=None)
+    assert "learned p" not in decide.complexity_reason(plain, Profile(weights={"quality": 1}))

@@ -113,7 +113,7 @@ def complexity_reason(f: RequestFeatures, profile: Profile, weights: str | None 
     ``complexity 0.720 (complex; learned p 0.212): weights quality 0.51 latency 0.30 cost
     0.19 context 0.00 (level 7 of 0..8, shift +0.112)``; `weights` is that level's
     `Weights.describe` when the router has it (`Router.weights`, formatted at build)."""
-    p = getattr(f, "difficulty", None)  # the learned scorer's p, when classify carries it
+    p = f.difficulty  # the learned scorer's p (None under `complexity: keyword`)
     learned = f"; learned p {p:.3f}" if p is not None else ""
     if weights is None:
         weights = effective_weights(profile, level(f.complexity)).describe()
