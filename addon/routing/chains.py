@@ -7,7 +7,8 @@
   place (`explain`, `rank --chain`). Only a scored chain is reordered (`tried_order`): a
   route, a pinning policy and an embedding space keep their own order.
 - `newcomers` finds, past a chain already full, the best target of each usable provider
-  the chain lacks, so a chain filled with one provider's models still has a way out.
+  the chain lacks (at most NEWCOMERS of them, the best-ranked), so a chain filled with one
+  provider's models still has a way out without growing with the number of providers.
 - `same_weights` tells when two offerings at one provider are the same model under
   another name — a dated alias (`gpt-4o-2024-08-06` / `gpt-4o`, `claude-x-20250929` /
   `claude-x`, `…-latest`) or an OpenRouter route suffix (`…:free`, `:beta`, `:nitro`,
@@ -24,8 +25,9 @@ at one of the dated snapshots: it may be any of them). Short tags (`-2407`, `-09
 
 from __future__ import annotations
 
+import heapq
 import re
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -33,6 +35,7 @@ from addon.routing.catalog import Candidate
 from addon.routing.scoring import Scored
 
 PROVIDER_SCAN = 256  # ranking entries past a full chain searched for the providers it lacks
+NEWCOMERS = 8  # at most this many lacking providers join a full chain (one target each)
 ROUTE_SUFFIXES = frozenset({"free", "beta", "nitro", "floor", "exacto", "extended"})
 _DATED = re.compile(
     r"^(?P<base>.+?)[-_@](?P<y>20\d\d)(?P<sep>-?)(?P<m>0[1-9]|1[0-2])(?P=sep)"
@@ -106,23 +109,26 @@ def diversify(chain: Sequence[Scored], providers_usable: Iterable[str]) -> Chain
         return Chain((), ())
     usable = frozenset(providers_usable)
     first = chain[0]
-    queues: dict[str, list[tuple[int, Scored]]] = {}
+    queues: dict[str, deque[tuple[int, Scored]]] = {}
     later: list[tuple[int, Scored]] = []
     for rank, s in enumerate(chain[1:], 2):
         prov = s.candidate.provider
-        (queues.setdefault(prov, []) if prov in usable else later).append((rank, s))
+        (queues.setdefault(prov, deque()) if prov in usable else later).append((rank, s))
     tried: Counter[str] = Counter({first.candidate.provider: 1})
+    # the least-tried provider with targets left; among those, the best-ranked target:
+    # a heap of (times tried, its next target's rank, provider), one entry per provider
+    heap = [(tried[p], q[0][0], p) for p, q in queues.items()]
+    heapq.heapify(heap)
     out = [first]
     reasons = [f"first: rank 1 of {len(chain)}"]
-    while queues:
-        # the least-tried provider with targets left; among those, the best-ranked target
-        prov = min(queues, key=lambda p: (tried[p], queues[p][0][0]))
-        rank, s = queues[prov].pop(0)
-        if not queues[prov]:
-            del queues[prov]
+    while heap:
+        n, _, prov = heapq.heappop(heap)
+        q = queues[prov]
+        rank, s = q.popleft()
         out.append(s)
-        reasons.append(_reason(prov, rank, tried[prov], others=any(p != prov for p in queues)))
-        tried[prov] += 1
+        reasons.append(_reason(prov, rank, n, others=bool(heap)))
+        if q:
+            heapq.heappush(heap, (n + 1, q[0][0], prov))
     for rank, s in later:
         out.append(s)
         reasons.append(f"last: rank {rank}, provider {s.candidate.provider} is not usable now")
@@ -144,14 +150,15 @@ def newcomers(
     rest: Iterable[Scored],
     providers: Iterable[str],
     rejected: Callable[[Candidate], object],
+    limit: int | None = None,
 ) -> list[Scored]:
     """From `rest` (the ranking past the full `chain`, best first), the best target of each
     provider in `providers` that has none in `chain`, skipping those `rejected` says are
-    unfit (a truthy answer): at most one per provider, best first."""
+    unfit (a truthy answer): at most one per provider and `limit` in all, best first."""
     missing = set(providers).difference(s.candidate.provider for s in chain)
     out: list[Scored] = []
     for s in rest:
-        if not missing:
+        if not missing or (limit is not None and len(out) >= limit):
             break
         prov = s.candidate.provider
         if prov in missing and not rejected(s.candidate):

@@ -266,7 +266,8 @@ def decide(
             filtered[r] = filtered.get(r, 0) + n
         if diverse and providers is not None and len(chain) >= max_chain:
             rest = walk.entries[stop + 1 : stop + 1 + chains.PROVIDER_SCAN]
-            chain.extend(chains.newcomers(chain, rest, providers, unfit))
+            # a way out of a provider-wide outage: the best of up to NEWCOMERS more providers
+            chain.extend(chains.newcomers(chain, rest, providers, unfit, chains.NEWCOMERS))
 
     if not chain:
         detail = ", ".join(f"{k}: {v}" for k, v in Counter(filtered).most_common())
