@@ -143,18 +143,22 @@ def _client(proxy: ProxyProcess, upstream: FakeUpstream) -> openai.OpenAI:
                          max_retries=0)  # fmt: skip
 
 
-def test_a_plain_http_stream_is_injected_whole_with_its_usage(
-    proxy: ProxyProcess, fakes: tuple[FakeUpstream, FloodUpstream]
-) -> None:
-    plain, _ = fakes
-    plain.clear()
-    client = _client(proxy, plain)
+def _stream_chat(client: openai.OpenAI) -> tuple[str, str]:
+    """A streamed chat completion for `m-plain`: its request id and the text it streamed."""
     with client.chat.completions.with_streaming_response.create(
         model="m-plain", stream=True, messages=[{"role": "user", "content": "hi"}]
     ) as resp:
         rid = resp.headers["x-orchestrator-request-id"]
         chunks = list(resp.parse())
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    return rid, "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def test_a_plain_http_stream_is_injected_whole_with_its_usage(
+    proxy: ProxyProcess, fakes: tuple[FakeUpstream, FloodUpstream]
+) -> None:
+    plain, _ = fakes
+    plain.clear()
+    rid, text = _stream_chat(_client(proxy, plain))
     assert text == "one two three four five six"
     row = ledger_row(proxy, rid)
     assert row["outcome"] == "ok" and row["stream"] == 1
@@ -177,13 +181,7 @@ def test_an_https_stream_in_a_connect_tunnel_is_injected_whole_with_its_usage(
     tunnelled flow as bytes read from its pipe connection, not over the loopback socket."""
     plain, _ = fakes
     plain.clear()
-    client = _https_client(proxy)
-    with client.chat.completions.with_streaming_response.create(
-        model="m-plain", stream=True, messages=[{"role": "user", "content": "hi"}]
-    ) as resp:
-        rid = resp.headers["x-orchestrator-request-id"]
-        chunks = list(resp.parse())
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    rid, text = _stream_chat(_https_client(proxy))
     assert text == "one two three four five six"
     row = ledger_row(proxy, rid)
     assert row["outcome"] == "ok" and row["completion_tokens"] == 7
