@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import statistics
 import sys
@@ -38,8 +37,10 @@ from tests.fakeupstream import FakeUpstream  # noqa: E402
 from tests.otlpreceiver import OtlpReceiver  # noqa: E402
 from tests.proxyproc import ProxyProcess  # noqa: E402
 
+sys.path.insert(0, str(REPO / "scripts"))
+from bench_proxy import cpu_seconds  # noqa: E402  (utime + stime of all threads, /proc)
+
 KEY = "sk-bench-provider-key"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 MODEL = {"id": "m-fake", "provider": "fake", "input_per_mtok": 1, "output_per_mtok": 2,
          "quality": 1200}  # fmt: skip
 RULES = {"profiles.yaml": {"profiles": {"balanced": {"weights": {"quality": 1}}}},
@@ -71,13 +72,6 @@ def _config(up: FakeUpstream, endpoint: str | None) -> dict[str, Any]:
     if endpoint is not None:
         cfg["telemetry"] = {"endpoint": endpoint, "export_interval_s": 1}
     return cfg
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), from /proc/PID/stat."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def _block(client: httpx.Client, pid: int, n: int, stream: bool) -> tuple[list[float], float]:

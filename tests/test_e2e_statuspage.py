@@ -10,7 +10,6 @@ import json
 import math
 import os
 import re
-import sqlite3
 import ssl
 import struct
 import subprocess
@@ -23,7 +22,16 @@ import openai
 import pytest
 from playwright import sync_api as playwright  # a dev dependency: a missing one fails
 
-from tests.e2e import CLIENT_KEY, ENV, RULES, _config, _free_port, ledger_row, ups
+from tests.e2e import (
+    CLIENT_KEY,
+    ENV,
+    RULES,
+    _config,
+    _free_port,
+    all_ledger_rows,
+    ledger_row,
+    ups,
+)
 from tests.fakeupstream import CutStream, FakeUpstream, Status
 from tests.proxyproc import ORCHESTRATOR, ProxyProcess
 
@@ -129,12 +137,8 @@ def traffic(live: ProxyProcess, ups: dict[str, FakeUpstream]) -> dict[str, str]:
 
 
 def ledger(live: ProxyProcess) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(f"file:{live.ledger_path}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute("SELECT * FROM requests ORDER BY ts")]
-    finally:
-        conn.close()
+    """Every committed ledger row, oldest first."""
+    return sorted(all_ledger_rows(live), key=lambda r: r["ts"])
 
 
 def served(row: dict[str, Any]) -> str:
