@@ -56,6 +56,7 @@ CLASS_COMPLEXITY = {"simple": 1 / 6, "medium": 0.5, "complex": 5 / 6}  # each cl
 CONTEXT_FLOOR = 4096
 CONTEXT_CEIL = 2_000_000
 METRICS = ("quality", "latency", "cost", "context")
+PART_NAMES = (*METRICS, "free")  # the names of `Scored.values`
 PRIOR_BASE_MS = 600.0  # latency prior: est_ms = PRIOR_BASE_MS + PRIOR_MS_PER_USD · output $/1M
 PRIOR_MS_PER_USD = 120.0
 PRIOR_CAP_MS = 20_000.0
@@ -68,12 +69,21 @@ class Scored:
 
     candidate: Candidate
     score: float
-    parts: tuple[tuple[str, float], ...]  # (metric, weighted contribution)
+    # each metric's weighted contribution, in METRICS order, then the free-tier penalty
+    # (negative) when there is one: bare floats, as a ranking holds one entry per
+    # candidate and (profile, level) — ~150k over the bundled catalog — and (name, value)
+    # pairs would be twice the memory (`parts` names them)
+    values: tuple[float, ...]
     # the sort key of every ranking: best first, ties broken by key
     order: tuple[float, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "order", (-self.score, self.candidate.key))
+
+    @property
+    def parts(self) -> tuple[tuple[str, float], ...]:
+        """(metric, weighted contribution) pairs, the free-tier penalty last as "free"."""
+        return tuple(zip(PART_NAMES, self.values, strict=False))
 
     def explain(self) -> str:
         """The contributions as text, e.g. ``quality 0.412 + latency 0.050 + …``."""
@@ -241,13 +251,11 @@ def rank(
         lat = latency_norm(seen) if seen is not None else prior.get(k, 0.5)
         q, la, co, x = wq * quality[k], wl * lat, wc * cost[k], wx * context[k]
         if k in free:
-            parts: tuple[tuple[str, float], ...] = (
-                ("quality", q), ("latency", la), ("cost", co), ("context", x), ("free", -penalty)
-            )  # fmt: skip
+            values: tuple[float, ...] = (q, la, co, x, -penalty)
             score = q + la + co + x - penalty
         else:
-            parts = (("quality", q), ("latency", la), ("cost", co), ("context", x))
+            values = (q, la, co, x)
             score = q + la + co + x
-        out.append(Scored(c, round(score, 9), parts))
+        out.append(Scored(c, round(score, 9), values))
     out.sort(key=ORDER)
     return out
