@@ -122,6 +122,14 @@ class Orchestrator:
         d = self.dispatcher
         if d is None or flow.response is not None:
             return
+        length = flow.request.headers.get("content-length")
+        if (
+            length is not None
+            and length.isascii()
+            and length.isdigit()
+            and (int(length) <= d.view.config.settings.max_request_bytes)
+        ):  # the common case, a body of announced size within the limit: nothing to screen
+            return
         inc = self._incoming(flow, with_body=False)
         if inc is None or d.pipe.port == 0:
             return
@@ -211,10 +219,25 @@ class Orchestrator:
         flow.metadata[META] = {"request_id": p.id, "kind": p.kind}
 
 
+_AUTHORITIES: dict[tuple[str | None, str, int, str], str] = {}
+_AUTHORITIES_MAX = 1024
+
+
 def _authority(req: http.Request) -> str:
+    """The `host[:port]` a request is for (its Host header preferred, as mitmproxy's
+    `pretty_host`), remembered for the few hosts a proxy sees: parsing the authority is a
+    regex and an IDNA decode, run twice per request otherwise."""
+    key = (req.host_header, req.host, req.port, req.scheme)
+    known = _AUTHORITIES.get(key)
+    if known is not None:
+        return known
     host = req.pretty_host.lower()
     default = 443 if req.scheme == "https" else 80
-    return host if req.port == default else f"{host}:{req.port}"
+    known = host if req.port == default else f"{host}:{req.port}"
+    if len(_AUTHORITIES) >= _AUTHORITIES_MAX:  # many hosts (transparent capture): start over
+        _AUTHORITIES.clear()
+    _AUTHORITIES[key] = known
+    return known
 
 
 def _point_at_pipe(req: http.Request, port: int, path: str, *, keep_length: bool) -> None:

@@ -150,6 +150,18 @@ class Metrics:
         )  # fmt: skip
         self._live = _Live(read_state)
         r.register(self._live)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        """`metric.labels(*labels)`, remembered: prometheus_client validates and locks on
+        every `labels()` call, and `observe` makes a dozen per request. Children live as
+        long as their metric either way, so this adds no label set prometheus would not
+        keep."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def provider_breaker_moved(
         self, provider: str, before: BreakerState | None, after: BreakerState | None
@@ -165,28 +177,34 @@ class Metrics:
         """Count one finished request of `api` from its ledger row."""
         model = served_model(row)
         provider = row.provider or "-"
-        self.requests.labels(api or "-", row.profile or "-", model, provider, row.outcome).inc()
-        self.api_requests.labels(api or "-", provider, row.outcome).inc()
+        api = api or "-"
+        child = self._child
+        child(self.requests, api, row.profile or "-", model, provider, row.outcome).inc()
+        child(self.api_requests, api, provider, row.outcome).inc()
         for a in row.attempt_log:
-            self.attempts.labels(a["provider"], a["model"], a["outcome"]).inc()
+            child(self.attempts, a["provider"], a["model"], a["outcome"]).inc()
             if a.get("ms") is not None:
-                self.upstream_latency.labels(a["provider"]).observe(a["ms"] / 1000)
+                child(self.upstream_latency, a["provider"]).observe(a["ms"] / 1000)
         if row.attempts > 1 and row.outcome == "ok":
-            self.fallbacks.labels(row.profile or "-").inc()
+            child(self.fallbacks, row.profile or "-").inc()
         if row.outcome == "rescued":
-            self.rescues.labels(api or "-", provider).inc()
+            child(self.rescues, api, provider).inc()
         if row.cost_usd is not None:
-            self.cost.labels(provider, model).inc(row.cost_usd)
+            child(self.cost, provider, model).inc(row.cost_usd)
         elif row.unpriced:
-            self.unpriced.labels(provider, model).inc()
-        for kind in ("prompt", "completion", "cached", "reasoning"):
-            n = getattr(row, f"{kind}_tokens")
+            child(self.unpriced, provider, model).inc()
+        for kind, n in (
+            ("prompt", row.prompt_tokens),
+            ("completion", row.completion_tokens),
+            ("cached", row.cached_tokens),
+            ("reasoning", row.reasoning_tokens),
+        ):
             if n:
-                self.tokens.labels(kind, provider, model).inc(n)
+                child(self.tokens, kind, provider, model).inc(n)
         if row.latency_ms is not None:
-            self.latency.labels(model, provider).observe(row.latency_ms / 1000)
+            child(self.latency, model, provider).observe(row.latency_ms / 1000)
         if row.ttft_ms is not None:
-            self.ttft.labels(model, provider).observe(row.ttft_ms / 1000)
+            child(self.ttft, model, provider).observe(row.ttft_ms / 1000)
 
     def render(self, live: dict[str, Any] | None = None) -> bytes:
         """The Prometheus text exposition of every metric. `live`: the live state taken on
