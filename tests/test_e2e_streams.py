@@ -1,5 +1,6 @@
-"""End to end (issue 22): a stream to a plain-HTTP client goes into the client's flow by
-injection (`addon.proxy.inject`), not over a second loopback hop, and keeps every guarantee:
+"""End to end (issue 22): a stream goes into the client's flow as the answer of an in-process
+server connection (`addon.proxy.handoff`), or with `stream_handoff: false` over the
+loopback pipe's socket with its body injected (`addon.proxy.inject`); both keep every guarantee:
 the whole answer in order with its usage in the ledger, a cut stream shown as a cut (an
 error event, then a broken connection, `truncated` in the ledger), and a client that stops
 reading makes the upstream wait instead of the proxy buffering the answer."""
@@ -45,6 +46,11 @@ class FloodUpstream:
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def reset(self) -> None:
+        """Forget the last stream (between tests)."""
+        self.written = 0
+        self.ended.clear()
 
     def start(self) -> FloodUpstream:
         self._thread.start()
@@ -104,11 +110,26 @@ def _model(mid: str, provider: str) -> dict[str, Any]:
             "context_tokens": 32000, "quality": 1300}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory,
+# how a stream's body reaches the flow, as the debug log names it: handed to the flow's
+# in-process server connection (`addon.proxy.handoff`, the default), or relayed over the
+# loopback pipe's socket (`stream_handoff: false`) and injected into the flow
+ROUTES = {
+    "handoff": {"plain": "stream body handed to the flow's in-process server",
+                "tunnel": "stream body handed to the flow's in-process server"},
+    "pipe": {"plain": "stream body injected into the flow",
+             "tunnel": "stream body injected into the tunnelled flow"},
+}  # fmt: skip
+
+
+def _route(proxy: ProxyProcess, kind: str) -> str:
+    return ROUTES[proxy.route][kind]  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module", params=sorted(ROUTES))
+def proxy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
           fakes: tuple[FakeUpstream, FloodUpstream]) -> Iterator[ProxyProcess]:  # fmt: skip
     """A proxy intercepting the two loopback upstreams' plain-HTTP authorities; each
-    requested model is pinned to its own upstream."""
+    requested model is pinned to its own upstream. Once per way a stream reaches its flow."""
     plain, flood = fakes
     providers = {
         "plain": {"base_url": plain.base_url, "api_key_env": "ORQ_TEST_KEY_ALPHA", "local": True},
@@ -124,6 +145,7 @@ def proxy(tmp_path_factory: pytest.TempPathFactory,
         "resilience": {"max_attempts": 1, "first_token_timeout_ms": 5000,
                        "stall_timeout_ms": 60000},
         "admin": {"listen": "127.0.0.1:0"},
+        "stream_handoff": request.param == "handoff",
     }  # fmt: skip
     rules = {
         "profiles.yaml": {"profiles": {"balanced": {"weights": {"quality": 1.0}}}},
@@ -133,6 +155,7 @@ def proxy(tmp_path_factory: pytest.TempPathFactory,
                                         "pin": True}]},
     }  # fmt: skip
     p = ProxyProcess(tmp_path_factory.mktemp("streams"), cfg, rules, ENV).start()
+    p.route = request.param  # type: ignore[attr-defined]
     yield p
     p.stop()
 
@@ -163,7 +186,7 @@ def test_a_plain_http_stream_is_injected_whole_with_its_usage(
     row = ledger_row(proxy, rid)
     assert row["outcome"] == "ok" and row["stream"] == 1
     assert row["completion_tokens"] == 7 and row["prompt_tokens"] == 11  # the fake's usage
-    proxy.wait_for_log(re.compile("stream body injected into the flow, then straight to its"))
+    proxy.wait_for_log(re.compile(re.escape(_route(proxy, "plain") + ", then straight to its")))
 
 
 def _https_client(proxy: ProxyProcess, *, http2: bool = False) -> openai.OpenAI:
@@ -185,7 +208,7 @@ def test_an_https_stream_in_a_connect_tunnel_is_injected_whole_with_its_usage(
     assert text == "one two three four five six"
     row = ledger_row(proxy, rid)
     assert row["outcome"] == "ok" and row["completion_tokens"] == 7
-    proxy.wait_for_log(re.compile("body injected into the tunnelled flow, then straight to its"))
+    proxy.wait_for_log(re.compile(re.escape(_route(proxy, "tunnel") + ", then straight to its")))
 
 
 def test_an_http2_client_in_a_tunnel_gets_its_stream_through_mitmproxys_framing(
@@ -215,8 +238,7 @@ def test_an_http2_client_in_a_tunnel_gets_its_stream_through_mitmproxys_framing(
     assert "".join(words) == "one two three four five six"
     assert "data: [DONE]" in out.stdout
     assert ledger_row(proxy, rid.group(1))["outcome"] == "ok"
-    line = proxy.wait_for_log(re.compile("stream body injected into the tunnelled flow"),
-                              since=before)  # fmt: skip
+    line = proxy.wait_for_log(re.compile(re.escape(_route(proxy, "tunnel"))), since=before)
     assert "straight to its socket" not in line
 
 
@@ -297,6 +319,7 @@ def test_a_client_that_stops_reading_holds_the_upstream_not_the_proxy(
     proxy: ProxyProcess, fakes: tuple[FakeUpstream, FloodUpstream]
 ) -> None:
     _, flood = fakes
+    flood.reset()
     assert proxy.proc is not None
     rss_before = _rss_kb(proxy.proc.pid)
     sock = _raw_stream(proxy, flood.port, "m-flood")

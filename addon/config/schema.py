@@ -290,6 +290,7 @@ class Settings(Strict):
     clients: list[Client] = Field(default_factory=list)
     max_request_bytes: Annotated[int, Field(ge=1024)] = 10 * 1024 * 1024
     log_prompts: Literal["off", "hash", "full"] = "off"
+    stream_handoff: bool = True  # a live stream enters its flow in process (addon.proxy.handoff)
     provider_hosts: list[str] = Field(default_factory=list)
     complexity: Literal["learned", "keyword"] = "learned"  # addon.routing.difficulty
     balance: Balance = Field(default_factory=Balance)  # addon.config.schema_balance

@@ -6,6 +6,10 @@ mitmproxy glue (the only mitmproxy importers):
 - `process`     `serve()`, the curated mitmproxy Master of `orchestrator run`; `router_addons`;
                 `Listeners` (where the proxy listens, local-capture checks, listener health)
 - `ca`          the per-installation CA and the `SSL_CERT_FILE` bundle
+- `flowfields`  what the adapter reads from and writes to a mitmproxy request
+- `handoff`     a live stream entering its flow as an in-process server connection's answer
+- `inject`      the sinks that put a stream's body into its flow (`clientwire`: straight to
+                an HTTP/1 client's socket)
 
 The request path, in plain values:
 - `dispatch`    one request from features to answer: routing, the attempt engine, the reply
@@ -20,7 +24,9 @@ The request path, in plain values:
 - `outbound`    what an attempt sends: which headers, whose key, which URL
 - `replies`     what the client gets back: status, `x-orchestrator-*` headers, body
 - `upstream`    the attempt engine (aiohttp): connect, first token, stall, fallback
-- `pipe`        the loopback pipe that hands an open upstream stream to mitmproxy
+- `pipe`        where an open upstream stream is handed over: the handoff, or the loopback
+                server mitmproxy fetches it from
+- `relay`       a live stream's events passed on as they arrive: breaks, stalls, the cut
 - `rescue`      a stream that broke mid-answer continued on another target and spliced in
 - `streamfacts` what a stream of each API tells the ledger, the error event that ends a
                 cut one, and the tap that reads a stream passing through

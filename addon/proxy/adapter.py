@@ -17,8 +17,9 @@ from mitmproxy.addonmanager import Loader
 from addon.config import loader
 from addon.config.schema import Settings
 from addon.errors import ConfigError
-from addon.proxy import dispatch, inject, options
+from addon.proxy import dispatch, handoff, inject, options
 from addon.proxy.clientauth import AUTH_META
+from addon.proxy.flowfields import as_headers, authority, point_at_pipe
 from addon.proxy.runtime import Runtime
 from addon.proxy.streamfacts import StreamReport, reader_for, usage_tap
 from addon.proxy.view import View, build_view, environ, intercepted
@@ -100,7 +101,7 @@ class Orchestrator:
         req = flow.request
         settings = d.view.config.settings
         reverse = settings.mode.startswith("reverse:")
-        host = _authority(req)
+        host = authority(req)
         if not reverse and not intercepted(host, settings.intercept):
             return None
         return dispatch.Incoming(
@@ -138,7 +139,7 @@ class Orchestrator:
             return
         self._track(flow, out.pending)
         token = d.pipe.register_reply(out.status, out.headers, out.body)
-        _point_at_pipe(flow.request, d.pipe.port, f"/reply/{token}", keep_length=True)
+        point_at_pipe(flow.request, d.pipe.port, f"/reply/{token}", keep_length=True)
         flow.request.stream = True
 
     async def request(self, flow: http.HTTPFlow) -> None:
@@ -154,7 +155,7 @@ class Orchestrator:
         if pending is None:  # no LLM call: forwarded untouched (a model list: answered)
             own = await d.own_answer(inc)
             if own is not None:
-                flow.response = http.Response.make(own.status, own.body, _headers(own.headers))
+                flow.response = http.Response.make(own.status, own.body, as_headers(own.headers))
             return
         try:
             self._apply(flow, await d.handle(pending))
@@ -172,10 +173,18 @@ class Orchestrator:
             return
         self._track(flow, out.pending)
         if isinstance(out, dispatch.Reply):
-            flow.response = http.Response.make(out.status, out.body, _headers(out.headers))
+            flow.response = http.Response.make(out.status, out.body, as_headers(out.headers))
             return
-        # a live stream: point the flow at the loopback pipe
-        _point_at_pipe(flow.request, out.port, f"/pipe/{out.token}", keep_length=False)
+        # a live stream: handed to the flow as its in-process server's answer (`handoff`),
+        # else the loopback pipe serves it
+        d = self.dispatcher
+        assert d is not None
+        head = d.pipe.head(out.token) if d.view.config.settings.stream_handoff else None
+        h = handoff.prepare(flow, *head) if head is not None else None
+        if h is not None:
+            d.pipe.hand_off(out.token, h)
+            return
+        point_at_pipe(flow.request, out.port, f"/pipe/{out.token}", keep_length=False)
         flow.request.content = b""
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -217,40 +226,3 @@ class Orchestrator:
     def _track(self, flow: http.HTTPFlow, p: dispatch.Pending) -> None:
         self._pending[flow.id] = p
         flow.metadata[META] = {"request_id": p.id, "kind": p.kind}
-
-
-_AUTHORITIES: dict[tuple[str | None, str, int, str], str] = {}
-_AUTHORITIES_MAX = 1024
-
-
-def _authority(req: http.Request) -> str:
-    """The `host[:port]` a request is for (its Host header preferred, as mitmproxy's
-    `pretty_host`), remembered for the few hosts a proxy sees: parsing the authority is a
-    regex and an IDNA decode, run twice per request otherwise."""
-    key = (req.host_header, req.host, req.port, req.scheme)
-    known = _AUTHORITIES.get(key)
-    if known is not None:
-        return known
-    host = req.pretty_host.lower()
-    default = 443 if req.scheme == "https" else 80
-    known = host if req.port == default else f"{host}:{req.port}"
-    if len(_AUTHORITIES) >= _AUTHORITIES_MAX:  # many hosts (transparent capture): start over
-        _AUTHORITIES.clear()
-    _AUTHORITIES[key] = known
-    return known
-
-
-def _point_at_pipe(req: http.Request, port: int, path: str, *, keep_length: bool) -> None:
-    """Send this flow to the in-process loopback pipe instead of any upstream."""
-    framing = {"content-length", "transfer-encoding"} if keep_length else set()
-    keep = {"content-type", "accept"} | framing
-    pairs = [(k, v) for k, v in req.headers.items(multi=True) if k.lower() in keep]
-    req.scheme = "http"
-    req.host = "127.0.0.1"
-    req.port = port
-    req.path = path
-    req.headers = _headers([*pairs, ("host", f"127.0.0.1:{port}")])
-
-
-def _headers(pairs: list[tuple[str, str]]) -> http.Headers:
-    return http.Headers([(k.encode("latin-1"), v.encode("latin-1", "replace")) for k, v in pairs])

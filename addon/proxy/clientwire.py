@@ -69,11 +69,8 @@ class ClientWire:
                 return b"".join(out)
 
 
-def _next(node: layer.Layer, flow: http.HTTPFlow) -> layer.Layer | None:
-    """The layer under `node` on the way to `flow`'s stream."""
-    if isinstance(node, HttpLayer):
-        owner = node.connections.get(flow.server_conn)
-        return owner if isinstance(owner, HttpStream) and owner.flow is not flow else None
+def below(node: layer.Layer) -> layer.Layer | None:
+    """The one layer under `node` (not an HTTP layer, which has many)."""
     if isinstance(node, HttpStream):
         return node.child_layer
     nxt = getattr(node, "layer", None) or getattr(node, "child_layer", None)
@@ -81,6 +78,14 @@ def _next(node: layer.Layer, flow: http.HTTPFlow) -> layer.Layer | None:
         owner = getattr(getattr(node, "_handle_event", None), "__self__", None)
         nxt = owner if isinstance(owner, layer.Layer) and owner is not node else None
     return nxt
+
+
+def _next(node: layer.Layer, flow: http.HTTPFlow) -> layer.Layer | None:
+    """The layer under `node` on the way to `flow`'s stream."""
+    if isinstance(node, HttpLayer):
+        owner = node.connections.get(flow.server_conn)
+        return owner if isinstance(owner, HttpStream) and owner.flow is not flow else None
+    return below(node)
 
 
 def _flow_stream(node: layer.Layer, flow: http.HTTPFlow) -> HttpStream | None:

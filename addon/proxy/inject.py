@@ -36,6 +36,7 @@ from mitmproxy.proxy.layers.http import HttpLayer, HttpStream, ResponseData
 from OpenSSL import SSL
 
 from addon.proxy.clientwire import ClientWire, wire_for
+from addon.proxy.handoff import HandoffServer
 
 log = logging.getLogger("orchestrator")
 
@@ -112,6 +113,16 @@ class TunnelSink(FlowSink):
         return events.DataReceived(self._flow.server_conn, framed)
 
 
+class HandoffSink(FlowSink):
+    """A `FlowSink` for a handed-off flow (`addon.proxy.handoff`): its bytes arrive as read
+    from the flow's in-process server connection, which turns them into body chunks."""
+
+    where = "handed to the flow's in-process server"
+
+    def _event(self, data: bytes) -> events.Event:
+        return events.DataReceived(self._flow.server_conn, data)
+
+
 def _first_http_layer(top: Any) -> HttpLayer | None:
     """The outermost HTTP layer under a connection's top layer."""
     node = top
@@ -152,6 +163,10 @@ def sink_for(flow: http.HTTPFlow) -> FlowSink | None:
         handler = server.connections.get(flow.client_conn.id) if server is not None else None
         io = handler.transports.get(flow.client_conn) if handler is not None else None
         writer = io.writer if io is not None else None
+        if isinstance(flow.server_conn, HandoffServer):
+            if writer is None:
+                return None
+            return HandoffSink(flow, handler, writer, wire_for(flow, handler))
         outer = _first_http_layer(getattr(handler, "layer", None))
         # the outer HTTP layer must own the flow's server connection itself: in a tunnel
         # it maps it to the CONNECT stream, which would take injected bytes as tunnel bytes

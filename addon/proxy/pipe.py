@@ -1,92 +1,75 @@
-"""The loopback pipe: how an upstream stream opened by the attempt engine reaches the client.
+"""The pipe: where the dispatcher hands an open upstream stream over to reach the client.
 
-mitmproxy cannot stream a response that an addon creates, so once the engine has a live
-stream the addon registers it here under an unguessable token and points the flow at
-``http://127.0.0.1:<port>/pipe/<token>``; mitmproxy then streams this server's response to
-the client. The relay forwards SSE events as they arrive, unchanged, except the usage-only
-chunk that the router itself asked for (`include_usage` injected), which it keeps for the
-ledger. A stream that breaks or stalls after the client got bytes is continued on another
-target when one can (`addon.proxy.rescue`: its events are spliced into the same client
-stream); otherwise it is never presented as success: the client gets an error event in its
-API's format (`addon.proxy.streamfacts`) and then a cut connection, which the openai and
-anthropic SDKs raise on.
+mitmproxy cannot stream a response that an addon creates. Once the engine has a live
+stream the dispatcher registers it here under an unguessable one-use token, and the adapter
+hands it to its flow (`hand_off`): the flow gets an in-process server connection
+(`addon.proxy.handoff`) whose answer the relay (`addon.proxy.relay`) drives. Where the
+flow's layer stack is of a shape the handoff does not know, the adapter points the flow at
+this module's loopback server instead (``http://127.0.0.1:<port>/pipe/<token>``), whose
+response to mitmproxy the relay drives the same way. The loopback server also gives fixed
+answers to requests whose body must not be buffered (`register_reply`: a 413, a 411).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import secrets
-import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiohttp import web
 
 from addon.proxy.exchange import Pending
-from addon.proxy.rescue import Acquire, Continuation, Ended, OnOutcome, Rescue
-from addon.proxy.streamfacts import CHAT, StreamReader, StreamReport, worth_parsing
+from addon.proxy.relay import ATTACH_WAIT_S, Entry, Outlet, Sink, relay
+from addon.proxy.rescue import Acquire, Ended, OnOutcome, Rescue
+from addon.proxy.streamfacts import CHAT, StreamReader, StreamReport
 from addon.proxy.upstream import Engine, LiveStream
 from addon.proxy.view import View
-from addon.proxy.watchdog import Stalled, Watchdog
-from addon.routing.fallback import OutcomeKind
 from addon.routing.scoring import Scored
-from addon.wire.chat import is_usage_only_chunk
-from addon.wire.splice import Splice
-from addon.wire.sse import SSEEvent, event_json
 
 log = logging.getLogger("orchestrator")
-ATTACH_WAIT_S = 5.0  # how long the relay waits for mitmproxy to take the stream's headers
 
 
-class Sink(Protocol):
-    """Where the relay puts a stream's body bytes instead of the loopback socket (the
-    flow's client stream: `addon.proxy.inject.FlowSink`)."""
+class Handoff(Outlet, Protocol):
+    """An outlet into a flow's in-process server connection (`addon.proxy.handoff`)."""
 
-    @property
-    def route(self) -> str:
-        """How the bytes reach the client, for the debug log."""
+    async def requested(self, timeout: float) -> None:
+        """Wait until mitmproxy sent the flow's request there (ConnectionResetError: it
+        went away first, or not within `timeout` seconds)."""
         ...
+
+    def abandon(self) -> None:
+        """The flow ended before it took the stream."""
+        ...
+
+    def release(self) -> None:
+        """Forget the connection in the layers that know it."""
+        ...
+
+
+class _SocketOutlet:
+    """The pipe server's response to mitmproxy's request on the loopback socket."""
+
+    def __init__(self, request: web.Request, entry: Entry) -> None:
+        self.request = request
+        self.resp = web.StreamResponse(status=entry.status, headers=entry.headers)
+        self.resp.enable_chunked_encoding()
+
+    async def start(self) -> None:
+        await self.resp.prepare(self.request)
 
     async def write(self, data: bytes) -> None:
-        """Deliver `data` to the client now; waits while the client is not reading; raises
-        ConnectionResetError when it is gone."""
-        ...
+        await self.resp.write(data)
 
+    async def end(self) -> None:
+        await self.resp.write_eof()
 
-@dataclass
-class _Entry:
-    live: LiveStream  # the upstream stream relayed now (a continuation's after a rescue)
-    status: int
-    headers: list[tuple[str, str]]
-    strip_usage: bool
-    report: StreamReport
-    stall_s: float
-    reader: StreamReader = CHAT
-    created: float = field(default_factory=time.monotonic)
-    rescue: Rescue | None = None
-    kept: list[bytes | dict[str, Any]] | None = None  # what the client got, while rescuable
-    splice: Splice | None = None  # how a continuation's events reach the client
-    attached: asyncio.Future[Sink | None] | None = None  # the flow's sink, once it has one
-    out: Callable[[bytes], Awaitable[None]] | None = None  # where body bytes go
-
-
-@dataclass(frozen=True)
-class _Break:
-    """How a stream broke: the attempt's outcome kind and the text the client is told."""
-
-    kind: OutcomeKind
-    why: str
-
-
-def _json(data: bytes) -> Any:
-    try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return None
+    async def cut_off(self, why: str) -> None:
+        # cut the connection without the final chunk: the client sees a broken stream
+        if self.request.transport is not None:
+            self.request.transport.abort()
 
 
 @dataclass(frozen=True)
@@ -101,9 +84,11 @@ class Pipe:
     and fixed replies to mitmproxy, each under an unguessable one-use token."""
 
     def __init__(self) -> None:
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, Entry] = {}
         self._replies: dict[str, _Reply] = {}
-        self._relaying: dict[str, _Entry] = {}  # fetched by mitmproxy, not yet ended
+        self._relaying: dict[str, Entry] = {}  # fetched by mitmproxy, not yet ended
+        self._handoffs: dict[str, Handoff] = {}  # handed off, the flow not there yet
+        self._tasks: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
         self._lock = asyncio.Lock()
         self.port = 0
@@ -142,7 +127,7 @@ class Pipe:
         continues it elsewhere should it break; the token its `/pipe/<token>` URL takes."""
         token = secrets.token_urlsafe(24)
         kept: list[bytes | dict[str, Any]] | None = [] if rescue and rescue.possible else None
-        self._entries[token] = _Entry(live, status, headers, strip_usage, report, stall_s,
+        self._entries[token] = Entry(live, status, headers, strip_usage, report, stall_s,
                                       reader, rescue=rescue, kept=kept)  # fmt: skip
         return token
 
@@ -194,6 +179,9 @@ class Pipe:
 
     def discard(self, token: str) -> None:
         """The flow ended without fetching its stream (client gone): close the upstream."""
+        handoff = self._handoffs.pop(token, None)
+        if handoff is not None:
+            handoff.abandon()
         entry = self._entries.pop(token, None)
         if entry is not None:
             entry.live.close()
@@ -202,6 +190,8 @@ class Pipe:
         """Close every stream not yet fetched, then stop the server."""
         for token in list(self._entries):
             self.discard(token)
+        for task in list(self._tasks):
+            task.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -211,174 +201,43 @@ class Pipe:
         entry = self._entries.pop(token, None)
         if entry is None:
             return web.Response(status=404, text="unknown or used pipe token")
+        outlet = _SocketOutlet(request, entry)
         self._relaying[token] = entry
         try:
-            return await self._stream(request, entry)
+            await relay(outlet, entry)
         finally:
             self._relaying.pop(token, None)
+        return outlet.resp
 
-    async def _sink(self, resp: web.StreamResponse, entry: _Entry) -> None:
-        """Once the headers are out: wait for mitmproxy to take them and give the flow's
-        sink; without one (or after ATTACH_WAIT_S) the body goes over the socket."""
-        sink: Sink | None = None
-        if entry.attached is not None:
-            with contextlib.suppress(TimeoutError):
-                sink = await asyncio.wait_for(entry.attached, ATTACH_WAIT_S)
-        entry.out = sink.write if sink is not None else resp.write
-        log.debug("stream body %s", sink.route if sink is not None else "over the pipe socket")
+    def head(self, token: str) -> tuple[int, list[tuple[str, str]]] | None:
+        """The status and headers of a stream handed over and not yet fetched."""
+        entry = self._entries.get(token)
+        return (entry.status, entry.headers) if entry is not None else None
 
-    async def _stream(self, request: web.Request, entry: _Entry) -> web.StreamResponse:
-        resp = web.StreamResponse(status=entry.status, headers=entry.headers)
-        resp.enable_chunked_encoding()
-        report = entry.report
-        entry.attached = asyncio.get_running_loop().create_future()
+    def hand_off(self, token: str, handoff: Handoff) -> None:
+        """Relay `token`'s stream into its flow's in-process server connection (`handoff`)
+        instead of waiting for mitmproxy to fetch it over the loopback socket."""
+        self._handoffs[token] = handoff
+        task = asyncio.create_task(self._handed_off(token, handoff))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handed_off(self, token: str, handoff: Handoff) -> None:
         try:
-            await resp.prepare(request)
-            await self._sink(resp, entry)
-            broke = await self._write(resp, entry, entry.live.first)
-            report.first_event_at = entry.live.first_event_at
-            while True:
-                broke = broke or await self._relay(resp, entry)
-                if broke is None:
-                    break
-                cont = await self._rescue(entry, broke)
-                if isinstance(cont, str):
-                    await self._fail(resp, request, entry, cont)
-                    return resp
-                entry.live, entry.splice = cont.live, cont.splice
-                broke = await self._write(resp, entry, cont.live.first)
-        except (ConnectionResetError, asyncio.CancelledError) as e:
-            # the client (via mitmproxy) went away
-            report.outcome = "client_abort"
-            report.error = "client disconnected"
-            entry.live.close()
-            if isinstance(e, asyncio.CancelledError):
-                raise
-            return resp
-        except Exception as e:  # anything else the relay did not expect
-            await self._fail(resp, request, entry, f"upstream stream broke: {type(e).__name__}")
-            return resp
+            await handoff.requested(ATTACH_WAIT_S)
+        except ConnectionResetError:  # the flow ended first: discard() closes the stream
+            self.discard(token)
+            handoff.release()
+            return
         finally:
-            entry.live.close()
-            report.ended_at = time.monotonic()
-            if entry.rescue is not None:
-                entry.rescue.settle(report)
-        if report.outcome == "pending":
-            report.outcome = "ok"
+            self._handoffs.pop(token, None)
+        entry = self._entries.pop(token, None)
+        if entry is None:  # discarded meanwhile
+            handoff.release()
+            return
+        self._relaying[token] = entry
         try:
-            await resp.write_eof()
-        except ConnectionResetError:
-            report.outcome = "client_abort"
-        return resp
-
-    async def _relay(self, resp: web.StreamResponse, entry: _Entry) -> _Break | None:
-        """Relay the current upstream stream until it ends (None) or breaks. Whatever one
-        read returns (every event that arrived together) is passed on in one write."""
-        live = entry.live
-        dog = Watchdog(live.response.content, entry.stall_s)
-        clock = asyncio.get_running_loop().time
-        readany, parser = live.response.content.readany, live.parser
-        try:
-            while True:
-                dog.since = clock()
-                try:
-                    chunk = await readany()
-                except Stalled:
-                    why = f"upstream stalled for {entry.stall_s * 1000:.0f} ms"
-                    return _Break(OutcomeKind.TIMEOUT, why)
-                except Exception as e:  # the upstream broke (payload error, reset, ...)
-                    return _Break(
-                        OutcomeKind.PROTOCOL_ERROR, f"upstream stream broke: {type(e).__name__}"
-                    )
-                dog.since = None
-                if not chunk:
-                    return await self._write(resp, entry, parser.flush())
-                broke = await self._write(resp, entry, parser.feed(chunk))
-                if broke is not None:
-                    return broke
-                if parser.oversized:
-                    return _Break(OutcomeKind.PROTOCOL_ERROR, "upstream sent an SSE event larger "
-                                  f"than {parser.max_event_bytes} bytes")  # fmt: skip
+            await relay(handoff, entry)
         finally:
-            dog.cancel()
-
-    async def _rescue(self, entry: _Entry, broke: _Break) -> Continuation | str:
-        """The continuation of a broken stream, or the client's error text."""
-        entry.live.close()  # give the broken upstream's connection back before going on
-        if entry.rescue is None:
-            return broke.why
-        events = [e if isinstance(e, dict) else _json(e) for e in entry.kept or ()]
-        return await entry.rescue.broke(broke.kind, broke.why, events, entry.report)
-
-    async def _write(
-        self, resp: web.StreamResponse, entry: _Entry, events: list[SSEEvent]
-    ) -> _Break | None:
-        """Pass `events` on to the client (a continuation's through its splice); a break
-        when one of them is a malformed or error event another target could take over."""
-        report, reader, kept, splice = entry.report, entry.reader, entry.kept, entry.splice
-        out: list[bytes] = []
-        broke: _Break | None = None
-        for ev in events:
-            if ev.done:
-                report.saw_done = True
-                out.append(ev.raw)
-                continue
-            if not ev.data:
-                out.append(ev.raw)
-                continue
-            report.events += 1
-            if splice is None and not (
-                report.model is None or report.keep_text or worth_parsing(ev.data, reader.markers)
-            ):
-                out.append(ev.raw)  # an ordinary content chunk: passed on without parsing
-                if kept is not None:
-                    kept.append(ev.data)
-                continue
-            obj = event_json(ev)
-            if obj is None:
-                # not JSON: a client SDK would raise on it and lose the whole answer, so it
-                # is dropped (and counted in the ledger) while the rest of the stream flows,
-                # unless another target can take over from here
-                report.malformed += 1
-                if entry.rescue is not None and entry.rescue.has_capable():
-                    broke = _Break(OutcomeKind.PROTOCOL_ERROR, "upstream sent a malformed event")
-                    break
-                continue
-            if not isinstance(obj, dict):
-                out.append(ev.raw)
-                continue
-            failure = report.failure
-            reader.note(report, obj)
-            if (
-                report.failure != failure
-                and entry.rescue is not None
-                and entry.rescue.has_capable()
-            ):
-                why = f"upstream reported an error in the stream: {report.failure}"
-                report.failure = ""
-                broke = _Break(OutcomeKind.SERVER_ERROR, why)
-                break
-            for shown in splice.rewrite(obj) if splice is not None else (obj,):
-                if entry.strip_usage and is_usage_only_chunk(shown):
-                    continue
-                if report.keep_text:
-                    report.text.append(reader.delta_text(shown))
-                out.append(ev.raw if splice is None else splice.render(shown))
-                if kept is not None:
-                    kept.append(ev.data if splice is None else shown)
-        if out:
-            await (entry.out or resp.write)(b"".join(out))
-        return broke
-
-    async def _fail(
-        self, resp: web.StreamResponse, request: web.Request, entry: _Entry, why: str
-    ) -> None:
-        report = entry.report
-        report.outcome = "truncated"
-        report.error = why
-        log.warning("stream truncated: %s", why)
-        with contextlib.suppress(ConnectionResetError):
-            await (entry.out or resp.write)(entry.reader.cut(why, report))
-        # cut the connection without the final chunk: the client sees a broken stream
-        if request.transport is not None:
-            request.transport.abort()
+            self._relaying.pop(token, None)
+            handoff.release()
