@@ -230,6 +230,7 @@ class FakeUpstream:
         self.prefill, self.tool_calls = prefill, tool_calls
         self.models, self.host, self.port = models, host, port
         self.seen: list[Seen] = []
+        self.extra_headers: dict[str, str] = {}  # added to every answer (e.g. a Set-Cookie)
         self._cond = threading.Condition()
         self._queue: list[tuple[str | None, Fault]] = []
         self._always: dict[str | None, Fault] = {}
@@ -330,6 +331,7 @@ class FakeUpstream:
         """Forget recorded requests and (unless ``faults=False``) all queued/persistent faults."""
         with self._cond:
             self.seen.clear()
+            self.extra_headers = {}
             if faults:
                 self._queue.clear()
                 self._always.clear()
@@ -531,7 +533,8 @@ class FakeUpstream:
         return resp  # aiohttp's own write to the dead transport fails quietly
 
     def _headers(self) -> dict[str, str]:
-        return {"x-fake-upstream": self.name, "x-request-id": f"req_{uuid.uuid4().hex}"}
+        return {"x-fake-upstream": self.name, "x-request-id": f"req_{uuid.uuid4().hex}",
+                **self.extra_headers}  # fmt: skip
 
     def _json(self, status: int, body: bytes, extra: dict[str, str] | None = None) -> web.Response:
         headers = self._headers() | (extra or {})

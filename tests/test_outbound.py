@@ -28,6 +28,7 @@ from addon.routing.cost import Price
 from addon.routing.domains import Judgement, judge
 from addon.routing.fallback import AttemptRecord, Outcome, OutcomeKind
 from addon.routing.scoring import Scored
+from tests.fakeupstream import FakeUpstream
 
 CLIENT_AUTH = ("Authorization", "Bearer sk-client")
 IDENTITY = ("Accept-Encoding", "identity")
@@ -268,6 +269,35 @@ class Scripted:
 
 
 REFUSED = Outcome(OutcomeKind.CONNECT_ERROR, None, "cannot connect to a:443: refused")
+
+
+def test_a_cookie_an_upstream_sets_goes_nowhere() -> None:
+    """The engine's one pooled session serves every client: a cookie a provider sets
+    (Cloudflare's `__cf_bm` on api.openai.com) must not ride along on later calls, any
+    client's. A host name, not an IP: cookie jars ignore cookies from IP addresses."""
+    body = json.dumps({"model": "m-a", "messages": [{"role": "user", "content": "x"}]}).encode()
+    with FakeUpstream("cookies") as up:
+        up.extra_headers = {"Set-Cookie": "__cf_bm=for-the-first-caller; Path=/; HttpOnly"}
+        url = f"http://localhost:{up.port}/v1/chat/completions"
+        engine = Engine(Resilience())
+        engine.local_hosts = frozenset({"localhost"})  # the resolver lets it reach loopback
+
+        async def three() -> list[int]:
+            try:
+                out = []
+                for _ in range(3):
+                    t = Target(ALPHA, url, (("content-type", "application/json"),), body, False)
+                    result = await engine.run([t], on_outcome=lambda *_: None)
+                    assert result.answer is not None
+                    out.append(result.answer.status)
+                return out
+            finally:
+                await engine.close()
+
+        assert asyncio.run(three()) == [200, 200, 200]
+        seen = up.requests()
+    assert len(seen) == 3
+    assert all("cookie" not in {k.lower() for k in s.headers} for s in seen), seen
 
 
 @pytest.mark.parametrize(

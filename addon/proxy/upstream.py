@@ -149,6 +149,9 @@ class Engine:
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
+                # one session serves every client: a cookie a provider sets (Cloudflare's
+                # `__cf_bm`) must not be kept and sent with everyone's later calls
+                cookie_jar=aiohttp.DummyCookieJar(),
                 trust_env=False,
                 auto_decompress=True,
                 skip_auto_headers=("User-Agent",),
