@@ -49,9 +49,13 @@ c = openai.OpenAI(api_key=os.environ["APP_KEY"], base_url="https://api.openai.co
 r = c.chat.completions.with_raw_response.create(
     model="dead-first", messages=[{"role": "user", "content": "Say hi"}])
 data = r.parse()
+with c.chat.completions.with_streaming_response.create(
+        model="dead-first", stream=True, messages=[{"role": "user", "content": "Say hi"}]) as s:
+    streamed = "".join(ch.choices[0].delta.content or "" for ch in s.parse() if ch.choices)
 print(json.dumps({"content": data.choices[0].message.content,
                   "provider": r.headers.get("x-orchestrator-provider"),
-                  "attempts": r.headers.get("x-orchestrator-attempts")}))
+                  "attempts": r.headers.get("x-orchestrator-attempts"),
+                  "streamed": streamed}))
 """
 
 
@@ -262,7 +266,10 @@ def test_capture_routes_intercepted_hosts_and_leaves_the_rest(netns: Namespace) 
     )
     assert sdk.returncode == 0, sdk.stderr
     assert json.loads(sdk.stdout) == {"content": "Hello from beta", "provider": "beta",
-                                      "attempts": "2"}  # fmt: skip
+                                      "attempts": "2", "streamed": "Hello from beta"}  # fmt: skip
+    # the transparent capture's stack (TLS both ways) takes the in-process stream handoff
+    assert any("stream body handed to the flow's in-process server" in line
+               for line in netns.proxy.lines)  # fmt: skip
     outside = netns.curl_outside()  # not intercepted: no rule for it, its own certificate
     assert outside.returncode == 0 and outside.stdout == "outside.test answered itself"
     assert _counters(netns) >= 2

@@ -4,6 +4,7 @@ HTTPS_PROXY (trusting the proxy's CA), loopback upstreams speaking the OpenAI wi
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import ssl
 import subprocess
@@ -527,6 +528,36 @@ def test_reverse_mode_routes_and_isolates_keys(
     # alpha is the host the client addressed: its own key goes there; beta gets beta's key
     assert _auth_seen(ups["alpha"]) == [f"Bearer {CLIENT_KEY}"]
     assert _auth_seen(ups["beta"]) == [f"Bearer {KEY_BETA}"]
+
+
+def test_reverse_mode_streams_are_handed_to_the_flow_whole(
+    reverse_proxy: ProxyProcess, ups: dict[str, FakeUpstream]
+) -> None:
+    """Reverse mode's layer stack takes the in-process handoff (`addon.proxy.handoff`):
+    the whole stream, its usage in the ledger, and the next request on the same
+    keep-alive connection served too."""
+    before = len(reverse_proxy.lines)
+    c = openai.OpenAI(api_key=CLIENT_KEY, base_url=f"{reverse_proxy.url}/v1", max_retries=0)
+    try:
+        rids, texts = [], []
+        for _ in range(2):  # one client, one keep-alive connection
+            with c.chat.completions.with_streaming_response.create(
+                model="gpt-4o", stream=True, messages=[{"role": "user", "content": "hi"}],
+                extra_headers={"X-Orchestrator-Profile": "quality"},
+            ) as resp:  # fmt: skip
+                rids.append(resp.headers["x-orchestrator-request-id"])
+                texts.append("".join(ch.choices[0].delta.content or ""
+                                     for ch in resp.parse() if ch.choices))  # fmt: skip
+    finally:
+        c.close()
+    assert texts == [ups["alpha"].content] * 2
+    for rid in rids:
+        row = ledger_row(reverse_proxy, rid)
+        assert (row["outcome"], row["completion_tokens"]) == ("ok", ups["alpha"].completion_tokens)
+    line = reverse_proxy.wait_for_log(
+        re.compile("stream body handed to the flow's in-process server"), since=before
+    )
+    assert "straight to its socket" in line  # an HTTP/1 client: written to it directly
 
 
 def test_kill9_loses_no_completed_row(ups: dict[str, FakeUpstream], tmp_path: Path) -> None:
