@@ -21,7 +21,7 @@ loopback connection's reads and writes, the pipe's HTTP server and mitmproxy's H
 parsing of its answer, and two event-loop hops before the first event.
 
 `prepare` returns None when the flow's layer stack is not of a known shape (an upstream
-proxy in between, an unknown layer, nesting deeper than a CONNECT tunnel in a tunnel);
+proxy in between, a layer of a kind not known to pass connection events on unchanged);
 the pipe's loopback server then relays that stream as before. Leans on mitmproxy 12.2's
 internals (pinned < 12.3 in pyproject.toml), as `inject` and `clientwire` do.
 """

@@ -1,5 +1,10 @@
 """One hop, not two: a relayed stream's body goes straight into the client's HTTP stream.
 
+A stream handed off in process (`addon.proxy.handoff`) gets a `HandoffSink`: each batch
+of bytes goes down the layer stack as data read from the flow's in-process server
+connection, which makes it a body chunk of the flow's response. The rest of this module
+is the loopback pipe's case (`stream_handoff: false`, or a stack the handoff does not know).
+
 The pipe (`addon.proxy.pipe`) still answers mitmproxy's request on the loopback socket with
 the stream's status and headers, and ends that response there (its final chunk, or a cut
 connection), so mitmproxy's own HTTP machinery frames, ends and cuts the client's response

@@ -162,7 +162,7 @@ class Pipe:
 
     def attach(self, token: str, sink: Sink | None) -> None:
         """mitmproxy took the headers of `token`'s stream (its `responseheaders` hook ran):
-        its body goes to `sink` from now on (None: over the loopback socket)."""
+        its body goes to `sink` from now on (None: to the stream's outlet itself)."""
         entry = self._relaying.get(token)
         if entry is not None and entry.attached is not None and not entry.attached.done():
             entry.attached.set_result(sink)

@@ -36,7 +36,7 @@ ATTACH_WAIT_S = 5.0  # how long the relay waits for mitmproxy to take the stream
 
 
 class Sink(Protocol):
-    """Where the relay puts a stream's body bytes instead of the loopback socket (the
+    """Where the relay puts a stream's body bytes instead of its outlet (the
     flow's client stream: `addon.proxy.inject.FlowSink`)."""
 
     @property
