@@ -242,6 +242,36 @@ def test_an_http2_client_in_a_tunnel_gets_its_stream_through_mitmproxys_framing(
     assert "straight to its socket" not in line
 
 
+def test_a_cut_stream_to_an_http2_client_ends_in_a_reset_not_a_clean_end(
+    proxy: ProxyProcess, fakes: tuple[FakeUpstream, FloodUpstream]
+) -> None:
+    """HTTP/2 has no connection to cut per stream: the client gets the error event, then
+    the stream is reset, so curl fails instead of taking the answer for complete."""
+    plain, _ = fakes
+    plain.clear()
+    plain.fail(CutStream(after_events=3))
+    plain.event_gap = 0.02
+    body = json.dumps({"model": "m-plain", "stream": True,
+                       "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+    try:
+        out = subprocess.run(
+            ["curl", "-sS", "-N", "--http2", "--max-time", "30", "-x", proxy.url,
+             "--cacert", str(proxy.ca_cert), "-H", f"authorization: Bearer {CLIENT_KEY}",
+             "-H", "content-type: application/json", "-d", body, "-D", "-",
+             "https://api.openai.com/v1/chat/completions"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        plain.event_gap = 0.0
+    assert "\nHTTP/2 200" in out.stdout, out.stdout[:300]  # after the CONNECT's answer
+    assert out.stdout.index('"one "') < out.stdout.index("event: error")
+    assert "stream_truncated" in out.stdout and "data: [DONE]" not in out.stdout
+    assert out.returncode != 0, out.stderr  # the stream was reset, not ended
+    rid = re.search(r"x-orchestrator-request-id: (\S+)", out.stdout, re.I)
+    assert rid is not None
+    assert ledger_row(proxy, rid.group(1))["outcome"] == "truncated"
+
+
 def test_a_cut_https_stream_in_a_tunnel_raises_in_the_sdk(
     proxy: ProxyProcess, fakes: tuple[FakeUpstream, FloodUpstream]
 ) -> None:
