@@ -106,8 +106,11 @@ def state_filter(
     `provider_open`, `breaker_open`, `rate_limited` while `now` is before its entry in
     `cooldown`, by target key), or None when it may be tried."""
     allowed, out, target_state = ok.allowed, ok.out, breakers.get
-    up = frozenset(p for p in allowed if (st := provider_breakers.get(p)) is None
-                   or brk.available(st, now, cooldown_s))  # fmt: skip
+    # only providers that ever failed have a breaker state: look at those, not at every
+    # allowed provider (over a big catalog that is a hundred lookups per request)
+    down = {p for p, st in provider_breakers.snapshot().items()
+            if p in allowed and not brk.available(st, now, cooldown_s)}  # fmt: skip
+    up = allowed - down if down else allowed
 
     def usable(c: catmod.Candidate) -> str | None:
         if c.provider not in allowed:
