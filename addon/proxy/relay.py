@@ -115,6 +115,9 @@ async def _sink(outlet: Outlet, entry: Entry) -> None:
 
 
 async def relay(outlet: Outlet, entry: Entry) -> None:
+    """Drive `entry`'s stream into `outlet` until it ends: the headers, the body (to the
+    flow's sink once mitmproxy took the headers), a rescue when it breaks and another
+    target can go on, else the error event and a cut; the outcome goes to its report."""
     report = entry.report
     entry.attached = asyncio.get_running_loop().create_future()
     try:
