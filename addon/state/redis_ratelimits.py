@@ -134,8 +134,9 @@ class RedisRateLimits:
     """`RateLimits` over the fleet: the Redis at `url` admits, this replica remembers what
     it saw (for `blocked` and `snapshot`) on `time.monotonic()`."""
 
-    def __init__(self, url: str, *, prefix: str = "orch:") -> None:
+    def __init__(self, url: str, *, prefix: str = "orch:", timeout_s: float = TIMEOUT_S) -> None:
         self.url, self.where, self.prefix = url, redact(url), prefix
+        self.timeout_s = timeout_s  # a call slower than this counts as Redis being down
         self.local = LocalRateLimits(ids_step=-1)  # while Redis cannot be asked; ids < 0
         self._client: aredis.Redis | None = None
         self._scripts: dict[str, Any] = {}
@@ -151,8 +152,8 @@ class RedisRateLimits:
         """Create the client and register the scripts (no round trip yet)."""
         if self._client is not None:
             return
-        self._client = aredis.Redis.from_url(self.url, socket_timeout=TIMEOUT_S,
-                                             socket_connect_timeout=TIMEOUT_S,
+        self._client = aredis.Redis.from_url(self.url, socket_timeout=self.timeout_s,
+                                             socket_connect_timeout=self.timeout_s,
                                              decode_responses=True)  # fmt: skip
         self._scripts = {n: self._client.register_script(s)
                          for n, s in (("reserve", RESERVE), ("adjust", ADJUST),
@@ -161,7 +162,7 @@ class RedisRateLimits:
     async def close(self) -> None:
         """Let the adjustments under way finish (briefly), then close the client."""
         if self._pending:
-            await asyncio.wait(self._pending, timeout=2 * TIMEOUT_S)
+            await asyncio.wait(self._pending, timeout=2 * self.timeout_s)
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
