@@ -134,6 +134,14 @@ class NoDone(Fault):
 
 
 @dataclass(frozen=True)
+class LingerAfterEnd(Fault):
+    """Finish the stream normally, then hold the connection ``seconds`` before ending the
+    body (a client that stops at ``data: [DONE]`` has closed by then)."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
 class Delay(Fault):
     """Wait ``seconds`` before sending anything, then answer normally."""
 
@@ -625,6 +633,8 @@ class FakeUpstream:
             await resp.write(chunk)
         if plan.end is not None and not isinstance(fault, NoDone):
             await resp.write(plan.end)
+        if isinstance(fault, LingerAfterEnd) and not await self._sleep(fault.seconds):
+            return self._abort(request, resp)
         await resp.write_eof()
         return resp
 

@@ -44,7 +44,14 @@ from tests.e2e_apis import (
     unstamp,
     ups,
 )
-from tests.fakeupstream import CutStream, FakeUpstream, Hang, Status, overloaded
+from tests.fakeupstream import (
+    CutStream,
+    FakeUpstream,
+    Hang,
+    LingerAfterEnd,
+    Status,
+    overloaded,
+)
 from tests.proxyproc import ProxyProcess
 
 __all__ = ["_clean", "ant", "oai", "proxy", "ups"]  # fixtures used by this module
@@ -536,6 +543,34 @@ def test_messages_stream_passes_event_by_event(
     assert (row["cached_tokens"], row["cache_write_tokens"]) == (3, 2)
     usage = (PROMPT_TOKENS - 5, 3, 2, COMPLETION_TOKENS)
     assert row["cost_usd"] == pytest.approx(cost_usd(usage, (3, 0.3, 15)))
+
+
+@pytest.mark.parametrize("api", ["responses", "messages"])
+def test_a_client_leaving_at_the_streams_end_got_a_complete_answer(
+    oai: openai.OpenAI, ant: anthropic.Anthropic, ups: dict[str, FakeUpstream],
+    proxy: ProxyProcess, api: str,
+) -> None:  # fmt: skip
+    # agents stop reading at response.completed / message_stop; an upstream that holds its
+    # connection open after that must not make the ledger call the answer an abort
+    ups["alpha" if api == "responses" else "claude-a"].fail(LingerAfterEnd(seconds=1.5))
+    t0 = time.monotonic()
+    if api == "responses":
+        with oai.responses.with_streaming_response.create(
+            model="gpt-4o", input="Say hi", stream=True, extra_headers=QUALITY
+        ) as resp:
+            h = resp.headers
+            last = next(e.type for e in resp.parse() if e.type == "response.completed")
+    else:
+        with ant.messages.stream(
+            model="claude-opus-4-1", max_tokens=64, messages=MESSAGES, extra_headers=QUALITY
+        ) as stream:
+            h = stream.response.headers
+            last = next(e.type for e in stream if e.type == "message_stop")
+    assert time.monotonic() - t0 < 1.5, "the end event waited for the upstream's end of body"
+    assert last in ("response.completed", "message_stop")
+    row = ledger_row(proxy, h["x-orchestrator-request-id"])
+    assert (row["api"], row["outcome"], row["error"]) == (api, "ok", None), row
+    assert row["completion_tokens"] == COMPLETION_TOKENS
 
 
 def _messages_call(ant: anthropic.Anthropic, stream: bool) -> tuple[httpx.Headers, str]:

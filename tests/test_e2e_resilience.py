@@ -42,6 +42,7 @@ from tests.fakeupstream import (
     CutStream,
     Delay,
     FakeUpstream,
+    LingerAfterEnd,
     MalformedEvent,
     NoDone,
     Reset,
@@ -210,6 +211,21 @@ def test_malformed_event_is_dropped_rest_flows_usage_recorded(
     row = ledger_row(proxy, headers["x-orchestrator-request-id"])
     assert row["outcome"] == "ok" and row["completion_tokens"] == 7
     assert "malformed" in row["reasons"]
+
+
+def test_client_leaving_after_done_is_a_complete_answer(
+    client: openai.OpenAI, ups: dict[str, FakeUpstream], proxy: ProxyProcess
+) -> None:
+    # the openai SDK closes the connection as soon as it reads data: [DONE]; an upstream
+    # that holds its connection a while after that must not turn the answer into an abort
+    ups["alpha"].fail(LingerAfterEnd(seconds=1.5))
+    t0 = time.monotonic()
+    text, headers = stream_text(client, extra_headers=QUALITY)
+    assert time.monotonic() - t0 < 1.5, "[DONE] waited for the upstream's end of body"
+    assert text == "Hello from alpha"
+    row = ledger_row(proxy, headers["x-orchestrator-request-id"])
+    assert row["outcome"] == "ok" and row["completion_tokens"] == 7, row
+    assert not row["error"]
 
 
 def test_stream_without_done_is_finalized_promptly(

@@ -67,7 +67,9 @@ def build_row(
         facts = apis.answer_facts(api, body)
         usage = facts.usage
         routed_model = facts.model or routed_model
-    if client_abort and outcome == "ok":
+    if client_abort and report is not None and report.delivered:
+        error = None  # it left after the stream's end reached it: a complete answer
+    elif client_abort and outcome == "ok":
         outcome = "client_abort"
     if (
         pending.kind == "routed"

@@ -136,9 +136,12 @@ async def relay(outlet: Outlet, entry: Entry) -> None:
             entry.live, entry.splice = cont.live, cont.splice
             broke = await _write(entry, cont.live.first)
     except (ConnectionResetError, asyncio.CancelledError) as e:
-        # the client (via mitmproxy) went away
-        report.outcome = "client_abort"
-        report.error = "client disconnected"
+        # the client (via mitmproxy) went away: after the stream's end reached it (the
+        # openai SDK closes on data: [DONE]) the answer is complete, else it is an abort
+        if report.delivered:
+            report.outcome = "ok"
+        else:
+            report.outcome, report.error = "client_abort", "client disconnected"
         entry.live.close()
         if isinstance(e, asyncio.CancelledError):
             raise
@@ -156,7 +159,8 @@ async def relay(outlet: Outlet, entry: Entry) -> None:
     try:
         await outlet.end()
     except ConnectionResetError:
-        report.outcome = "client_abort"
+        if not report.delivered:
+            report.outcome = "client_abort"
 
 
 async def _relay(entry: Entry) -> Break | None:
@@ -252,6 +256,7 @@ async def _write(entry: Entry, events: list[SSEEvent]) -> Break | None:
                 kept.append(ev.data if splice is None else shown)
     if out and entry.out is not None:
         await entry.out(b"".join(out))
+        report.delivered = report.saw_done
     return broke
 
 

@@ -55,6 +55,7 @@ class StreamReport:
     events: int = 0
     malformed: int = 0
     saw_done: bool = False  # the API's end of stream ([DONE], response.completed, message_stop)
+    delivered: bool = False  # that end was passed on to the client: leaving after it is fine
     outcome: str = "pending"  # ok | truncated | client_abort
     error: str = ""
     first_event_at: float | None = None
@@ -188,6 +189,7 @@ def usage_tap(report: StreamReport, reader: StreamReader = CHAT) -> Callable[[by
                 reader.note(report, obj)
             elif ev.done:
                 report.saw_done = True
+        report.delivered = report.saw_done
         return chunk
 
     return tap
