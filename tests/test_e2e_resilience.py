@@ -226,6 +226,11 @@ def test_client_leaving_after_done_is_a_complete_answer(
     row = ledger_row(proxy, headers["x-orchestrator-request-id"])
     assert row["outcome"] == "ok" and row["completion_tokens"] == 7, row
     assert not row["error"]
+    # the relay still reads the upstream to its end, then gives its connection back
+    deadline = time.monotonic() + 5.0
+    while (rt := _admin_status(proxy)["runtime"])["upstream_connections"]["active"]:
+        assert time.monotonic() < deadline, f"upstream connection still held: {rt}"
+        time.sleep(0.05)
 
 
 def test_stream_without_done_is_finalized_promptly(
