@@ -33,6 +33,7 @@ import pytest
 from tests.e2e import all_ledger_rows, ledger_row
 from tests.e2e_apis import ANTHROPIC_CLIENT_KEY, OPENAI_CLIENT_KEY, guarded_proxy
 from tests.fakeupstream import CutStream, Delay, FakeUpstream, Stall
+from tests.otlpreceiver import OtlpReceiver, attrs
 from tests.proxyproc import ProxyProcess
 
 pytestmark = pytest.mark.e2e
@@ -237,6 +238,46 @@ def test_broken_stream_is_finished_on_a_fallback(
     want = sum((a["prompt_tokens"] * price[a["provider"]][0]
                 + a["completion_tokens"] * price[a["provider"]][1]) / 1e6 for a in log)  # fmt: skip
     assert row["cost_usd"] == pytest.approx(want)
+
+
+def test_a_continuation_names_its_own_span_upstream(
+    ups: dict[str, FakeUpstream], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # with spans exported, each attempt's upstream call carries its own span as the
+    # parent: the rescue's continuation too, never the client's span or attempt 0's
+    trace, span = "5c1e3a9f00b1d2e3f405162738495a6b", "a1b2c3d4e5f60718"
+    receiver = OtlpReceiver().start()
+    cfg, rules = config(ups)
+    cfg["telemetry"] = {"endpoint": receiver.url, "export_interval_s": 0.2, "timeout_s": 2}
+    p = guarded_proxy(tmp_path, cfg, rules)
+    p.env.update(env())
+    try:
+        p.start()
+        for k, v in p.client_env().items():
+            monkeypatch.setenv(k, v)
+        ups["alpha"].fail(CutStream(after_events=40))
+        with openai.OpenAI(api_key=OPENAI_CLIENT_KEY, max_retries=0, timeout=20) as oai:
+            chunks, headers = stream_chat(
+                oai, "rescue-assistant", extra_headers={"traceparent": f"00-{trace}-{span}-01"}
+            )
+        assert text_of(chunks) == ANSWER
+        rid = headers["x-orchestrator-request-id"]
+
+        def attempts(r: OtlpReceiver) -> list[dict[str, Any]]:
+            req = [s for s in r.spans() if attrs(s).get("orchestrator.request_id") == rid]
+            if not req:
+                return []
+            kids = [s for s in r.spans() if s.get("parentSpanId") == req[0]["spanId"]]
+            return sorted(kids, key=lambda s: attrs(s)["orchestrator.attempt"])
+
+        receiver.wait_until(lambda r: len(attempts(r)) == 2)
+        first, second = attempts(receiver)
+        assert [attrs(s)["gen_ai.provider.name"] for s in (first, second)] == ["alpha", "beta"]
+        sent = [ups[n].requests()[0].headers.get("traceparent") for n in ("alpha", "beta")]
+        assert sent == [f"00-{trace}-{first['spanId']}-01", f"00-{trace}-{second['spanId']}-01"]
+    finally:
+        p.stop()
+        receiver.stop()
 
 
 def test_fallback_that_refuses_prefill_never_shows_its_400(

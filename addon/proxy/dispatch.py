@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from addon.proxy import apis, budgetgate, followups, modellist, recording, responsestate, screens
 from addon.proxy.balancing import Balancing
@@ -274,8 +274,8 @@ class Dispatcher(Health):
         streaming = features.stream and not ep.count_tokens
         on_outcome = self._on_stream_outcome if streaming else self._on_outcome
         claim, told = self.balancing.track(pending.id, acquire, on_outcome, streaming)
-        trace = self.telemetry.trace(pending).attempt_traceparent if self.telemetry else None
-        result = await self.engine.run(plan, on_outcome=told, acquire=claim, traceparent=trace)
+        result = await self.engine.run(plan, on_outcome=told, acquire=claim,
+                                       traceparent=self._trace(pending))  # fmt: skip
         self.cache.ran(pending, result, view)  # `x-orchestrator-cache: miss`; record the answer
         pending.reasons.extend(f"skipped {key}: {why}" for key, why in result.skipped)
         pending.attempts = result.attempts
@@ -311,13 +311,18 @@ class Dispatcher(Health):
         port = await self.pipe.ensure_started()
         rescue = self.pipe.rescuer(view, pending, tried, reply.answered_by, inject_usage,
                                    engine=self.engine, on_outcome=self._on_stream_outcome,
-                                   acquire=acquire, ended=self._stream_ended)  # fmt: skip
+                                   acquire=acquire, ended=self._stream_ended,
+                                   trace=self._trace(pending))  # fmt: skip
         stall_s = view.config.settings.resilience.stall_timeout_ms / 1000
         pending.token = self.pipe.register(reply.stream, reply.status, reply.headers,
                                            strip_usage=inject_usage, stall_s=stall_s,
                                            report=report, reader=reader_for(api),
                                            rescue=rescue)  # fmt: skip
         return ToPipe(port, pending.token, pending)
+
+    def _trace(self, pending: Pending) -> Callable[[int], str] | None:
+        """What names attempt `n`'s span upstream, when spans are exported."""
+        return self.telemetry.trace(pending).attempt_traceparent if self.telemetry else None
 
     def _home(self, pending: Pending, provider: str, response_id: str | None,
               blobs: tuple[str, ...] = ()) -> None:  # fmt: skip

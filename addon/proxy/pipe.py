@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -133,13 +133,15 @@ class Pipe:
 
     def rescuer(self, view: View, pending: Pending, chain: Sequence[Scored],
                 answered: Scored | None, inject_usage: bool, *, engine: Engine,
-                on_outcome: OnOutcome, acquire: Acquire, ended: Ended) -> Rescue:  # fmt: skip
+                on_outcome: OnOutcome, acquire: Acquire, ended: Ended,
+                trace: Callable[[int], str] | None = None) -> Rescue:  # fmt: skip
         """The `Rescue` of one stream about to be registered (`answered` is streaming it):
         the rest of the request's `chain`, tried through `engine` with the dispatcher's
-        callbacks, and this process's record of the targets that refused a prefill."""
+        callbacks (`trace` names attempt n's span upstream), and this process's record of
+        the targets that refused a prefill."""
         return Rescue(view, pending, chain, answered, inject_usage, engine=engine,
                       on_outcome=on_outcome, acquire=acquire, ended=ended,
-                      incapable=self.incapable)  # fmt: skip
+                      incapable=self.incapable, trace=trace)  # fmt: skip
 
     def register_reply(self, status: int, headers: list[tuple[str, str]], body: bytes) -> str:
         """A fixed answer for a request whose body must not be buffered (it is read and

@@ -146,7 +146,8 @@ async def relay(outlet: Outlet, entry: Entry) -> None:
         if isinstance(e, asyncio.CancelledError):
             raise
         return
-    except Exception as e:  # anything else the relay did not expect
+    except Exception as e:  # anything else the relay did not expect: a bug, shown whole
+        log.exception("internal error while relaying a stream")
         await _fail(outlet, entry, f"upstream stream broke: {type(e).__name__}")
         return
     finally:

@@ -75,11 +75,12 @@ class Rescue:
     def __init__(self, view: View, pending: Pending, chain: Sequence[Scored],
                  answered: Scored | None, inject_usage: bool, *, engine: Engine,
                  on_outcome: OnOutcome, acquire: Acquire, ended: Ended,
-                 incapable: set[str]) -> None:  # fmt: skip
+                 incapable: set[str], trace: Callable[[int], str] | None = None
+                 ) -> None:  # fmt: skip
         self._view, self._pending, self._chain = view, pending, chain
         self._inject_usage, self._engine = inject_usage, engine
         self._on_outcome, self._acquire, self._incapable = on_outcome, acquire, incapable
-        self._ended = ended
+        self._ended, self._trace = ended, trace
         self._api = pending.api
         self._current = answered.candidate if answered is not None else None
         self._attempt = len(pending.attempts) - 1  # the record of the attempt streaming now
@@ -207,6 +208,12 @@ class Rescue:
             out.append((replace(t, body=prefill.encode(pre.body)), pre))
         return out
 
+    def _traced(self) -> Callable[[int], str] | None:
+        """What names the span of the next engine run's attempt n upstream: they are
+        recorded after the request's attempts so far."""
+        trace, base = self._trace, len(self._pending.attempts)
+        return None if trace is None else lambda n: trace(base + n)
+
     async def _continue(self, got: prefill.Delivered, prior: Usage | None) -> Continuation | str:
         """Walk the targets that can continue `got` until one streams; else why not."""
         targets = self._targets(got)
@@ -214,15 +221,16 @@ class Rescue:
             return targets
         if not targets:
             return "no other target can continue it"
-        echoes = {id(t): pre.echo for t, pre in targets}
+        # by key: the target the engine answers with may be a copy (its traceparent set)
+        echoes = {t.candidate.key: pre.echo for t, pre in targets}
         remaining = [t for t, _ in targets]
         while remaining:
             res = await self._engine.run(remaining, on_outcome=self._on_outcome,
-                                         acquire=self._acquire)  # fmt: skip
+                                         acquire=self._acquire, traceparent=self._traced())  # fmt: skip
             self._pending.attempts.extend(res.attempts)
             ans = res.answer
             if ans is not None and ans.stream is not None:
-                splice = splice_for(self._api, got, prior, echoes[id(ans.target)])
+                splice = splice_for(self._api, got, prior, echoes[ans.target.candidate.key])
                 return Continuation(ans.stream, ans.target, splice)
             if ans is not None:
                 return f"{ans.target.candidate.key} answered the continuation without a stream"
@@ -234,6 +242,6 @@ class Rescue:
             self._incapable.add(key)
             log.warning("%s refused an assistant prefill; not asked to continue again", key)
             self._pending.reasons.append(f"{key} refused the prefill: marked incapable")
-            at = next(i for i, t in enumerate(remaining) if t is failed.target)
+            at = next(i for i, t in enumerate(remaining) if t.candidate.key == key)
             remaining = remaining[at + 1 :]
         return "no other target can continue it"
