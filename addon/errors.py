@@ -18,6 +18,10 @@ what to do next; none carries a key or a password (URLs pass through `config.red
     │                                 the request through untouched and records it `unrouted` —
     │                                 but a JSON body holding an integer over 4,300 digits
     │                                 gets 400 `invalid_number` (proxy.screens.unreadable).
+    │   └── BodyEncodingError         its Content-Encoding cannot be undone (an unknown coding,
+    │                                 corrupt or cut data) or undoes to more than
+    │                                 `max_request_bytes`. Raised by wire.bodycoding;
+    │                                 proxy.screens answers 400 (or 413 for `too_large`).
     ├── RefreshError                  the refresh sidecar could not build a usable DB; the
     │   │                             previous one is untouched. Raised by refresh.ingest; the
     │   │                             sidecar prints it and exits 1 (nothing written).
@@ -98,6 +102,15 @@ class StateUnavailable(OrchestratorError):
 
 class WireError(OrchestratorError, ValueError):
     """The request body is not something we can route (not JSON, not an object...)."""
+
+
+class BodyEncodingError(WireError):
+    """A request body's Content-Encoding cannot be undone, or undoes to more than the
+    size limit (`too_large`); ``str()`` names the coding and the problem."""
+
+    def __init__(self, message: str, *, too_large: bool = False) -> None:
+        super().__init__(message)
+        self.too_large = too_large
 
 
 class RefreshError(OrchestratorError):

@@ -161,6 +161,10 @@ class Dispatcher(Health):
         ep = pending.endpoint
         if ep is None:  # not opened by `begin`: no LLM call
             return Passthrough(None)
+        plain = screens.decoded(inc, pending, view.config.settings.max_request_bytes)
+        if isinstance(plain, Reply):
+            return plain
+        pending.incoming = inc = plain  # a compressed body, decoded (sent on as identity)
         try:
             parsed: ParsedBody | WireError = parse_request(inc.body)
         except WireError as e:

@@ -6,6 +6,9 @@
 - 426 for a WebSocket upgrade on a routed endpoint: Codex CLI opens
   `wss://api.openai.com/v1/responses` first and falls back to HTTPS + SSE at once on a 426;
   passed through, the socket would reach the real host and bypass the router;
+- a compressed body (`Content-Encoding`: gzip, deflate, br, zstd) is decoded to be routed
+  and sent on as identity (`decoded`); 400 when it cannot be (an unknown coding, corrupt
+  data), 413 when it decodes to more than `max_request_bytes`;
 - 400 for a well-formed JSON body the router cannot read because it holds an integer longer
   than Python reads (4300 digits): no API reads it either, so it is refused here rather
   than passed through (every other unreadable body is passed through as sent).
@@ -16,10 +19,13 @@ ledger row.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
+from addon.errors import BodyEncodingError
 from addon.proxy import apis
 from addon.proxy.exchange import Canned, Incoming, Pending, Reply, json_reply, request_id
+from addon.wire import bodycoding
 from addon.wire.request import overlong_integer
 
 
@@ -69,6 +75,23 @@ def screen(inc: Incoming, limit: int) -> Reply | None:
     except ValueError:
         return None
     return too_large(inc, size, limit)
+
+
+def decoded(inc: Incoming, pending: Pending, limit: int) -> Incoming | Reply:
+    """`inc` with its body's `Content-Encoding` undone (and the header gone), as routing and
+    every provider read it; 400 (`invalid_encoding`) when it cannot be undone, 413 when it
+    decodes to more than `limit`. `inc` itself when the body is not encoded."""
+    coding = header(inc, "content-encoding")
+    if not bodycoding.codings(coding):
+        return inc
+    try:
+        body = bodycoding.decode(inc.body, coding, limit)
+    except BodyEncodingError as e:
+        status, code = (413, "request_too_large") if e.too_large else (400, "invalid_encoding")
+        return json_reply(status, str(e), type_="invalid_request_error", code=code,
+                          pending=routed(inc, pending))  # fmt: skip
+    headers = tuple((k, v) for k, v in inc.headers if k.lower() != "content-encoding")
+    return dataclasses.replace(inc, body=body, headers=headers)
 
 
 def unreadable(inc: Incoming, pending: Pending) -> Reply | None:
