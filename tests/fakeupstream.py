@@ -142,6 +142,12 @@ class LingerAfterEnd(Fault):
 
 
 @dataclass(frozen=True)
+class CutAfterEnd(Fault):
+    """Finish the stream normally, its final marker included, then close the connection
+    (a FIN, so the bytes before it still arrive) without ending the chunked body."""
+
+
+@dataclass(frozen=True)
 class Delay(Fault):
     """Wait ``seconds`` before sending anything, then answer normally."""
 
@@ -635,6 +641,10 @@ class FakeUpstream:
             await resp.write(plan.end)
         if isinstance(fault, LingerAfterEnd) and not await self._sleep(fault.seconds):
             return self._abort(request, resp)
+        if isinstance(fault, CutAfterEnd):
+            if request.transport is not None:
+                request.transport.close()
+            return resp
         await resp.write_eof()
         return resp
 

@@ -39,6 +39,7 @@ from tests.e2e import (
 )
 from tests.fakeupstream import (
     RATE_LIMIT,
+    CutAfterEnd,
     CutStream,
     Delay,
     FakeUpstream,
@@ -231,6 +232,31 @@ def test_client_leaving_after_done_is_a_complete_answer(
     while (rt := _admin_status(proxy)["runtime"])["upstream_connections"]["active"]:
         assert time.monotonic() < deadline, f"upstream connection still held: {rt}"
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    "fault", [CutAfterEnd(), LingerAfterEnd(seconds=STALL_MS / 1000 + 5)], ids=["cut", "stall"]
+)
+def test_upstream_breaking_after_the_end_is_a_clean_end(
+    proxy: ProxyProcess, ups: dict[str, FakeUpstream], fault: Any
+) -> None:
+    # a client that reads to the end of the body (curl does) got the whole answer: a cut
+    # or a stall of the upstream after data: [DONE] must not append an error event and cut
+    # its connection, nor count against the target
+    ups["alpha"].fail(fault)
+    ctx = ssl.create_default_context(cafile=str(proxy.ca_cert))
+    with httpx.Client(proxy=proxy.url, verify=ctx, timeout=STALL_MS / 1000 + 10) as c:  # noqa: SIM117
+        with c.stream("POST", "https://api.openai.com/v1/chat/completions",
+                      json={"model": "gpt-4o", "stream": True,
+                            "messages": [{"role": "user", "content": "hi"}]},
+                      headers={**QUALITY, "Authorization": f"Bearer {CLIENT_KEY}"}) as r:  # fmt: skip
+            body = b"".join(r.iter_raw())  # raises if the body is cut
+            rid = r.headers["x-orchestrator-request-id"]
+    lines = [x for x in body.decode().splitlines() if x.startswith(("data:", "event:"))]
+    assert lines[-1] == "data: [DONE]" and "event: error" not in lines, lines[-3:]
+    row = ledger_row(proxy, rid)
+    assert (row["outcome"], row["error"], row["completion_tokens"]) == ("ok", None, 7), row
+    assert [a["outcome"] for a in json.loads(row["attempt_log"])] == ["ok"]
 
 
 def test_stream_without_done_is_finalized_promptly(

@@ -127,6 +127,12 @@ async def relay(outlet: Outlet, entry: Entry) -> None:
         report.first_event_at = entry.live.first_event_at
         while True:
             broke = broke or await _relay(entry)
+            if broke is not None and report.delivered:
+                # the client has the whole answer: a cut or a stall after the end is no
+                # failure of it (nor of the target), and the body ends cleanly
+                log.info("%s after the end of the stream; the client has the whole answer",
+                         broke.why)  # fmt: skip
+                broke = None
             if broke is None:
                 break
             cont = await _rescue(entry, broke)
@@ -180,9 +186,12 @@ async def _relay(entry: Entry) -> Break | None:
                 why = f"upstream stalled for {entry.stall_s * 1000:.0f} ms"
                 return Break(OutcomeKind.TIMEOUT, why)
             except Exception as e:  # the upstream broke (payload error, reset, ...)
-                return Break(
+                cut = Break(
                     OutcomeKind.PROTOCOL_ERROR, f"upstream stream broke: {type(e).__name__}"
                 )
+                rest = _leftover(live)  # what came with the break (often the last events)
+                return (await _write(entry, parser.feed(rest)) if rest else None) or cut
+
             dog.since = None
             if not chunk:
                 return await _write(entry, parser.flush())
@@ -194,6 +203,17 @@ async def _relay(entry: Entry) -> Break | None:
                               f"than {parser.max_event_bytes} bytes")  # fmt: skip
     finally:
         dog.cancel()
+
+
+def _leftover(live: LiveStream) -> bytes:
+    """The body bytes aiohttp had read when it raised the error of a broken body (its
+    `readany` raises without them). Reaches into aiohttp's StreamReader; nothing when its
+    shape is not the known one."""
+    content = live.response.content
+    try:
+        return content._read_nowait(-1) if content._buffer else b""
+    except Exception:
+        return b""
 
 
 async def _rescue(entry: Entry, broke: Break) -> Continuation | str:
