@@ -203,6 +203,16 @@ def forget_outside_hosts(proxy: ProxyProcess) -> None:
     (proxy.workdir / "outside.log").unlink(missing_ok=True)
 
 
+@pytest.fixture
+def stays_on_loopback(proxy: ProxyProcess) -> Iterator[None]:
+    """The test's calls are all routed or refused by the proxy: it never tried a host
+    beyond loopback (a call it passed through would have gone to the real api.openai.com
+    or api.anthropic.com). A module asks for it with `pytest.mark.usefixtures`."""
+    forget_outside_hosts(proxy)
+    yield
+    assert outside_hosts(proxy) == [], "the proxy passed a call through to the real host"
+
+
 @pytest.fixture(scope="module")
 def ups() -> Iterator[dict[str, FakeUpstream]]:
     """One loopback fake per provider of `PROVIDERS`, for the module."""

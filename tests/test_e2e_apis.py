@@ -41,6 +41,7 @@ from tests.e2e_apis import (
     outside_hosts,
     proxy,
     slow_stamped,
+    stays_on_loopback,
     unstamp,
     ups,
 )
@@ -54,8 +55,15 @@ from tests.fakeupstream import (
 )
 from tests.proxyproc import ProxyProcess
 
-__all__ = ["_clean", "ant", "oai", "proxy", "ups"]  # fixtures used by this module
-pytestmark = pytest.mark.e2e
+__all__ = [
+    "_clean",
+    "ant",
+    "oai",
+    "proxy",
+    "stays_on_loopback",
+    "ups",
+]  # fixtures used by this module
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("stays_on_loopback")]
 
 RESPONSES_EVENTS = [
     "response.created", "response.in_progress", "response.output_item.added",
@@ -65,16 +73,6 @@ RESPONSES_EVENTS = [
 ]  # fmt: skip
 ANTHROPIC_BETA = "prompt-caching-2024-07-31,token-efficient-tools-2025-02-19"
 MESSAGES = [{"role": "user", "content": "Say hi"}]
-
-
-@pytest.fixture(autouse=True)
-def _stays_on_loopback(proxy: ProxyProcess) -> Iterator[None]:
-    """Every call of these tests is routed: the proxy never tried a host beyond loopback
-    (a call it passed through would have gone to the real api.openai.com or
-    api.anthropic.com)."""
-    forget_outside_hosts(proxy)
-    yield
-    assert outside_hosts(proxy) == [], "the proxy passed a call through to the real host"
 
 
 # =========================================================================== Responses
@@ -345,7 +343,7 @@ def test_responses_websocket_upgrade_is_answered_here(proxy: ProxyProcess) -> No
         assert outside_hosts(proxy) == [], "the upgrade was passed through to the real host"
         assert r.status_code == 426, (r.status_code, r.text[:300])
     finally:
-        forget_outside_hosts(proxy)  # reported here, not once more by _stays_on_loopback
+        forget_outside_hosts(proxy)  # reported here, not once more by stays_on_loopback
 
 
 # =========================================================================== embeddings

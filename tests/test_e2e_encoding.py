@@ -27,27 +27,18 @@ from tests.e2e_apis import (
     OPENAI_CLIENT_KEY,
     QUALITY,
     _clean,
-    forget_outside_hosts,
-    outside_hosts,
     proxy,
+    stays_on_loopback,
     ups,
 )
 from tests.fakeupstream import FakeUpstream
 from tests.proxyproc import ProxyProcess
 
-__all__ = ["_clean", "proxy", "ups"]  # fixtures used by this module
-pytestmark = pytest.mark.e2e
+__all__ = ["_clean", "proxy", "stays_on_loopback", "ups"]  # fixtures used by this module
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("stays_on_loopback")]
 
 RESPONSES = "https://api.openai.com/v1/responses"
 MESSAGES = "https://api.anthropic.com/v1/messages"
-
-
-@pytest.fixture(autouse=True)
-def _stays_on_loopback(proxy: ProxyProcess) -> Iterator[None]:
-    """Nothing is passed through to the real host: a compressed body is routed or refused."""
-    forget_outside_hosts(proxy)
-    yield
-    assert outside_hosts(proxy) == [], "the proxy passed a call through to the real host"
 
 
 @pytest.fixture
