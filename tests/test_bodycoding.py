@@ -98,3 +98,14 @@ def test_garbage_is_an_error(coding: str) -> None:
 def test_an_unknown_coding_names_what_is_read() -> None:
     with pytest.raises(BodyEncodingError, match="'compress' is not one the router reads"):
         decode(BODY, "compress", LIMIT)
+
+
+def test_a_zstd_frame_asking_for_a_huge_window_is_refused() -> None:
+    # 18 bytes that would make the decoder allocate a 128 MiB window for 1 KB of output
+    params = zstandard.ZstdCompressionParameters.from_level(3, window_log=27)
+    c = zstandard.ZstdCompressor(compression_params=params).compressobj()
+    data = c.compress(b"x" * 1000) + c.flush()
+    assert zstandard.get_frame_parameters(data).window_size == 1 << 27
+    with pytest.raises(BodyEncodingError, match="too much memory"):
+        decode(data, "zstd", LIMIT)
+    assert decode(data, "zstd", 100_000_000) == b"x" * 1000  # a limit that large allows it

@@ -5,7 +5,8 @@ zstd for some backends, other SDKs gzip large bodies. The router must read the J
 route it, and a provider elsewhere must get a body it can read, so a routed request is
 decoded here and sent on as identity (`outbound` never forwards `Content-Encoding`).
 Decoding stops one byte past `limit` (`max_request_bytes`): a few kilobytes of compressed
-zeros cannot grow into gigabytes in the router's memory.
+zeros cannot grow into gigabytes in the router's memory (nor can a zstd frame make it
+allocate a window larger than such a body needs).
 
 Codings read: gzip (x-gzip; several members), deflate (zlib-wrapped, or raw as some clients
 send it), br, zstd (several frames), identity; a list (`gzip, br`) is undone last one first.
@@ -106,7 +107,9 @@ def _br(data: bytes, limit: int) -> bytes:
 def _zstd(data: bytes, limit: int) -> bytes:
     # a bounded read first (the reader stops at `limit`), then, knowing the output fits,
     # frame by frame to see that each one ends (the reader says nothing of a cut frame)
-    zd = zstandard.ZstdDecompressor()
+    # and a window no larger than the body may be: a frame can declare 2 GiB of window,
+    # which the decoder would allocate whatever the frame holds
+    zd = zstandard.ZstdDecompressor(max_window_size=_window(limit))
     size = 0
     with zd.stream_reader(io.BytesIO(data), read_across_frames=True) as r:
         while chunk := r.read(min(_CHUNK, limit - size + 1)):
@@ -122,6 +125,12 @@ def _zstd(data: bytes, limit: int) -> bytes:
             raise _cut("zstd")
         rest = d.unused_data
     return b"".join(parts)
+
+
+def _window(limit: int) -> int:
+    """The largest zstd window a body of at most `limit` bytes needs: the power of two
+    covering it, 8 MiB at least (what zstd's high levels use), 128 MiB at most."""
+    return 1 << max(23, min(27, limit.bit_length()))
 
 
 _DECODERS = {"gzip": _gzip, "x-gzip": _gzip, "deflate": _deflate, "br": _br, "zstd": _zstd}
