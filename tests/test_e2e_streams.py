@@ -26,7 +26,7 @@ import pytest
 from aiohttp import web
 
 from tests.e2e import CLIENT_KEY, ENV, ledger_row
-from tests.fakeupstream import CutStream, FakeUpstream
+from tests.fakeupstream import CutAfterEnd, CutStream, FakeUpstream, LingerAfterEnd
 from tests.proxyproc import ProxyProcess
 
 pytestmark = pytest.mark.e2e
@@ -240,6 +240,40 @@ def test_an_http2_client_in_a_tunnel_gets_its_stream_through_mitmproxys_framing(
     assert ledger_row(proxy, rid.group(1))["outcome"] == "ok"
     line = proxy.wait_for_log(re.compile(re.escape(_route(proxy, "tunnel"))), since=before)
     assert "straight to its socket" not in line
+
+
+def test_a_client_leaving_at_done_and_an_upstream_cut_after_it_are_complete_answers(
+    proxy: ProxyProcess, fakes: tuple[FakeUpstream, FloodUpstream]
+) -> None:
+    """Both ways: the openai SDK closes at data: [DONE] while the upstream holds its
+    connection (`ok`, not `client_abort`); curl over HTTP/2 reads to the end while the
+    upstream cuts after [DONE] (a clean end, exit 0, no error event)."""
+    plain, _ = fakes
+    plain.clear()
+    plain.fail(LingerAfterEnd(seconds=1.5))
+    t0 = time.monotonic()
+    rid, text = _stream_chat(_https_client(proxy))
+    assert time.monotonic() - t0 < 1.5, "[DONE] waited for the upstream's end of body"
+    assert text == "one two three four five six"
+    row = ledger_row(proxy, rid)
+    assert (row["outcome"], row["error"], row["completion_tokens"]) == ("ok", None, 7), row
+    plain.clear()
+    plain.fail(CutAfterEnd())
+    body = json.dumps({"model": "m-plain", "stream": True,
+                       "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+    out = subprocess.run(
+        ["curl", "-sS", "-N", "--http2", "--max-time", "30", "-x", proxy.url,
+         "--cacert", str(proxy.ca_cert), "-H", f"authorization: Bearer {CLIENT_KEY}",
+         "-H", "content-type: application/json", "-d", body, "-D", "-",
+         "https://api.openai.com/v1/chat/completions"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    lines = [x for x in out.stdout.splitlines() if x.startswith(("data:", "event:"))]
+    assert lines[-1] == "data: [DONE]" and "event: error" not in lines, lines[-3:]
+    found = re.search(r"x-orchestrator-request-id: (\S+)", out.stdout, re.I)
+    assert found is not None
+    assert ledger_row(proxy, found.group(1))["outcome"] == "ok"
 
 
 def test_a_cut_stream_to_an_http2_client_ends_in_a_reset_not_a_clean_end(
