@@ -211,6 +211,26 @@ def test_an_https_stream_in_a_connect_tunnel_is_injected_whole_with_its_usage(
     proxy.wait_for_log(re.compile(re.escape(_route(proxy, "tunnel") + ", then straight to its")))
 
 
+def _curl_h2_stream(
+    proxy: ProxyProcess, *extra: str
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    """A streamed chat for `m-plain` by curl over HTTP/2 through the proxy (headers on
+    stdout, then the body; `extra` curl options): the finished process and the answer's
+    request id."""
+    body = json.dumps({"model": "m-plain", "stream": True,
+                       "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+    out = subprocess.run(
+        ["curl", "-sS", "-N", "--http2", "--max-time", "30", "-x", proxy.url,
+         "--cacert", str(proxy.ca_cert), "-H", f"authorization: Bearer {CLIENT_KEY}",
+         "-H", "content-type: application/json", "-d", body, "-D", "-", *extra,
+         "https://api.openai.com/v1/chat/completions"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    rid = re.search(r"x-orchestrator-request-id: (\S+)", out.stdout, re.I)
+    assert rid is not None, out.stdout[:500] + out.stderr
+    return out, rid.group(1)
+
+
 def test_an_http2_client_in_a_tunnel_gets_its_stream_through_mitmproxys_framing(
     proxy: ProxyProcess, fakes: tuple[FakeUpstream, FloodUpstream]
 ) -> None:
@@ -219,25 +239,15 @@ def test_an_http2_client_in_a_tunnel_gets_its_stream_through_mitmproxys_framing(
     plain, _ = fakes
     plain.clear()
     before = len(proxy.lines)
-    body = json.dumps({"model": "m-plain", "stream": True,
-                       "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
-    out = subprocess.run(
-        ["curl", "-sS", "-N", "--http2", "--max-time", "30", "-x", proxy.url,
-         "--cacert", str(proxy.ca_cert), "-H", f"authorization: Bearer {CLIENT_KEY}",
-         "-H", "content-type: application/json", "-d", body, "-D", "-",
-         "-w", "\nhttp_version=%{http_version}\n",
-         "https://api.openai.com/v1/chat/completions"],
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
+    out, rid = _curl_h2_stream(proxy, "-w", "\nhttp_version=%{http_version}\n")
+    assert out.returncode == 0, out.stderr
     assert out.stdout.rstrip().endswith("http_version=2"), out.stdout[-300:]
-    rid = re.search(r"x-orchestrator-request-id: (\S+)", out.stdout, re.I)
-    assert rid is not None
     events = [json.loads(line[6:]) for line in out.stdout.splitlines()
               if line.startswith("data: {")]  # fmt: skip
     words = [e["choices"][0]["delta"].get("content") or "" for e in events if e.get("choices")]
     assert "".join(words) == "one two three four five six"
     assert "data: [DONE]" in out.stdout
-    assert ledger_row(proxy, rid.group(1))["outcome"] == "ok"
+    assert ledger_row(proxy, rid)["outcome"] == "ok"
     line = proxy.wait_for_log(re.compile(re.escape(_route(proxy, "tunnel"))), since=before)
     assert "straight to its socket" not in line
 
@@ -259,21 +269,11 @@ def test_a_client_leaving_at_done_and_an_upstream_cut_after_it_are_complete_answ
     assert (row["outcome"], row["error"], row["completion_tokens"]) == ("ok", None, 7), row
     plain.clear()
     plain.fail(CutAfterEnd())
-    body = json.dumps({"model": "m-plain", "stream": True,
-                       "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
-    out = subprocess.run(
-        ["curl", "-sS", "-N", "--http2", "--max-time", "30", "-x", proxy.url,
-         "--cacert", str(proxy.ca_cert), "-H", f"authorization: Bearer {CLIENT_KEY}",
-         "-H", "content-type: application/json", "-d", body, "-D", "-",
-         "https://api.openai.com/v1/chat/completions"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    out, rid = _curl_h2_stream(proxy)
     assert out.returncode == 0, out.stderr
     lines = [x for x in out.stdout.splitlines() if x.startswith(("data:", "event:"))]
     assert lines[-1] == "data: [DONE]" and "event: error" not in lines, lines[-3:]
-    found = re.search(r"x-orchestrator-request-id: (\S+)", out.stdout, re.I)
-    assert found is not None
-    assert ledger_row(proxy, found.group(1))["outcome"] == "ok"
+    assert ledger_row(proxy, rid)["outcome"] == "ok"
 
 
 def test_a_cut_stream_to_an_http2_client_ends_in_a_reset_not_a_clean_end(
@@ -285,25 +285,15 @@ def test_a_cut_stream_to_an_http2_client_ends_in_a_reset_not_a_clean_end(
     plain.clear()
     plain.fail(CutStream(after_events=3))
     plain.event_gap = 0.02
-    body = json.dumps({"model": "m-plain", "stream": True,
-                       "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
     try:
-        out = subprocess.run(
-            ["curl", "-sS", "-N", "--http2", "--max-time", "30", "-x", proxy.url,
-             "--cacert", str(proxy.ca_cert), "-H", f"authorization: Bearer {CLIENT_KEY}",
-             "-H", "content-type: application/json", "-d", body, "-D", "-",
-             "https://api.openai.com/v1/chat/completions"],
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+        out, rid = _curl_h2_stream(proxy)
     finally:
         plain.event_gap = 0.0
     assert "\nHTTP/2 200" in out.stdout, out.stdout[:300]  # after the CONNECT's answer
     assert out.stdout.index('"one "') < out.stdout.index("event: error")
     assert "stream_truncated" in out.stdout and "data: [DONE]" not in out.stdout
     assert out.returncode != 0, out.stderr  # the stream was reset, not ended
-    rid = re.search(r"x-orchestrator-request-id: (\S+)", out.stdout, re.I)
-    assert rid is not None
-    assert ledger_row(proxy, rid.group(1))["outcome"] == "truncated"
+    assert ledger_row(proxy, rid)["outcome"] == "truncated"
 
 
 def test_a_cut_https_stream_in_a_tunnel_raises_in_the_sdk(
