@@ -57,7 +57,8 @@ def decode(body: bytes, header: str | None, limit: int) -> bytes:
 
 def _too_large(coding: str, limit: int) -> BodyEncodingError:
     return BodyEncodingError(f"the request body decodes ({coding}) to more than "
-                             f"max_request_bytes ({limit})", too_large=True)  # fmt: skip
+                             f"max_request_bytes ({limit}); send a smaller request or raise "
+                             "`max_request_bytes` in orchestrator.yaml", too_large=True)  # fmt: skip
 
 
 def _cut(coding: str) -> BodyEncodingError:
