@@ -163,3 +163,24 @@ async def test_a_redis_restart_keeps_limiting(redis_server: RedisServer, redis_u
     got = [await limits.reserve([Scope("client", "flush", 2, None)], 1) for _ in range(3)]
     assert [isinstance(g, Hold) for g in got] == [True, True, False]
     await limits.close()
+
+
+@sync
+async def test_the_urls_own_timeout_rides_out_a_slow_redis(redis_url: str) -> None:
+    # a Redis that answers after 1.5 s (CLIENT PAUSE): past the default 0.5 s the replica
+    # limits alone (a local hold, id < 0); with `?socket_timeout=5` in the URL (README: Rate
+    # limits) it waits and the fleet's Redis admits (id > 0)
+    admin = redis.Redis.from_url(redis_url)
+    got = {}
+    for url in (redis_url, redis_url + "?socket_timeout=5&socket_connect_timeout=5"):
+        store = RedisRateLimits(url)
+        await store.open()
+        try:
+            await store.reserve([TPM], 1)  # connected and the scripts loaded, before the pause
+            admin.client_pause(1500)
+            held = await store.reserve([RPM60], 1)
+        finally:
+            await store.close()
+        assert isinstance(held, Hold)
+        got[url == redis_url] = held.id > 0
+    assert got == {True: False, False: True}
