@@ -234,7 +234,7 @@ def _fleet_sees(r: redis.Redis, in_flight: int) -> None:
 def test_least_busy_counts_the_calls_in_flight_of_the_whole_fleet(
     tmp_path: Path, fakes: dict[str, FakeUpstream], redis_server: Any
 ) -> None:
-    url = redis_server.new_database()
+    url = redis_server.fleet_database()
     group = {"strategy": "least_busy", "deployments": list(DEPLOYMENTS)}
     for d in DEPLOYMENTS:
         fakes[d].delay = HOLD_S

@@ -196,7 +196,7 @@ def test_replicas_sharing_redis_answer_each_other_from_the_cache(
     tmp_path_factory: pytest.TempPathFactory,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    url = redis_server.new_database()
+    url = redis_server.fleet_database()
     cfg = {**_config(ups), "state": url}  # cache.store unset: the state Redis
     replicas = []
     try:

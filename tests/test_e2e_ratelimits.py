@@ -72,9 +72,7 @@ def fleet(
     ups: dict[str, FakeUpstream], redis_server: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Fleet]:
     cfg = _config(ups)
-    # the URL's own timeouts (README: Rate limits): 0.5 s is short for a Redis on a machine
-    # as loaded as CI's, and a late answer makes a replica count alone ("exactly 60" fails)
-    cfg["state"] = redis_server.new_database() + "?socket_timeout=5&socket_connect_timeout=5"
+    cfg["state"] = redis_server.fleet_database()
     cfg["clients"] = [
         {"name": "rpm", "key_env": "ORQ_RL_RPM", "limits": {"rpm": 60}},
         {"name": "tpm", "key_env": "ORQ_RL_TPM", "limits": {"tpm": TPM}},

@@ -107,7 +107,7 @@ def fleet(
 ) -> Iterator[Fleet]:
     if pg_server.proc is None or pg_server.proc.poll() is not None:
         pg_server.start()
-    pg_url, redis_url = pg_server.new_database(), redis_server.new_database()
+    pg_url, redis_url = pg_server.new_database(), redis_server.fleet_database()
     cfg = _config(ups)
     cfg["data"] = {"benchmarks": "data/benchmarks.db", "ledger": pg_url}
     cfg["state"] = redis_url
