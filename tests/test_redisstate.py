@@ -27,9 +27,16 @@ from addon.routing.budget import (
     window,
 )
 from addon.state.redisstate import RedisState
-from tests.services import RedisServer, free_port, redis_server, redis_url
+from tests.services import RedisServer, free_port, redis_server
 
-__all__ = ["redis_server", "redis_url"]
+__all__ = ["redis_server"]
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """A fresh database whose URL allows 5 s a call: these replicas' agreement is asserted
+    exactly, and a late answer on a loaded machine would make one count alone."""
+    return redis_server.fleet_database()
 
 KEY = "openai/gpt-4o"
 RULE = BudgetRule("team", usd=1.0)
