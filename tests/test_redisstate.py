@@ -38,6 +38,7 @@ def redis_url(redis_server: RedisServer) -> str:
     exactly, and a late answer on a loaded machine would make one count alone."""
     return redis_server.fleet_database()
 
+
 KEY = "openai/gpt-4o"
 RULE = BudgetRule("team", usd=1.0)
 
