@@ -19,7 +19,7 @@ from addon.config.schema import Settings
 from addon.errors import ConfigError
 from addon.proxy import dispatch, handoff, inject, options
 from addon.proxy.clientauth import AUTH_META
-from addon.proxy.flowfields import as_headers, authority, point_at_pipe
+from addon.proxy.flowfields import Authorities, as_headers, point_at_pipe
 from addon.proxy.runtime import Runtime
 from addon.proxy.streamfacts import StreamReport, reader_for, usage_tap
 from addon.proxy.view import View, build_view, environ, intercepted
@@ -38,6 +38,7 @@ class Orchestrator:
         self.addons: list[object] = []  # child addons: mitmproxy runs their hooks after ours
         self._pending: dict[str, dispatch.Pending] = {}
         self._start_task: asyncio.Task[None] | None = None
+        self._authorities = Authorities()
 
     @property
     def dispatcher(self) -> dispatch.Dispatcher | None:
@@ -101,7 +102,7 @@ class Orchestrator:
         req = flow.request
         settings = d.view.config.settings
         reverse = settings.mode.startswith("reverse:")
-        host = authority(req)
+        host = self._authorities.of(req)
         if not reverse and not intercepted(host, settings.intercept):
             return None
         return dispatch.Incoming(

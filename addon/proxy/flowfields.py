@@ -5,25 +5,29 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-_AUTHORITIES: dict[tuple[str | None, str, int, str], str] = {}
-_AUTHORITIES_MAX = 1024
 
-
-def authority(req: http.Request) -> str:
-    """The `host[:port]` a request is for (its Host header preferred, as mitmproxy's
+class Authorities:
+    """The `host[:port]` each request is for (its Host header preferred, as mitmproxy's
     `pretty_host`), remembered for the few hosts a proxy sees: parsing the authority is a
-    regex and an IDNA decode, run twice per request otherwise."""
-    key = (req.host_header, req.host, req.port, req.scheme)
-    known = _AUTHORITIES.get(key)
-    if known is not None:
+    regex and an IDNA decode, run twice per request otherwise. One per adapter."""
+
+    MAX = 1024  # more hosts than this (transparent capture): start over
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str | None, str, int, str], str] = {}
+
+    def of(self, req: http.Request) -> str:
+        key = (req.host_header, req.host, req.port, req.scheme)
+        known = self._known.get(key)
+        if known is not None:
+            return known
+        host = req.pretty_host.lower()
+        default = 443 if req.scheme == "https" else 80
+        known = host if req.port == default else f"{host}:{req.port}"
+        if len(self._known) >= self.MAX:
+            self._known.clear()
+        self._known[key] = known
         return known
-    host = req.pretty_host.lower()
-    default = 443 if req.scheme == "https" else 80
-    known = host if req.port == default else f"{host}:{req.port}"
-    if len(_AUTHORITIES) >= _AUTHORITIES_MAX:  # many hosts (transparent capture): start over
-        _AUTHORITIES.clear()
-    _AUTHORITIES[key] = known
-    return known
 
 
 def point_at_pipe(req: http.Request, port: int, path: str, *, keep_length: bool) -> None:
